@@ -1,0 +1,253 @@
+"""Mamba (selective state space) layer with the parameter layout of `mamba_ssm.Mamba`.
+
+Three interchangeable selective scans share one signature:
+
+- `selective_scan` - pure PyTorch, chunked: inside a chunk the linear recurrence is solved by a log-depth
+  (Hillis-Steele) scan over products of decays (only numbers <= 1 are multiplied, so nothing overflows); chunks are
+  chained by their boundary states. A custom autograd function stores only those boundary states and recomputes a
+  chunk in the backward pass, so memory stays O(batch * d_inner * d_state * length / chunk).
+- `selective_scan_reference` - the naive step-by-step recurrence, kept as the test oracle.
+- `mamba_ssm`'s CUDA kernels, used by `Mamba` when they are installed and the input lives on CUDA.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+logger = logging.getLogger(__name__)
+
+_KERNELS: dict | None = None
+
+
+def load_mamba_kernels() -> dict:
+    """Import the optional `mamba_ssm`/`causal_conv1d` CUDA ops once; an empty dict when they cannot load."""
+    global _KERNELS
+    if _KERNELS is None:
+        _KERNELS = {}
+        try:
+            from mamba_ssm.ops.selective_scan_interface import mamba_inner_fn, selective_scan_fn
+
+            _KERNELS = {"mamba_inner_fn": mamba_inner_fn, "selective_scan_fn": selective_scan_fn}
+        # OSError: undefined symbols when the extension was built against another torch.
+        except (ImportError, OSError) as error:
+            logger.info("mamba_ssm CUDA kernels unavailable (%s); using the pure-PyTorch scan.", error)
+    return _KERNELS
+
+
+def _prepare(u, delta, A, B, C, delta_bias, delta_softplus):
+    delta = delta.float()
+    if delta_bias is not None:
+        delta = delta + delta_bias.float()[:, None]
+    if delta_softplus:
+        delta = F.softplus(delta)
+    return u.float(), delta, A.float(), B.float(), C.float()
+
+
+def _finish(y, u, D, z, dtype):
+    if D is not None:
+        y = y + u * D.float()[:, None]
+    if z is not None:
+        y = y * F.silu(z.float())
+    return y.to(dtype)
+
+
+def selective_scan_reference(
+    u: torch.Tensor,
+    delta: torch.Tensor,
+    A: torch.Tensor,
+    B: torch.Tensor,
+    C: torch.Tensor,
+    D: torch.Tensor | None = None,
+    z: torch.Tensor | None = None,
+    delta_bias: torch.Tensor | None = None,
+    delta_softplus: bool = False,
+) -> torch.Tensor:
+    """Naive selective scan, one Python step per time step (the oracle for the fast paths).
+
+    Args:
+        u: `(batch, d_inner, length)` input.
+        delta: `(batch, d_inner, length)` step sizes (before `delta_bias` and softplus).
+        A: `(d_inner, d_state)` state matrix (negative real).
+        B, C: `(batch, d_state, length)` input and output projections.
+        D: `(d_inner,)` skip connection; z: `(batch, d_inner, length)` gate (multiplied by `silu(z)`).
+        delta_bias: `(d_inner,)`; delta_softplus: apply softplus to `delta + delta_bias`.
+
+    Returns:
+        `(batch, d_inner, length)` output in the dtype of `u`, computed in float32.
+    """
+    dtype = u.dtype
+    u, delta, A, B, C = _prepare(u, delta, A, B, C, delta_bias, delta_softplus)
+    state = u.new_zeros(u.shape[0], u.shape[1], A.shape[1])
+    outputs = []
+    for t in range(u.shape[2]):
+        decay = torch.exp(delta[:, :, t, None] * A)
+        state = decay * state + (delta[:, :, t] * u[:, :, t])[..., None] * B[:, None, :, t]
+        outputs.append((state * C[:, None, :, t]).sum(-1))
+    return _finish(torch.stack(outputs, dim=2), u, D, z, dtype)
+
+
+def _scan_chunk(u, delta, A, B, C, state):
+    """Scan one time-major chunk. u, delta: (chunk, batch, d_inner); B, C: (chunk, batch, d_state);
+    state: (batch, d_inner, d_state) entering the chunk. Returns y (chunk, batch, d_inner) and the last state."""
+    decay = torch.exp(delta.unsqueeze(-1) * A)  # (chunk, batch, d_inner, d_state), every entry in (0, 1]
+    drive = (delta * u).unsqueeze(-1) * B.unsqueeze(2)
+    drive = torch.cat([drive[:1] + decay[:1] * state, drive[1:]])
+    step = 1
+    while step < drive.shape[0]:
+        drive = torch.cat([drive[:step], drive[step:] + decay[step:] * drive[:-step]])
+        if step * 2 < drive.shape[0]:
+            decay = torch.cat([decay[:step], decay[step:] * decay[:-step]])
+        step *= 2
+    y = torch.matmul(drive, C.unsqueeze(-1)).squeeze(-1)
+    return y, drive[-1]
+
+
+class _ChunkedScan(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, u, delta, A, B, C, chunk_size):
+        # Inputs time-major and contiguous: slicing a chunk is then a view.
+        u, delta = u.permute(2, 0, 1).contiguous(), delta.permute(2, 0, 1).contiguous()
+        B, C = B.permute(2, 0, 1).contiguous(), C.permute(2, 0, 1).contiguous()
+        state = u.new_zeros(u.shape[1], u.shape[2], A.shape[1])
+        states, outputs = [], []
+        for start in range(0, u.shape[0], chunk_size):
+            chunk = slice(start, start + chunk_size)
+            states.append(state)
+            y, state = _scan_chunk(u[chunk], delta[chunk], A, B[chunk], C[chunk], state)
+            outputs.append(y)
+        ctx.chunk_size = chunk_size
+        ctx.save_for_backward(u, delta, A, B, C, torch.stack(states))
+        return torch.cat(outputs).permute(1, 2, 0)
+
+    @staticmethod
+    def backward(ctx, grad_y):
+        u, delta, A, B, C, states = ctx.saved_tensors
+        grad_y = grad_y.permute(2, 0, 1)
+        grads = [torch.empty_like(u), torch.empty_like(delta), torch.empty_like(B), torch.empty_like(C)]
+        grad_A = torch.zeros_like(A)
+        grad_state = torch.zeros_like(states[0])
+        starts = list(range(0, u.shape[0], ctx.chunk_size))
+        for index in reversed(range(len(starts))):
+            chunk = slice(starts[index], starts[index] + ctx.chunk_size)
+            inputs = [t[chunk].detach().requires_grad_() for t in (u, delta, B, C)]
+            A_leaf = A.detach().requires_grad_()
+            state = states[index].detach().requires_grad_()
+            with torch.enable_grad():
+                y, last = _scan_chunk(inputs[0], inputs[1], A_leaf, inputs[2], inputs[3], state)
+                chunk_grads = torch.autograd.grad((y, last), [*inputs, A_leaf, state], (grad_y[chunk], grad_state))
+            for target, grad in zip(grads, chunk_grads[:4]):
+                target[chunk] = grad
+            grad_A += chunk_grads[4]
+            grad_state = chunk_grads[5]
+        grad_u, grad_delta, grad_B, grad_C = (g.permute(1, 2, 0) for g in grads)
+        return grad_u, grad_delta, grad_A, grad_B, grad_C, None
+
+
+def selective_scan(
+    u: torch.Tensor,
+    delta: torch.Tensor,
+    A: torch.Tensor,
+    B: torch.Tensor,
+    C: torch.Tensor,
+    D: torch.Tensor | None = None,
+    z: torch.Tensor | None = None,
+    delta_bias: torch.Tensor | None = None,
+    delta_softplus: bool = False,
+    chunk_size: int = 4,
+) -> torch.Tensor:
+    """Chunked pure-PyTorch selective scan; same arguments and result as [`selective_scan_reference`].
+
+    The state is kept in float32 whatever the input dtype (bfloat16 inputs are upcast, the output is cast back).
+    """
+    dtype = u.dtype
+    u, delta, A, B, C = _prepare(u, delta, A, B, C, delta_bias, delta_softplus)
+    y = _ChunkedScan.apply(u, delta, A, B, C, chunk_size)
+    return _finish(y, u, D, z, dtype)
+
+
+class Mamba(nn.Module):
+    """Mamba mixer with exactly the parameters (names, shapes) of `mamba_ssm.Mamba(d_model, d_state, d_conv, expand)`.
+
+    Args:
+        d_model: channels in and out; d_state: SSM state size; d_conv: causal depthwise conv width;
+        expand: `d_inner = expand * d_model`; dt_rank: rank of the step-size projection.
+        use_kernels: use the `mamba_ssm` CUDA kernels for CUDA inputs when they are installed.
+        chunk_size: chunk length of the pure-PyTorch scan.
+    """
+
+    def __init__(
+        self,
+        d_model: int,
+        d_state: int = 16,
+        d_conv: int = 4,
+        expand: int = 2,
+        dt_rank: int | None = None,
+        dt_min: float = 0.001,
+        dt_max: float = 0.1,
+        dt_init_floor: float = 1e-4,
+        use_kernels: bool = True,
+        chunk_size: int = 4,
+    ):
+        super().__init__()
+        self.d_model, self.d_state, self.d_conv = d_model, d_state, d_conv
+        self.d_inner = expand * d_model
+        self.dt_rank = dt_rank or math.ceil(d_model / 16)
+        self.dt_min, self.dt_max, self.dt_init_floor = dt_min, dt_max, dt_init_floor
+        self.use_kernels = use_kernels
+        self.chunk_size = chunk_size
+        self.in_proj = nn.Linear(d_model, 2 * self.d_inner, bias=False)
+        self.conv1d = nn.Conv1d(self.d_inner, self.d_inner, d_conv, groups=self.d_inner, padding=d_conv - 1)
+        self.x_proj = nn.Linear(self.d_inner, self.dt_rank + 2 * d_state, bias=False)
+        self.dt_proj = nn.Linear(self.dt_rank, self.d_inner, bias=True)
+        self.A_log = nn.Parameter(torch.empty(self.d_inner, d_state))
+        self.D = nn.Parameter(torch.empty(self.d_inner))
+        self.out_proj = nn.Linear(self.d_inner, d_model, bias=False)
+        # mamba_ssm excludes these from weight decay.
+        self.A_log._no_weight_decay = True
+        self.D._no_weight_decay = True
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        """`(batch, length, d_model)` -> `(batch, length, d_model)`, causal along `length`."""
+        length = hidden_states.shape[1]
+        A = -torch.exp(self.A_log.float())
+        kernels = load_mamba_kernels() if self.use_kernels and hidden_states.is_cuda else {}
+        xz = self.in_proj(hidden_states).transpose(1, 2)  # (batch, 2 * d_inner, length)
+        if kernels:
+            out = kernels["mamba_inner_fn"](
+                xz,
+                self.conv1d.weight,
+                self.conv1d.bias,
+                self.x_proj.weight,
+                self.dt_proj.weight,
+                self.out_proj.weight,
+                self.out_proj.bias,
+                A,
+                None,
+                None,
+                self.D.float(),
+                delta_bias=self.dt_proj.bias.float(),
+                delta_softplus=True,
+            )
+            return out
+        x, z = xz.chunk(2, dim=1)
+        x = F.silu(self.conv1d(x)[..., :length])
+        dt, B, C = torch.split(self.x_proj(x.transpose(1, 2)), [self.dt_rank, self.d_state, self.d_state], dim=-1)
+        dt = F.linear(dt, self.dt_proj.weight).transpose(1, 2)  # bias goes in as delta_bias, as in mamba_ssm
+        y = selective_scan(
+            x,
+            dt,
+            A,
+            B.transpose(1, 2),
+            C.transpose(1, 2),
+            self.D,
+            z,
+            delta_bias=self.dt_proj.bias,
+            delta_softplus=True,
+            chunk_size=self.chunk_size,
+        )
+        return self.out_proj(y.transpose(1, 2))
