@@ -18,6 +18,7 @@ import math
 import torch
 import torch.nn.functional as F
 from torch import nn
+from transformers import initialization as init
 
 logger = logging.getLogger(__name__)
 
@@ -210,6 +211,19 @@ class Mamba(nn.Module):
         # mamba_ssm excludes these from weight decay.
         self.A_log._no_weight_decay = True
         self.D._no_weight_decay = True
+        self.reset_parameters()
+
+    @torch.no_grad()
+    def reset_parameters(self) -> None:
+        """mamba_ssm's initialisation of the SSM parameters (the linear and conv layers keep PyTorch's defaults)."""
+        std = self.dt_rank**-0.5
+        init.uniform_(self.dt_proj.weight, -std, std)
+        log_min, log_max = math.log(self.dt_min), math.log(self.dt_max)
+        dt = torch.exp(torch.rand(self.d_inner) * (log_max - log_min) + log_min).clamp(min=self.dt_init_floor)
+        # dt_proj.bias holds softplus^-1(dt), so softplus(bias) starts log-uniform in [dt_min, dt_max].
+        init.copy_(self.dt_proj.bias, dt + torch.log(-torch.expm1(-dt)))
+        init.copy_(self.A_log, torch.log(torch.arange(1, self.d_state + 1, dtype=torch.float32)).repeat(self.d_inner, 1))
+        init.ones_(self.D)
 
     def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
         """`(batch, length, d_model)` -> `(batch, length, d_model)`, causal along `length`."""

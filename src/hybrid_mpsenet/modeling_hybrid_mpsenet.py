@@ -8,7 +8,6 @@ batches are handled with a `frame_mask` that masks statistics, attention keys an
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import torch
@@ -153,6 +152,9 @@ class LearnableSigmoid(nn.Module):
         self.beta = beta
         self.slope = nn.Parameter(torch.ones(num_freq_bins, 1))
 
+    def reset_parameters(self) -> None:
+        init.ones_(self.slope)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.beta * torch.sigmoid(self.slope * x)
 
@@ -210,6 +212,13 @@ class MultiHeadAttention(nn.Module):
         self.in_proj_weight = nn.Parameter(torch.empty(3 * hidden, hidden))
         self.in_proj_bias = nn.Parameter(torch.empty(3 * hidden))
         self.out_proj = nn.Linear(hidden, hidden)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """`nn.MultiheadAttention`'s initialisation (its `out_proj.weight` keeps the Linear default)."""
+        init.xavier_uniform_(self.in_proj_weight)
+        init.zeros_(self.in_proj_bias)
+        init.zeros_(self.out_proj.bias)
 
     def project(self, x: torch.Tensor, index: int) -> torch.Tensor:
         """Query (0), key (1) or value (2) projection of `(..., C)`, split into heads: `(..., heads, head_dim)`."""
@@ -416,27 +425,12 @@ class HybridMPSENetPreTrainedModel(PreTrainedModel):
 
     @torch.no_grad()
     def _init_weights(self, module: nn.Module) -> None:
-        """PyTorch's default initialisation for standard layers (as the original code uses), mamba_ssm's for Mamba."""
-        if isinstance(module, (nn.Linear, nn.Conv1d, nn.Conv2d, nn.GRU, nn.LayerNorm, nn.PReLU, nn.InstanceNorm2d)):
-            module.reset_parameters()
-        elif isinstance(module, MultiHeadAttention):
-            init.xavier_uniform_(module.in_proj_weight)
-            init.zeros_(module.in_proj_bias)
-            init.zeros_(module.out_proj.bias)
-        elif isinstance(module, LearnableSigmoid):
-            init.ones_(module.slope)
-        elif isinstance(module, Mamba):
-            std = module.dt_rank**-0.5
-            init.uniform_(module.dt_proj.weight, -std, std)
-            log_min, log_max = math.log(module.dt_min), math.log(module.dt_max)
-            dt = torch.exp(torch.rand(module.d_inner) * (log_max - log_min) + log_min).clamp(min=module.dt_init_floor)
-            # dt_proj.bias holds softplus^-1(dt), so softplus(bias) starts in [dt_min, dt_max].
-            init.copy_(module.dt_proj.bias, dt + torch.log(-torch.expm1(-dt)))
-            a = torch.arange(1, module.d_state + 1, dtype=torch.float32).repeat(module.d_inner, 1)
-            init.copy_(module.A_log, torch.log(a))
-            init.ones_(module.D)
-        elif isinstance(module, HybridMPSENetModel):
+        """Every layer's own `reset_parameters`: PyTorch's defaults for standard layers (as the original code uses),
+        `nn.MultiheadAttention`'s for attention, mamba_ssm's for Mamba."""
+        if isinstance(module, HybridMPSENetModel):
             init.copy_(module.window, torch.hann_window(module.config.win_length))
+        elif hasattr(module, "reset_parameters"):
+            module.reset_parameters()
 
 
 class HybridMPSENetModel(HybridMPSENetPreTrainedModel):

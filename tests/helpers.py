@@ -1,0 +1,33 @@
+"""Shared test constants and the tiny configuration."""
+
+from pathlib import Path
+
+from hybrid_mpsenet import HybridMPSENetConfig
+
+DATA = Path(__file__).parent / "data"
+SHARED = Path(__file__).resolve().parents[2] / "shared"
+
+
+def tiny_config(**overrides) -> HybridMPSENetConfig:
+    """A small hybrid: every block kind, both branches and criss-cross fusion, fast on CPU."""
+    values = {
+        "n_fft": 64,
+        "hop_length": 16,
+        "win_length": 64,
+        "dense_channel": 8,
+        "dense_depth": 2,
+        "num_attention_heads": 2,
+        "ffn_hidden_size": 8,
+        "num_shared_blocks": 1,
+        "shared_block_type": "transformer",
+        "num_magnitude_blocks": 1,
+        "magnitude_block_type": "mamba",
+        "num_phase_blocks": 1,
+        "phase_block_type": "transformer",
+        "mamba_d_state": 4,
+        "fusion": "cross_attention",
+    }
+    values.update(overrides)
+    return HybridMPSENetConfig(**values)
+
+
