@@ -29,5 +29,3 @@ def tiny_config(**overrides) -> HybridMPSENetConfig:
     }
     values.update(overrides)
     return HybridMPSENetConfig(**values)
-
-

@@ -24,7 +24,7 @@ def run(fn, inputs, **kwargs):
     # A non-uniform upstream gradient exercises every path of the backward.
     weights = torch.linspace(-1, 1, out.numel()).reshape(out.shape).to(out.dtype)
     grads = torch.autograd.grad((out * weights).sum(), list(leaves.values()))
-    return out, dict(zip(leaves, grads))
+    return out, dict(zip(leaves, grads, strict=False))
 
 
 @pytest.mark.parametrize("chunk_size", [1, 4, 7, 16, 64])
@@ -42,8 +42,9 @@ def test_chunked_scan_bfloat16_close_to_float32_reference():
     inputs32 = scan_inputs(length=40)
     inputs16 = {k: (v.to(torch.bfloat16) if v.dim() == 3 else v) for k, v in inputs32.items()}
     out, grads = run(selective_scan, inputs16)
-    ref_out, ref_grads = run(selective_scan_reference, {k: v.to(torch.bfloat16).float() if v.dim() == 3 else v
-                                                        for k, v in inputs32.items()})
+    ref_out, ref_grads = run(
+        selective_scan_reference, {k: v.to(torch.bfloat16).float() if v.dim() == 3 else v for k, v in inputs32.items()}
+    )
     assert out.dtype == torch.bfloat16
     torch.testing.assert_close(out.float(), ref_out, rtol=2e-2, atol=2e-2)
     for name in ("u", "delta", "B", "C"):
@@ -68,8 +69,9 @@ def test_mamba_matches_transformers_mamba_mixer_and_shares_its_state_dict():
         for p in ours.parameters():
             p.copy_(torch.randn_like(p) * 0.3)
     oracle = MambaMixer(
-        MambaConfig(hidden_size=16, state_size=8, conv_kernel=4, expand=2, time_step_rank=1, use_conv_bias=True,
-                    use_bias=False),
+        MambaConfig(
+            hidden_size=16, state_size=8, conv_kernel=4, expand=2, time_step_rank=1, use_conv_bias=True, use_bias=False
+        ),
         layer_idx=0,
     )
     oracle.load_state_dict(ours.state_dict(), strict=True)

@@ -2,6 +2,7 @@
 
 import pytest
 import torch
+from helpers import SHARED
 
 from hybrid_mpsenet import (
     PRESETS,
@@ -11,8 +12,6 @@ from hybrid_mpsenet import (
     convert_original_checkpoint,
 )
 from hybrid_mpsenet.cli import main as cli_main
-
-from helpers import SHARED
 
 FIXTURES = SHARED / "fixtures" / "parity"
 VARIANTS = {"mpsenet": "mpsenet", "hybrid_large": "hybrid-large", "hybrid_small": "hybrid-small"}
@@ -105,8 +104,18 @@ def test_damaged_checkpoint_is_reported(tmp_path):
 
 def test_cli_convert_and_info(tmp_path, capsys):
     out = tmp_path / "converted"
-    assert cli_main(["convert", str(FIXTURES / "mpsenet" / "g_00000000"), str(out), "--config",
-                     str(FIXTURES / "mpsenet" / "config.json")]) == 0
+    assert (
+        cli_main(
+            [
+                "convert",
+                str(FIXTURES / "mpsenet" / "g_00000000"),
+                str(out),
+                "--config",
+                str(FIXTURES / "mpsenet" / "config.json"),
+            ]
+        )
+        == 0
+    )
     assert {"config.json", "model.safetensors", "preprocessor_config.json"} <= {p.name for p in out.iterdir()}
     capsys.readouterr()
     assert cli_main(["info", str(out)]) == 0

@@ -76,7 +76,9 @@ class HybridMPSENetFeatureExtractor(SequenceFeatureExtractor):
                 return [raw_speech]
             if raw_speech.ndim == 2:
                 return list(raw_speech)
-            raise ValueError(f"Expected a waveform (samples,) or a batch (batch, samples), got shape {raw_speech.shape}.")
+            raise ValueError(
+                f"Expected a waveform (samples,) or a batch (batch, samples), got shape {raw_speech.shape}."
+            )
         if isinstance(raw_speech, Sequence) and len(raw_speech) > 0 and not np.isscalar(raw_speech[0]):
             return [np.asarray(x.detach().cpu() if isinstance(x, torch.Tensor) else x) for x in raw_speech]
         return [np.asarray(raw_speech)]

@@ -141,7 +141,7 @@ class _ChunkedScan(torch.autograd.Function):
             with torch.enable_grad():
                 y, last = _scan_chunk(inputs[0], inputs[1], A_leaf, inputs[2], inputs[3], state)
                 chunk_grads = torch.autograd.grad((y, last), [*inputs, A_leaf, state], (grad_y[chunk], grad_state))
-            for target, grad in zip(grads, chunk_grads[:4]):
+            for target, grad in zip(grads, chunk_grads[:4], strict=False):
                 target[chunk] = grad
             grad_A += chunk_grads[4]
             grad_state = chunk_grads[5]
@@ -222,7 +222,9 @@ class Mamba(nn.Module):
         dt = torch.exp(torch.rand(self.d_inner) * (log_max - log_min) + log_min).clamp(min=self.dt_init_floor)
         # dt_proj.bias holds softplus^-1(dt), so softplus(bias) starts log-uniform in [dt_min, dt_max].
         init.copy_(self.dt_proj.bias, dt + torch.log(-torch.expm1(-dt)))
-        init.copy_(self.A_log, torch.log(torch.arange(1, self.d_state + 1, dtype=torch.float32)).repeat(self.d_inner, 1))
+        init.copy_(
+            self.A_log, torch.log(torch.arange(1, self.d_state + 1, dtype=torch.float32)).repeat(self.d_inner, 1)
+        )
         init.ones_(self.D)
 
     def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:

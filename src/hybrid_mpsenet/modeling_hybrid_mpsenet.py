@@ -130,7 +130,10 @@ class DenseEncoder(nn.Module):
 
 
 class SubPixelConv(nn.Module):
-    """Sub-pixel up-sampling along frequency: conv to `r * C` channels, then interleave: `(b, C, t, f) -> (b, C, t, r*f)`."""
+    """Sub-pixel up-sampling along frequency: conv to `r * C` channels, then interleave them.
+
+    `(batch, C, time, freq)` -> `(batch, C, time, r * freq)`.
+    """
 
     def __init__(self, channels: int, upscale: int = 2):
         super().__init__()
@@ -334,7 +337,7 @@ class TSTransformerBlock(GradientCheckpointingLayer):
         self.freq_transformer = TransformerBlock(config)
 
     def forward(self, x: torch.Tensor, frame_mask: torch.Tensor | None = None) -> torch.Tensor:
-        for module, axis in zip((self.time_transformer, self.freq_transformer), self.axes):
+        for module, axis in zip((self.time_transformer, self.freq_transformer), self.axes, strict=False):
             shape = x.shape
             sequences = _to_sequences(x, axis)
             key_mask, lengths = _sequence_masks(frame_mask, axis, shape[3])
@@ -464,7 +467,9 @@ class HybridMPSENetModel(HybridMPSENetPreTrainedModel):
     def waveform(self, magnitude: torch.Tensor, phase: torch.Tensor, length: int | None = None) -> torch.Tensor:
         """Compressed magnitude and phase `(batch, freq, frames)` -> waveform `(batch, samples)`."""
         c = self.config
-        return mag_phase_istft(magnitude, phase, c.n_fft, c.hop_length, c.win_length, c.compress_factor, self.window, length)
+        return mag_phase_istft(
+            magnitude, phase, c.n_fft, c.hop_length, c.win_length, c.compress_factor, self.window, length
+        )
 
     def forward(
         self,
@@ -520,4 +525,6 @@ class HybridMPSENetModel(HybridMPSENetPreTrainedModel):
         )
         if not return_dict:
             return enhanced_magnitude, enhanced_phase, complex_spectrum
-        return HybridMPSENetOutput(magnitude=enhanced_magnitude, phase=enhanced_phase, complex_spectrum=complex_spectrum)
+        return HybridMPSENetOutput(
+            magnitude=enhanced_magnitude, phase=enhanced_phase, complex_spectrum=complex_spectrum
+        )

@@ -60,4 +60,6 @@ def mag_phase_istft(
         window = torch.hann_window(win_length, device=magnitude.device)
     magnitude = magnitude.pow(1.0 / compress_factor)
     spec = torch.complex(magnitude * torch.cos(phase), magnitude * torch.sin(phase))
-    return torch.istft(spec, n_fft, hop_length=hop_length, win_length=win_length, window=window, center=True, length=length)
+    return torch.istft(
+        spec, n_fft, hop_length=hop_length, win_length=win_length, window=window, center=True, length=length
+    )
