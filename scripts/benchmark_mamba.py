@@ -79,7 +79,8 @@ def main() -> None:
             row["speedup"] = row["reference"]["forward_backward_s"] / row["chunked"]["forward_backward_s"]
         rows.append(row)
 
-    print(f"| shape (batch x length) | method | fwd s | fwd+bwd s | peak RSS GiB | speed-up |  [{args.threads} threads]")
+    print(f"CPU, {args.threads} threads, chunk size {args.chunk_size}")
+    print("| shape (batch x length) | method | fwd s | fwd+bwd s | peak RSS GiB | speed-up |")
     print("|---|---|---|---|---|---|")
     for row in rows:
         for method in SCANS:
