@@ -162,42 +162,46 @@ class LearnableSigmoid(nn.Module):
         return self.beta * torch.sigmoid(self.slope * x)
 
 
-class MaskDecoder(nn.Module):
+class DecoderTrunk(nn.Module):
+    """Dense block -> sub-pixel up-sampling -> instance norm -> PReLU, shared by both decoders:
+    `(batch, C, time, f')` -> `(batch, C, time, 2 * f')`."""
+
+    def __init__(self, config: HybridMPSENetConfig):
+        super().__init__()
+        channels = config.dense_channel
+        self.dense_block = DenseBlock(config)
+        self.upsample = SubPixelConv(channels)
+        self.norm = InstanceNorm(channels, affine=True)
+        self.activation = nn.PReLU(channels)
+
+    def upsampled(self, x: torch.Tensor, frame_mask: torch.Tensor | None = None) -> torch.Tensor:
+        x = self.dense_block(x, frame_mask)
+        return self.activation(self.norm(self.upsample(x), frame_mask))
+
+
+class MaskDecoder(DecoderTrunk):
     """Features `(batch, C, time, f')` -> magnitude mask `(batch, freq, time)` in `(0, beta)`."""
 
     def __init__(self, config: HybridMPSENetConfig):
-        super().__init__()
-        channels = config.dense_channel
-        self.dense_block = DenseBlock(config)
-        self.upsample = SubPixelConv(channels)
-        self.norm = InstanceNorm(channels, affine=True)
-        self.activation = nn.PReLU(channels)
-        self.output_conv = nn.Conv2d(channels, 1, (1, 2))
+        super().__init__(config)
+        self.output_conv = nn.Conv2d(config.dense_channel, 1, (1, 2))
         self.mask_activation = LearnableSigmoid(config.num_freq_bins, config.beta)
 
     def forward(self, x: torch.Tensor, frame_mask: torch.Tensor | None = None) -> torch.Tensor:
-        x = self.dense_block(x, frame_mask)
-        x = self.activation(self.norm(self.upsample(x), frame_mask))
-        x = self.output_conv(x).squeeze(1).transpose(1, 2)
+        x = self.output_conv(self.upsampled(x, frame_mask)).squeeze(1).transpose(1, 2)
         return self.mask_activation(x)
 
 
-class PhaseDecoder(nn.Module):
+class PhaseDecoder(DecoderTrunk):
     """Features `(batch, C, time, f')` -> phase `(batch, freq, time)` as atan2 of two predicted maps."""
 
     def __init__(self, config: HybridMPSENetConfig):
-        super().__init__()
-        channels = config.dense_channel
-        self.dense_block = DenseBlock(config)
-        self.upsample = SubPixelConv(channels)
-        self.norm = InstanceNorm(channels, affine=True)
-        self.activation = nn.PReLU(channels)
-        self.real_conv = nn.Conv2d(channels, 1, (1, 2))
-        self.imag_conv = nn.Conv2d(channels, 1, (1, 2))
+        super().__init__(config)
+        self.real_conv = nn.Conv2d(config.dense_channel, 1, (1, 2))
+        self.imag_conv = nn.Conv2d(config.dense_channel, 1, (1, 2))
 
     def forward(self, x: torch.Tensor, frame_mask: torch.Tensor | None = None) -> torch.Tensor:
-        x = self.dense_block(x, frame_mask)
-        x = self.activation(self.norm(self.upsample(x), frame_mask))
+        x = self.upsampled(x, frame_mask)
         phase = torch.atan2(self.imag_conv(x), self.real_conv(x))
         return phase.squeeze(1).transpose(1, 2)
 
