@@ -28,7 +28,7 @@ def test_batch_of_different_lengths_is_padded_and_restored(extractor, speech):
     restored = extractor.post_process(
         features["magnitude"], features["phase"], features["norm_factor"], features["num_samples"]
     )
-    for item, wave in zip(items, restored, strict=False):
+    for item, wave in zip(items, restored, strict=True):
         np.testing.assert_allclose(wave, item, rtol=0, atol=1e-5)
 
 

@@ -24,7 +24,7 @@ def run(fn, inputs, **kwargs):
     # A non-uniform upstream gradient exercises every path of the backward.
     weights = torch.linspace(-1, 1, out.numel()).reshape(out.shape).to(out.dtype)
     grads = torch.autograd.grad((out * weights).sum(), list(leaves.values()))
-    return out, dict(zip(leaves, grads, strict=False))
+    return out, dict(zip(leaves, grads, strict=True))
 
 
 @pytest.mark.parametrize("chunk_size", [1, 4, 7, 16, 64])

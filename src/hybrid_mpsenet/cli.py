@@ -10,8 +10,7 @@ from collections.abc import Callable
 
 from .configuration_hybrid_mpsenet import PRESETS, HybridMPSENetConfig
 from .convert import convert_original_checkpoint
-
-logger = logging.getLogger("hybrid_mpsenet")
+from .modeling_hybrid_mpsenet import HybridMPSENetModel
 
 
 def _convert(args: argparse.Namespace) -> int:
@@ -21,8 +20,6 @@ def _convert(args: argparse.Namespace) -> int:
 
 
 def _describe(config: HybridMPSENetConfig) -> dict:
-    from .modeling_hybrid_mpsenet import HybridMPSENetModel
-
     groups = {
         "shared": (config.num_shared_blocks, config.shared_block_type),
         "magnitude": (config.num_magnitude_blocks, config.magnitude_block_type),

@@ -141,7 +141,7 @@ class _ChunkedScan(torch.autograd.Function):
             with torch.enable_grad():
                 y, last = _scan_chunk(inputs[0], inputs[1], A_leaf, inputs[2], inputs[3], state)
                 chunk_grads = torch.autograd.grad((y, last), [*inputs, A_leaf, state], (grad_y[chunk], grad_state))
-            for target, grad in zip(grads, chunk_grads[:4], strict=False):
+            for target, grad in zip(grads, chunk_grads[:4], strict=True):
                 target[chunk] = grad
             grad_A += chunk_grads[4]
             grad_state = chunk_grads[5]

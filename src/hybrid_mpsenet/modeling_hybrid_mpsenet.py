@@ -341,7 +341,7 @@ class TSTransformerBlock(GradientCheckpointingLayer):
         self.freq_transformer = TransformerBlock(config)
 
     def forward(self, x: torch.Tensor, frame_mask: torch.Tensor | None = None) -> torch.Tensor:
-        for module, axis in zip((self.time_transformer, self.freq_transformer), self.axes, strict=False):
+        for module, axis in zip((self.time_transformer, self.freq_transformer), self.axes, strict=True):
             shape = x.shape
             sequences = _to_sequences(x, axis)
             key_mask, lengths = _sequence_masks(frame_mask, axis, shape[3])
