@@ -29,3 +29,11 @@ def tiny_config(**overrides) -> HybridMPSENetConfig:
     }
     values.update(overrides)
     return HybridMPSENetConfig(**values)
+
+
+def fast_config(**overrides) -> HybridMPSENetConfig:
+    """The cheapest model per second of audio (one TS-Transformer block, coarse STFT): long-audio tests."""
+    values = {"n_fft": 256, "hop_length": 128, "win_length": 256, "fusion": "none"}
+    values.update(num_magnitude_blocks=0, num_phase_blocks=0)
+    values.update(overrides)
+    return tiny_config(**values)

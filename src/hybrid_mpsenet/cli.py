@@ -1,16 +1,100 @@
-"""`hybrid-mpsenet` command line: convert original checkpoints, describe models."""
+"""`hybrid-mpsenet` command line: enhance audio, convert original checkpoints, describe models."""
 
 from __future__ import annotations
 
 import argparse
+import glob
 import json
 import logging
 import sys
 from collections.abc import Callable
+from pathlib import Path
 
+import soundfile as sf
+import torch
+from tqdm.auto import tqdm
+
+from .audio import FORMAT_ALIASES, AudioError
 from .configuration_hybrid_mpsenet import PRESETS, HybridMPSENetConfig
 from .convert import convert_original_checkpoint
+from .enhancement import DEFAULT_CHUNK_SECONDS, DEFAULT_OVERLAP_SECONDS, HybridMPSENetForSpeechEnhancement
 from .modeling_hybrid_mpsenet import HybridMPSENetModel
+
+AUDIO_SUFFIXES = {f".{name.lower()}" for name in [*sf.available_formats(), *FORMAT_ALIASES]}
+DTYPES = {"float32": None, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def resolve_device(name: str) -> torch.device:
+    """`auto` picks CUDA, then Apple MPS, then CPU; other names are checked for availability."""
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError("--device cuda was requested but no CUDA GPU is available.")
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise ValueError("--device mps was requested but MPS is not available.")
+    return device
+
+
+def collect_jobs(inputs: list[str], output: str | None, suffix: str) -> list[tuple[Path, Path]]:
+    """(input, output) pairs for files, folders (recursive, tree mirrored under `output`) and glob patterns.
+
+    Without `output`, each result goes beside its input as `<stem><suffix><ext>`. With one input file and an
+    `output` that has an audio extension, `output` is the file itself; otherwise `output` is a folder.
+    """
+    jobs: list[tuple[Path, Path]] = []
+    for pattern in inputs:
+        matches = [Path(p) for p in sorted(glob.glob(pattern, recursive=True))] or [Path(pattern)]
+        for path in matches:
+            if path.is_dir():
+                files = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in AUDIO_SUFFIXES)
+                if not files:
+                    raise ValueError(f"{path}: no audio files found (looked for {', '.join(sorted(AUDIO_SUFFIXES))}).")
+                jobs += [(f, _output_for(f, f.relative_to(path), output, suffix)) for f in files]
+            else:
+                jobs.append((path, _output_for(path, Path(path.name), output, suffix)))
+    if output and len(jobs) == 1 and Path(output).suffix.lower() in AUDIO_SUFFIXES and not Path(output).is_dir():
+        jobs = [(jobs[0][0], Path(output))]
+    return jobs
+
+
+def _output_for(path: Path, relative: Path, output: str | None, suffix: str) -> Path:
+    if output is None:
+        return path.with_name(f"{path.stem}{suffix}{path.suffix}")
+    return Path(output) / relative
+
+
+def _enhance(args: argparse.Namespace) -> int:
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    jobs = collect_jobs(args.inputs, args.output, args.suffix)
+    device = resolve_device(args.device)
+    model = HybridMPSENetForSpeechEnhancement.from_pretrained(args.model).to(device).eval()
+    failures = 0
+    for source, target in tqdm(jobs, desc="files", unit="file", disable=len(jobs) < 2 or args.quiet):
+        try:
+            model.enhance_file(
+                source,
+                target,
+                chunk_seconds=args.chunk_seconds,
+                overlap_seconds=args.overlap_seconds,
+                downmix=args.downmix,
+                dtype=DTYPES[args.dtype],
+                overwrite=args.overwrite,
+                progress=not args.quiet,
+            )
+        except (AudioError, OSError, RuntimeError) as error:
+            failures += 1
+            tqdm.write(f"FAILED {source}: {error}", file=sys.stderr)
+        else:
+            tqdm.write(f"{source} -> {target}")
+    if failures:
+        print(f"{failures} of {len(jobs)} files failed.", file=sys.stderr)
+    return 1 if failures else 0
 
 
 def _convert(args: argparse.Namespace) -> int:
@@ -46,6 +130,7 @@ def _info(args: argparse.Namespace) -> int:
 
 
 COMMANDS: dict[str, tuple[str, Callable[[argparse.Namespace], int]]] = {
+    "enhance": ("denoise audio files, folders or glob patterns", _enhance),
     "convert": ("convert an original MP-SENet / hybrid generator checkpoint to a save_pretrained folder", _convert),
     "info": ("print the architecture and parameter count of the presets or of a model", _info),
 }
@@ -57,6 +142,20 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="{" + ",".join(COMMANDS) + "}")
     for name, (help_text, _) in COMMANDS.items():
         sub.add_parser(name, help=help_text, description=help_text)
+
+    enhance = sub.choices["enhance"]
+    enhance.add_argument("inputs", nargs="+", metavar="INPUT", help="audio files, folders (recursive) or globs")
+    enhance.add_argument("-o", "--output", help="output folder (tree mirrored), or file for a single input")
+    enhance.add_argument("--model", help="model folder or Hub id (default: the bundled checkpoint)")
+    enhance.add_argument("--suffix", default="_enhanced", help="name suffix when writing beside the inputs")
+    enhance.add_argument("--chunk-seconds", type=float, default=DEFAULT_CHUNK_SECONDS, help="chunk length (s)")
+    enhance.add_argument("--overlap-seconds", type=float, default=DEFAULT_OVERLAP_SECONDS, help="crossfade (s)")
+    enhance.add_argument("--device", default="auto", help="auto (default), cpu, cuda, cuda:N or mps")
+    enhance.add_argument("--dtype", default="float32", choices=list(DTYPES), help="autocast precision")
+    enhance.add_argument("--threads", type=int, help="CPU threads for PyTorch")
+    enhance.add_argument("--downmix", action="store_true", help="average multi-channel input to mono")
+    enhance.add_argument("--overwrite", action="store_true", help="replace existing outputs (never inputs)")
+    enhance.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
 
     convert = sub.choices["convert"]
     convert.add_argument("checkpoint", help="original generator checkpoint ({'generator': state_dict})")

@@ -1,0 +1,305 @@
+"""Waveform-level enhancement: any rate, any channel count, any length, in bounded memory.
+
+Long signals are enhanced in overlapping chunks aligned to the STFT hop, so a chunk's frames are the whole
+signal's frames, and joined with a constant-power-sum raised-cosine crossfade. The RMS normalisation uses one
+factor per channel computed over the whole signal (a first streaming pass), so chunks do not change the level.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from .audio import (
+    CLIP_LEVEL,
+    CLIP_WARN_FRACTION,
+    AudioError,
+    StreamResampler,
+    atomic_audio_writer,
+    from_float,
+    open_audio,
+    output_format,
+    output_subtype,
+    read_blocks,
+    to_float,
+)
+from .modeling_hybrid_mpsenet import HybridMPSENetModel
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_MODEL_DIR = Path(__file__).parent / "pretrained"
+DEFAULT_CHUNK_SECONDS = 10.0
+DEFAULT_OVERLAP_SECONDS = 1.0
+# Files are read in blocks of this many seconds; with the chunk size it bounds the memory of `enhance_file`.
+READ_BLOCK_SECONDS = 5.0
+# Beyond this many channels a 2-D array is more likely (samples, channels) than (channels, samples).
+MAX_CHANNELS = 32
+
+
+class _Chunker:
+    """Enhances a signal fed block by block in overlapping chunks and yields the crossfaded result in order.
+
+    Blocks and results are `(channels, samples)` at the model's rate; the signal must already be normalised.
+    """
+
+    def __init__(self, model: HybridMPSENetForSpeechEnhancement, chunk: int, overlap: int, dtype):
+        self.model, self.chunk, self.overlap, self.dtype = model, chunk, overlap, dtype
+        self.buffer: np.ndarray | None = None
+        self.tail: np.ndarray | None = None  # the previous chunk's enhanced overlap, waiting to be crossfaded
+        ramp = np.sin(0.5 * np.pi * (np.arange(overlap, dtype=np.float64) + 0.5) / max(overlap, 1)) ** 2
+        self.fade_in = ramp.astype(np.float32)
+
+    def _emit(self, segment: np.ndarray, last: bool) -> np.ndarray:
+        enhanced = self.model.enhance_segment(segment, self.dtype)
+        if self.tail is not None:
+            head = enhanced[:, : self.overlap]
+            enhanced[:, : self.overlap] = self.tail + (head - self.tail) * self.fade_in
+        if last:
+            self.tail = None
+            return enhanced
+        self.tail = enhanced[:, -self.overlap :].copy()
+        return enhanced[:, : -self.overlap]
+
+    def feed(self, block: np.ndarray) -> Iterator[np.ndarray]:
+        self.buffer = block if self.buffer is None else np.concatenate([self.buffer, block], axis=1)
+        # Keep more than one chunk buffered so that the final chunk is never shorter than the overlap.
+        while self.buffer.shape[1] > self.chunk + self.overlap:
+            yield self._emit(self.buffer[:, : self.chunk], last=False)
+            self.buffer = self.buffer[:, self.chunk - self.overlap :]
+
+    def finish(self) -> Iterator[np.ndarray]:
+        if self.buffer is None:
+            return
+        if self.buffer.shape[1] > self.chunk:
+            yield self._emit(self.buffer[:, : self.chunk], last=False)
+            self.buffer = self.buffer[:, self.chunk - self.overlap :]
+        yield self._emit(self.buffer, last=True)
+        self.buffer = None
+
+
+class HybridMPSENetForSpeechEnhancement(HybridMPSENetModel):
+    """[`HybridMPSENetModel`] with waveform and file enhancement.
+
+    The weights are those of [`HybridMPSENetModel`], so any checkpoint of the family loads into either class.
+    `from_pretrained()` without a name loads the default checkpoint shipped inside the package.
+
+    Example:
+        ```python
+        from hybrid_mpsenet import HybridMPSENetForSpeechEnhancement
+
+        model = HybridMPSENetForSpeechEnhancement.from_pretrained()
+        clean = model.enhance(noisy, sampling_rate=48000)  # (samples,) or (channels, samples)
+        ```
+    """
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path: str | Path | None = None, *args, **kwargs):
+        """Like `PreTrainedModel.from_pretrained`; with no name, the package's bundled default checkpoint."""
+        if pretrained_model_name_or_path is None:
+            if not (DEFAULT_MODEL_DIR / "config.json").is_file():
+                raise OSError(
+                    f"The bundled default checkpoint is missing from {DEFAULT_MODEL_DIR}; reinstall the package or "
+                    f"pass a model folder or Hub id."
+                )
+            pretrained_model_name_or_path = DEFAULT_MODEL_DIR
+        return super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
+
+    def _chunk_sizes(self, chunk_seconds: float, overlap_seconds: float) -> tuple[int, int]:
+        """Chunk and overlap in samples at the model rate, as multiples of the hop."""
+        hop, rate = self.config.hop_length, self.config.sampling_rate
+        if overlap_seconds <= 0 or chunk_seconds < 2 * overlap_seconds:
+            raise ValueError(
+                f"Need overlap_seconds > 0 and chunk_seconds >= 2 * overlap_seconds, got chunk_seconds="
+                f"{chunk_seconds} and overlap_seconds={overlap_seconds}."
+            )
+        overlap = max(1, round(overlap_seconds * rate / hop)) * hop
+        chunk = max(2 * overlap, round(chunk_seconds * rate / hop) * hop)
+        return chunk, overlap
+
+    @torch.inference_mode()
+    def enhance_segment(self, segment: np.ndarray, dtype: torch.dtype | None = None) -> np.ndarray:
+        """Enhance normalised audio at the model rate in one pass.
+
+        Args:
+            segment: `(channels, samples)` float32, already RMS-normalised; shorter inputs than one STFT frame
+                are zero-padded and trimmed back.
+            dtype: autocast dtype for the network (`torch.bfloat16` / `torch.float16`), or `None` for full precision.
+
+        Returns:
+            `(channels, samples)` float32 enhanced audio.
+        """
+        length = segment.shape[-1]
+        minimum = self.config.n_fft // 2 + 1
+        waveform = torch.from_numpy(np.ascontiguousarray(segment, dtype=np.float32)).to(self.device)
+        if length < minimum:
+            waveform = torch.nn.functional.pad(waveform, (0, minimum - length))
+        magnitude, phase, _ = self.spectrum(waveform)
+        autocast = torch.autocast(self.device.type, dtype=dtype) if dtype is not None else contextlib.nullcontext()
+        with autocast:
+            output = self(magnitude, phase)
+        audio = self.waveform(output.magnitude.float(), output.phase.float(), length=waveform.shape[-1])
+        return audio[:, :length].cpu().numpy()
+
+    def _normalisation(self, blocks: Iterable[np.ndarray], rate: int, channels: int, name: str) -> np.ndarray:
+        """First pass: per-channel RMS normalisation factors `(channels, 1)` at the model rate; checks samples."""
+        resample = StreamResampler(rate, self.config.sampling_rate, channels)
+        energy = np.zeros(channels)
+        count = clipped = 0
+        for block in blocks:
+            if not np.isfinite(block).all():
+                raise AudioError(f"{name} contains NaN or Inf samples; repair or drop it before enhancing.")
+            clipped += np.count_nonzero(np.abs(block) >= CLIP_LEVEL)
+            count += block.shape[0]
+            energy += np.square(resample(block), dtype=np.float64).sum(axis=0)
+        energy += np.square(resample(np.zeros((0, channels), np.float32), last=True), dtype=np.float64).sum(axis=0)
+        if clipped > CLIP_WARN_FRACTION * count * channels:
+            logger.warning(
+                "%s looks clipped (%d samples at full scale); enhancement removes noise but cannot restore the "
+                "clipped peaks.",
+                name,
+                clipped,
+            )
+        model_samples = count * self.config.sampling_rate / rate
+        if not energy.any():
+            logger.warning("%s is silent; the output is silent too.", name)
+        factors = np.where(energy > 0, np.sqrt(model_samples / np.maximum(energy, 1e-30)), 1.0)
+        return factors.astype(np.float32)[:, None]
+
+    def _enhance_blocks(
+        self,
+        blocks: Iterable[np.ndarray],
+        rate: int,
+        channels: int,
+        norm: np.ndarray,
+        chunk_seconds: float,
+        overlap_seconds: float,
+        dtype: torch.dtype | None,
+    ) -> Iterator[np.ndarray]:
+        """Second pass: `(frames, channels)` blocks at `rate` in, enhanced blocks at `rate` out (same total length
+        up to a few samples of resampler rounding, which the callers trim or pad)."""
+        to_model = StreamResampler(rate, self.config.sampling_rate, channels)
+        to_input = StreamResampler(self.config.sampling_rate, rate, channels)
+        chunker = _Chunker(self, *self._chunk_sizes(chunk_seconds, overlap_seconds), dtype)
+
+        def restore(enhanced: Iterable[np.ndarray]) -> Iterator[np.ndarray]:
+            for out in enhanced:
+                yield to_input((out / norm).T)
+
+        for block in blocks:
+            yield from restore(chunker.feed(to_model(block).T * norm))
+        yield from restore(chunker.feed(to_model(np.zeros((0, channels), np.float32), last=True).T * norm))
+        yield from restore(chunker.finish())
+        yield to_input(np.zeros((0, channels), np.float32), last=True)
+
+    def enhance(
+        self,
+        waveform: np.ndarray | torch.Tensor,
+        sampling_rate: int,
+        chunk_seconds: float = DEFAULT_CHUNK_SECONDS,
+        overlap_seconds: float = DEFAULT_OVERLAP_SECONDS,
+        downmix: bool = False,
+        dtype: torch.dtype | None = None,
+    ) -> np.ndarray | torch.Tensor:
+        """Enhance a waveform at any sampling rate.
+
+        Args:
+            waveform: `(samples,)` mono or `(channels, samples)`, float in [-1, 1] or integer PCM, numpy or torch.
+            sampling_rate: rate of `waveform` in Hz; it is resampled to the model's rate and back.
+            chunk_seconds, overlap_seconds: inputs longer than `chunk_seconds` are enhanced in chunks that overlap
+                by `overlap_seconds` and are crossfaded.
+            downmix: average the channels and return mono.
+            dtype: autocast dtype (`torch.bfloat16`, `torch.float16`) or `None` for full precision.
+
+        Returns:
+            The enhanced waveform with the input's shape (`(samples,)` when downmixed), type (numpy or torch) and
+            dtype, at `sampling_rate`.
+        """
+        is_tensor = isinstance(waveform, torch.Tensor)
+        array = waveform.detach().cpu().numpy() if is_tensor else np.asarray(waveform)
+        if array.ndim not in (1, 2) or array.size == 0:
+            raise AudioError(f"Expected a non-empty (samples,) or (channels, samples) waveform, got {array.shape}.")
+        if array.ndim == 2 and array.shape[0] > MAX_CHANNELS and array.shape[1] <= MAX_CHANNELS:
+            raise AudioError(
+                f"Got shape {array.shape}: multi-channel audio must be (channels, samples); pass the transpose."
+            )
+        if int(sampling_rate) <= 0:
+            raise AudioError(f"sampling_rate must be a positive number of Hz, got {sampling_rate}.")
+        samples = np.atleast_2d(to_float(array)).T  # (frames, channels)
+        if downmix:
+            samples = samples.mean(axis=1, keepdims=True)
+        frames, channels = samples.shape
+        norm = self._normalisation([samples], sampling_rate, channels, "The waveform")
+        pieces = self._enhance_blocks([samples], sampling_rate, channels, norm, chunk_seconds, overlap_seconds, dtype)
+        enhanced = _fit_length(np.concatenate(list(pieces), axis=0), frames).T
+        if array.ndim == 1 or downmix:
+            enhanced = enhanced[0]
+        enhanced = from_float(enhanced, array.dtype)
+        return torch.from_numpy(enhanced) if is_tensor else enhanced
+
+    def enhance_file(
+        self,
+        input_path: str | Path,
+        output_path: str | Path,
+        chunk_seconds: float = DEFAULT_CHUNK_SECONDS,
+        overlap_seconds: float = DEFAULT_OVERLAP_SECONDS,
+        downmix: bool = False,
+        dtype: torch.dtype | None = None,
+        subtype: str | None = None,
+        overwrite: bool = False,
+        progress: bool = True,
+    ) -> Path:
+        """Enhance an audio file (any format soundfile reads) into `output_path`, streaming from disk to disk.
+
+        Memory stays bounded by the chunk size whatever the duration. The output keeps the input's sampling
+        rate, channel count (mono with `downmix`) and subtype (when the output format supports it, else the
+        format's default; `subtype` overrides). It is written to a temporary file and renamed when complete, so
+        an interrupted run never leaves a truncated output. Returns the output path.
+        """
+        input_path, output_path = Path(input_path), Path(output_path)
+        if output_path.exists() and output_path.resolve() == input_path.resolve():
+            raise AudioError(f"{output_path}: refusing to overwrite the input file; choose another output path.")
+        if output_path.exists() and not overwrite:
+            raise AudioError(f"{output_path} already exists; pass overwrite=True (--overwrite) to replace it.")
+        file_format = output_format(output_path)
+        with open_audio(input_path) as source:
+            rate, channels, frames = source.samplerate, source.channels, source.frames
+            block = max(1, int(READ_BLOCK_SECONDS * rate))
+
+            def blocks() -> Iterator[np.ndarray]:
+                for piece in read_blocks(source, block):
+                    yield piece.mean(axis=1, keepdims=True) if downmix else piece
+
+            out_channels = 1 if downmix else channels
+            norm = self._normalisation(blocks(), rate, out_channels, str(input_path))
+            subtype = subtype or output_subtype(source.subtype, file_format)
+            pcm = subtype.startswith("PCM") or subtype in ("ULAW", "ALAW")
+            written = clipped = 0
+            bar = tqdm(total=frames, unit="sample", unit_scale=True, desc=input_path.name, disable=not progress)
+            with bar, atomic_audio_writer(output_path, rate, out_channels, subtype) as sink:
+                pieces = self._enhance_blocks(blocks(), rate, out_channels, norm, chunk_seconds, overlap_seconds, dtype)
+                for piece in pieces:
+                    piece = piece[: frames - written]
+                    if pcm:
+                        clipped += np.count_nonzero(np.abs(piece) > 1.0)
+                        piece = np.clip(piece, -1.0, 1.0)
+                    sink.write(piece)
+                    written += piece.shape[0]
+                    bar.update(piece.shape[0])
+                if written < frames:
+                    sink.write(np.zeros((frames - written, out_channels), np.float32))
+        if clipped:
+            logger.warning("%s: %d output samples exceeded full scale and were clipped.", output_path, clipped)
+        return output_path
+
+
+def _fit_length(samples: np.ndarray, frames: int) -> np.ndarray:
+    """Trim or zero-pad `(frames', channels)` to exactly `frames` rows."""
+    if samples.shape[0] >= frames:
+        return samples[:frames]
+    return np.pad(samples, ((0, frames - samples.shape[0]), (0, 0)))

@@ -1,0 +1,92 @@
+"""The `speech-enhancement` pipeline: `pipeline("speech-enhancement", model=...)` on paths, arrays or lists."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from transformers import Pipeline
+
+from .audio import open_audio
+from .enhancement import DEFAULT_CHUNK_SECONDS, DEFAULT_OVERLAP_SECONDS
+
+
+class SpeechEnhancementPipeline(Pipeline):
+    """Enhances speech with a [`HybridMPSENetForSpeechEnhancement`].
+
+    Inputs: an audio file path, a `(samples,)` or `(channels, samples)` array or tensor (then pass
+    `sampling_rate=`, default the model's rate), a `{"array": ..., "sampling_rate": ...}` dict as produced by
+    `datasets`, or a list of any of these.
+
+    Returns `{"audio": np.ndarray, "sampling_rate": int}` per input, the audio shaped like the input (file
+    audio is `(channels, samples)` when multi-channel) and at the input's rate.
+
+    Keyword arguments at call time: `sampling_rate`, `chunk_seconds`, `overlap_seconds`, `downmix`.
+    """
+
+    # The model does its own feature extraction; loading no other component also avoids remote-code prompts.
+    _load_processor = False
+    _load_image_processor = False
+    _load_feature_extractor = False
+    _load_tokenizer = False
+
+    def _sanitize_parameters(
+        self,
+        sampling_rate: int | None = None,
+        chunk_seconds: float | None = None,
+        overlap_seconds: float | None = None,
+        downmix: bool | None = None,
+        **kwargs: Any,
+    ) -> tuple[dict, dict, dict]:
+        preprocess = {"sampling_rate": sampling_rate} if sampling_rate is not None else {}
+        forward = {
+            key: value
+            for key, value in (
+                ("chunk_seconds", chunk_seconds),
+                ("overlap_seconds", overlap_seconds),
+                ("downmix", downmix),
+            )
+            if value is not None
+        }
+        return preprocess, forward, {}
+
+    def preprocess(self, inputs: Any, sampling_rate: int | None = None) -> dict:
+        if isinstance(inputs, (str, Path)):
+            with open_audio(inputs) as handle:
+                audio = handle.read(dtype="float32", always_2d=True).T
+                rate = handle.samplerate
+            return {"waveform": audio[0] if audio.shape[0] == 1 else audio, "sampling_rate": rate}
+        if isinstance(inputs, dict):
+            if "array" not in inputs or "sampling_rate" not in inputs:
+                raise ValueError(f"A dict input needs 'array' and 'sampling_rate' keys, got {sorted(inputs)}.")
+            return {"waveform": np.asarray(inputs["array"]), "sampling_rate": int(inputs["sampling_rate"])}
+        if isinstance(inputs, (np.ndarray, torch.Tensor)):
+            return {"waveform": inputs, "sampling_rate": sampling_rate or self.model.config.sampling_rate}
+        raise ValueError(
+            f"Unsupported input of type {type(inputs).__name__}; pass a path, an array/tensor, or a dict with "
+            f"'array' and 'sampling_rate'."
+        )
+
+    def _forward(
+        self,
+        model_inputs: dict,
+        chunk_seconds: float = DEFAULT_CHUNK_SECONDS,
+        overlap_seconds: float = DEFAULT_OVERLAP_SECONDS,
+        downmix: bool = False,
+    ) -> dict:
+        audio = self.model.enhance(
+            model_inputs["waveform"],
+            model_inputs["sampling_rate"],
+            chunk_seconds=chunk_seconds,
+            overlap_seconds=overlap_seconds,
+            downmix=downmix,
+        )
+        return {"audio": audio, "sampling_rate": model_inputs["sampling_rate"]}
+
+    def postprocess(self, model_outputs: dict) -> dict:
+        audio = model_outputs["audio"]
+        if isinstance(audio, torch.Tensor):
+            audio = audio.numpy()
+        return {"audio": audio, "sampling_rate": model_outputs["sampling_rate"]}
