@@ -2,9 +2,61 @@ import json
 import subprocess
 import sys
 
+import numpy as np
 import pytest
+import soundfile as sf
+import torch
+from helpers import tiny_config
 
+from hybrid_mpsenet import HybridMPSENetModel
 from hybrid_mpsenet.cli import main
+
+
+@pytest.fixture
+def model_dir(tmp_path):
+    HybridMPSENetModel(tiny_config(n_fft=128, hop_length=64, win_length=128)).save_pretrained(tmp_path / "model")
+    return tmp_path / "model"
+
+
+def test_enhance_a_folder_mirrors_the_tree_and_reports_the_corrupt_file(tmp_path, model_dir, speech, capsys):
+    source = tmp_path / "in"
+    (source / "a" / "b").mkdir(parents=True)
+    sf.write(source / "one.wav", speech, 16000)
+    sf.write(source / "a" / "two.flac", np.stack([speech, speech]).T, 44100)
+    sf.write(source / "a" / "b" / "three.wav", speech[:5000], 8000, subtype="PCM_U8")
+    (source / "a" / "broken.wav").write_bytes(b"RIFF....WAVEfmt garbage")
+    (source / "notes.txt").write_text("not audio")
+    code = main(["enhance", str(source), "-o", str(tmp_path / "out"), "--model", str(model_dir), "-q"])
+    assert code == 1
+    err = capsys.readouterr().err
+    assert f"FAILED {source / 'a' / 'broken.wav'}: " in err and "1 of 4 files failed" in err
+    outputs = sorted(str(p.relative_to(tmp_path / "out")) for p in (tmp_path / "out").rglob("*") if p.is_file())
+    assert outputs == ["a/b/three.wav", "a/two.flac", "one.wav"]
+    assert (sf.info(tmp_path / "out/a/two.flac").channels, sf.info(tmp_path / "out/a/two.flac").samplerate) == (2, 44100)
+    assert sf.info(tmp_path / "out/a/b/three.wav").subtype == "PCM_U8"
+
+
+def test_enhance_beside_inputs_globs_and_overwrite(tmp_path, model_dir, speech, capsys):
+    for name in ("x.wav", "y.wav"):
+        sf.write(tmp_path / name, speech, 16000)
+    args = ["--model", str(model_dir), "-q"]
+    assert main(["enhance", str(tmp_path / "*.wav"), *args]) == 0
+    assert sorted(p.name for p in tmp_path.glob("*.wav")) == ["x.wav", "x_enhanced.wav", "y.wav", "y_enhanced.wav"]
+    assert main(["enhance", str(tmp_path / "x.wav"), *args]) == 1
+    assert "already exists" in capsys.readouterr().err
+    assert main(["enhance", str(tmp_path / "x.wav"), "--overwrite", *args]) == 0
+    assert main(["enhance", str(tmp_path / "x.wav"), "-o", str(tmp_path / "single.ogg"), *args]) == 0
+    assert sf.info(tmp_path / "single.ogg").format == "OGG"
+    assert main(["enhance", str(tmp_path / "x.wav"), "-o", str(tmp_path / "x.wav"), "--overwrite", *args]) == 1
+    assert "refusing to overwrite the input" in capsys.readouterr().err
+    assert main(["enhance", str(tmp_path / "nothing*.wav"), *args]) == 1
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the error on a machine without CUDA")
+def test_enhance_on_a_missing_device_is_a_clear_error(tmp_path, model_dir, speech, capsys):
+    sf.write(tmp_path / "x.wav", speech, 16000)
+    assert main(["enhance", str(tmp_path / "x.wav"), "--model", str(model_dir), "--device", "cuda"]) == 2
+    assert "no CUDA GPU is available" in capsys.readouterr().err
 
 
 def test_info_lists_every_preset_with_its_parameter_count(capsys):
@@ -23,10 +75,6 @@ def test_info_lists_every_preset_with_its_parameter_count(capsys):
 
 
 def test_info_on_a_saved_folder_and_a_missing_one(tmp_path, capsys):
-    from helpers import tiny_config
-
-    from hybrid_mpsenet import HybridMPSENetModel
-
     HybridMPSENetModel(tiny_config()).save_pretrained(tmp_path / "tiny")
     assert main(["info", str(tmp_path / "tiny")]) == 0
     assert json.loads(capsys.readouterr().out)[str(tmp_path / "tiny")]["fusion"] == "cross_attention"
@@ -37,7 +85,7 @@ def test_info_on_a_saved_folder_and_a_missing_one(tmp_path, capsys):
 def test_console_script_requires_a_command():
     result = subprocess.run([sys.executable, "-m", "hybrid_mpsenet.cli"], capture_output=True, text=True)
     assert result.returncode == 2
-    assert "choose a command: convert, info" in result.stderr
+    assert "choose a command: enhance, convert, info" in result.stderr
 
 
 def test_unknown_command_lists_the_allowed_ones(capsys):
