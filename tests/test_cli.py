@@ -32,7 +32,8 @@ def test_enhance_a_folder_mirrors_the_tree_and_reports_the_corrupt_file(tmp_path
     assert f"FAILED {source / 'a' / 'broken.wav'}: " in err and "1 of 4 files failed" in err
     outputs = sorted(str(p.relative_to(tmp_path / "out")) for p in (tmp_path / "out").rglob("*") if p.is_file())
     assert outputs == ["a/b/three.wav", "a/two.flac", "one.wav"]
-    assert (sf.info(tmp_path / "out/a/two.flac").channels, sf.info(tmp_path / "out/a/two.flac").samplerate) == (2, 44100)
+    flac = sf.info(tmp_path / "out/a/two.flac")
+    assert (flac.channels, flac.samplerate) == (2, 44100)
     assert sf.info(tmp_path / "out/a/b/three.wav").subtype == "PCM_U8"
 
 
