@@ -34,8 +34,8 @@ from .modeling_hybrid_mpsenet import HybridMPSENetModel
 logger = logging.getLogger(__name__)
 
 DEFAULT_MODEL_DIR = Path(__file__).parent / "pretrained"
-DEFAULT_CHUNK_SECONDS = 10.0
-DEFAULT_OVERLAP_SECONDS = 1.0
+DEFAULT_CHUNK_SECONDS = 4.0
+DEFAULT_OVERLAP_SECONDS = 0.5
 # Files are read in blocks of this many seconds; with the chunk size it bounds the memory of `enhance_file`.
 READ_BLOCK_SECONDS = 5.0
 # Beyond this many channels a 2-D array is more likely (samples, channels) than (channels, samples).

@@ -1,0 +1,279 @@
+"""Training data: VoiceBank+DEMAND pairs (local folders in two layouts, or a `datasets` dataset) and clean speech
+mixed with noise on the fly, with seeded random crops.
+
+Every source becomes a `datasets.Dataset` with columns `id`, `clean` and `noisy` (or `id` and `clean` for speech
+to be mixed), whose audio cells are file paths or `{"bytes", "path"}` / `{"array", "sampling_rate"}` dicts.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+
+import datasets
+import numpy as np
+import soundfile as sf
+import soxr
+import torch
+
+from .audio import AudioError, to_float
+
+logger = logging.getLogger(__name__)
+
+# Folder names of the original VoiceBank+DEMAND release (Valentini-Botinhao et al., 2016), by split.
+VOICEBANK_FOLDERS = {
+    "train": ("clean_trainset_28spk_wav", "noisy_trainset_28spk_wav"),
+    "test": ("clean_testset_wav", "noisy_testset_wav"),
+}
+# MP-SENet's layout: all files in two folders, the split given by a list of ids ("p226_001|...") per line.
+MPSENET_FOLDERS = ("wavs_clean", "wavs_noisy")
+MPSENET_LISTS = {"train": "training.txt", "test": "test.txt"}
+AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg")
+
+
+def decode_audio(value, sampling_rate: int) -> np.ndarray:
+    """Mono float32 samples `(samples,)` at `sampling_rate` from a path, or a `{"bytes", "path"}` or
+    `{"array", "sampling_rate"}` dict (the `datasets.Audio` cell formats); channels are averaged."""
+    if isinstance(value, dict) and value.get("array") is not None:
+        audio, rate = to_float(np.asarray(value["array"])), int(value["sampling_rate"])
+        audio = audio.mean(axis=0) if audio.ndim == 2 else audio  # datasets arrays are (channels, samples)
+    else:
+        source = value
+        if isinstance(value, dict):
+            source = io.BytesIO(value["bytes"]) if value.get("bytes") else value.get("path")
+        try:
+            audio, rate = sf.read(source, dtype="float32", always_2d=True)
+        except (sf.LibsndfileError, RuntimeError, TypeError) as error:
+            raise AudioError(f"{value if isinstance(value, str) else 'audio cell'}: not readable ({error}).") from error
+        audio = audio.mean(axis=1)
+    if rate != sampling_rate:
+        audio = soxr.resample(audio, rate, sampling_rate, quality="VHQ")
+    return np.ascontiguousarray(audio, dtype=np.float32)
+
+
+def _audio_files(folder: Path) -> dict[str, Path]:
+    return {p.stem: p for p in sorted(folder.iterdir()) if p.suffix.lower() in AUDIO_EXTENSIONS}
+
+
+def _pair_folders(clean_dir: Path, noisy_dir: Path, ids: Sequence[str] | None = None) -> datasets.Dataset:
+    for folder in (clean_dir, noisy_dir):
+        if not folder.is_dir():
+            raise FileNotFoundError(f"{folder}: folder not found.")
+    clean, noisy = _audio_files(clean_dir), _audio_files(noisy_dir)
+    wanted = sorted(ids) if ids is not None else sorted(set(clean) | set(noisy))
+    missing = [i for i in wanted if i not in clean or i not in noisy]
+    if missing:
+        logger.warning(
+            "%d files have no partner in %s / %s and are skipped, e.g. %s",
+            len(missing),
+            clean_dir,
+            noisy_dir,
+            missing[:5],
+        )
+    kept = [i for i in wanted if i in clean and i in noisy]
+    if not kept:
+        raise ValueError(f"No clean/noisy pairs found in {clean_dir} and {noisy_dir}.")
+    return datasets.Dataset.from_dict(
+        {"id": kept, "clean": [str(clean[i]) for i in kept], "noisy": [str(noisy[i]) for i in kept]}
+    )
+
+
+def load_voicebank(
+    source: str | Path,
+    split: str = "train",
+    clean_column: str = "clean",
+    noisy_column: str = "noisy",
+) -> datasets.Dataset:
+    """VoiceBank+DEMAND-style clean/noisy pairs.
+
+    Args:
+        source: a folder in the original layout (`clean_trainset_28spk_wav`, `noisy_trainset_28spk_wav`,
+            `clean_testset_wav`, `noisy_testset_wav`), a folder in MP-SENet's layout (`wavs_clean`, `wavs_noisy`,
+            `training.txt`, `test.txt`), a dataset saved with `save_to_disk`, a folder of parquet files, or a Hub
+            dataset id with audio columns.
+        split: `train` or `test`.
+        clean_column, noisy_column: audio column names for `datasets` sources.
+
+    Returns:
+        A `datasets.Dataset` with columns `id`, `clean`, `noisy`.
+    """
+    if split not in VOICEBANK_FOLDERS:
+        raise ValueError(f"split must be 'train' or 'test', got {split!r}.")
+    root = Path(source)
+    if root.is_dir():
+        if (root / VOICEBANK_FOLDERS[split][0]).is_dir():
+            return _pair_folders(*(root / name for name in VOICEBANK_FOLDERS[split]))
+        if (root / MPSENET_FOLDERS[0]).is_dir():
+            listing = root / MPSENET_LISTS[split]
+            if not listing.is_file():
+                raise FileNotFoundError(f"{listing}: the {split} list of MP-SENet's layout is missing.")
+            ids = [line.split("|")[0].strip() for line in listing.read_text().splitlines() if line.strip()]
+            return _pair_folders(*(root / name for name in MPSENET_FOLDERS), ids=ids)
+        if (root / "dataset_info.json").is_file() or (root / "dataset_dict.json").is_file():
+            loaded = datasets.load_from_disk(str(root))
+        elif any(root.rglob("*.parquet")):
+            loaded = datasets.load_dataset("parquet", data_dir=str(root))
+        else:
+            raise ValueError(
+                f"{root}: not a VoiceBank+DEMAND folder (expected {VOICEBANK_FOLDERS[split]} or "
+                f"{MPSENET_FOLDERS} + {MPSENET_LISTS[split]}), a saved dataset, or parquet files."
+            )
+    elif "/" in str(source) and not str(source).startswith((".", "/")):
+        loaded = datasets.load_dataset(str(source))
+    else:
+        raise FileNotFoundError(f"{source}: no such folder (and not a Hub dataset id 'org/name').")
+    return _from_datasets(loaded, split, clean_column, noisy_column)
+
+
+def _from_datasets(loaded, split: str, clean_column: str, noisy_column: str) -> datasets.Dataset:
+    if isinstance(loaded, datasets.DatasetDict):
+        if split not in loaded:
+            raise ValueError(f"The dataset has splits {list(loaded)}; it needs a '{split}' split.")
+        loaded = loaded[split]
+    for column in (clean_column, noisy_column):
+        if column not in loaded.column_names:
+            raise ValueError(f"The dataset has columns {loaded.column_names}; expected an audio column '{column}'.")
+        if isinstance(loaded.features[column], datasets.Audio):
+            # Decoded here with soundfile, so no audio backend is needed by `datasets`.
+            loaded = loaded.cast_column(column, datasets.Audio(decode=False))
+    if len(loaded) == 0:
+        raise ValueError(f"The '{split}' split is empty.")
+    ids = loaded["id"] if "id" in loaded.column_names else [str(i) for i in range(len(loaded))]
+    return datasets.Dataset.from_dict(
+        {"id": list(ids), "clean": list(loaded[clean_column]), "noisy": list(loaded[noisy_column])}
+    )
+
+
+def list_audio(folders: str | Path | Sequence[str | Path]) -> list[Path]:
+    """All audio files under one or more folders (recursive), sorted; an error if there are none."""
+    folders = [folders] if isinstance(folders, (str, Path)) else list(folders)
+    files = []
+    for folder in map(Path, folders):
+        if not folder.is_dir():
+            raise FileNotFoundError(f"{folder}: folder not found.")
+        files += sorted(p for p in folder.rglob("*") if p.suffix.lower() in AUDIO_EXTENSIONS)
+    if not files:
+        raise ValueError(f"No audio files ({', '.join(AUDIO_EXTENSIONS)}) found under {[str(f) for f in folders]}.")
+    return files
+
+
+def mix_at_snr(clean: np.ndarray, noise: np.ndarray, snr_db: float) -> np.ndarray:
+    """`clean + g * noise` with `g` such that `10 log10(P_clean / P_{g noise}) = snr_db`; both `(samples,)`."""
+    clean_power = float(np.mean(np.square(clean, dtype=np.float64)))
+    noise_power = float(np.mean(np.square(noise, dtype=np.float64)))
+    if noise_power == 0.0 or clean_power == 0.0:
+        return clean + noise
+    gain = np.sqrt(clean_power / (noise_power * 10.0 ** (snr_db / 10.0)))
+    return (clean + gain * noise).astype(np.float32)
+
+
+def random_crop(audio: np.ndarray, length: int, rng: np.random.Generator) -> np.ndarray:
+    """A random `length`-sample window along the first axis of `audio`; shorter audio is zero-padded at the end."""
+    if audio.shape[0] >= length:
+        start = int(rng.integers(0, audio.shape[0] - length + 1))
+        return audio[start : start + length]
+    return np.pad(audio, [(0, length - audio.shape[0])] + [(0, 0)] * (audio.ndim - 1))
+
+
+class _SeededDataset(torch.utils.data.Dataset):
+    """Items draw their randomness from `(seed, epoch, index)`, so an epoch replays exactly after a resume."""
+
+    def __init__(self, sampling_rate: int, segment_samples: int | None, seed: int):
+        self.sampling_rate, self.segment_samples, self.seed = sampling_rate, segment_samples, seed
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def _rng(self, index: int) -> np.random.Generator:
+        return np.random.default_rng((self.seed, self.epoch, index))
+
+
+class PairedSpeechDataset(_SeededDataset):
+    """Clean/noisy pairs from [`load_voicebank`]: random aligned crops of `segment_samples` (training) or whole
+    utterances (`segment_samples=None`, validation). Items are `{"clean": (samples,), "noisy": (samples,)}`."""
+
+    def __init__(self, pairs: datasets.Dataset, sampling_rate: int, segment_samples: int | None = None, seed: int = 0):
+        super().__init__(sampling_rate, segment_samples, seed)
+        if len(pairs) == 0:
+            raise ValueError("The dataset of clean/noisy pairs is empty.")
+        self.pairs = pairs
+
+    def __len__(self) -> int:
+        return len(self.pairs)
+
+    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
+        row = self.pairs[index]
+        clean = decode_audio(row["clean"], self.sampling_rate)
+        noisy = decode_audio(row["noisy"], self.sampling_rate)
+        length = min(len(clean), len(noisy))  # the two recordings of a pair can differ by a few samples
+        clean, noisy = clean[:length], noisy[:length]
+        if self.segment_samples is not None:
+            cropped = random_crop(np.stack([clean, noisy], axis=-1), self.segment_samples, self._rng(index))
+            clean, noisy = cropped[:, 0], cropped[:, 1]
+        return {"clean": torch.from_numpy(clean.copy()), "noisy": torch.from_numpy(noisy.copy())}
+
+
+class NoiseMixingDataset(_SeededDataset):
+    """Clean speech mixed with noise recordings on the fly, reproducibly.
+
+    Each item takes clean file `index % len(clean_files)`, a random crop of it, a random noise file at a random
+    offset (looped when shorter), a random SNR in `snr_range` dB and a random overall gain in `gain_range` dB.
+    `items_per_epoch` sets the epoch length (default: one pass over the clean files).
+    """
+
+    def __init__(
+        self,
+        clean_files: Sequence[str | Path],
+        noise_files: Sequence[str | Path],
+        sampling_rate: int,
+        segment_samples: int | None = None,
+        snr_range: tuple[float, float] = (-5.0, 20.0),
+        gain_range: tuple[float, float] = (-12.0, 6.0),
+        items_per_epoch: int | None = None,
+        seed: int = 0,
+    ):
+        super().__init__(sampling_rate, segment_samples, seed)
+        if not clean_files or not noise_files:
+            raise ValueError("NoiseMixingDataset needs at least one clean file and one noise file.")
+        if snr_range[0] > snr_range[1] or gain_range[0] > gain_range[1]:
+            raise ValueError(f"Ranges must be (low, high), got snr_range={snr_range} and gain_range={gain_range}.")
+        self.clean_files, self.noise_files = [str(f) for f in clean_files], [str(f) for f in noise_files]
+        self.snr_range, self.gain_range = snr_range, gain_range
+        self.items_per_epoch = items_per_epoch or len(self.clean_files)
+        self._noise_cache: dict[str, np.ndarray] = {}
+
+    def __len__(self) -> int:
+        return self.items_per_epoch
+
+    def _noise(self, path: str) -> np.ndarray:
+        if path not in self._noise_cache:
+            self._noise_cache[path] = decode_audio(path, self.sampling_rate)
+        return self._noise_cache[path]
+
+    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
+        rng = self._rng(index)
+        clean = decode_audio(self.clean_files[index % len(self.clean_files)], self.sampling_rate)
+        if self.segment_samples is not None:
+            clean = random_crop(clean, self.segment_samples, rng)
+        noise = self._noise(self.noise_files[int(rng.integers(len(self.noise_files)))])
+        start = int(rng.integers(len(noise)))
+        noise = np.resize(np.roll(noise, -start), clean.shape[0])  # looped from a random offset
+        noisy = mix_at_snr(clean, noise, float(rng.uniform(*self.snr_range)))
+        gain = np.float32(10.0 ** (rng.uniform(*self.gain_range) / 20.0))
+        peak = max(float(np.abs(noisy).max()), float(np.abs(clean).max()), 1e-9)
+        gain = min(gain, np.float32(0.99 / peak))  # never clip the mixture
+        return {"clean": torch.from_numpy(clean * gain), "noisy": torch.from_numpy(noisy * gain)}
+
+
+def collate_pairs(items: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+    """Stack items into `clean`/`noisy` `(batch, samples)`, zero-padding to the longest, plus `lengths` `(batch,)`."""
+    lengths = torch.tensor([item["clean"].shape[0] for item in items])
+    longest = int(lengths.max())
+
+    def stack(key: str) -> torch.Tensor:
+        return torch.stack([torch.nn.functional.pad(item[key], (0, longest - item[key].shape[0])) for item in items])
+
+    return {"clean": stack("clean"), "noisy": stack("noisy"), "lengths": lengths}

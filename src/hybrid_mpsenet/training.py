@@ -1,0 +1,345 @@
+"""Training and fine-tuning with Accelerate: one loop for CPU, one GPU, or many GPUs (`accelerate launch`).
+
+The generator is trained with MP-SENet's objective and a metric discriminator that learns normalised PESQ.
+Checkpoints (`accelerator.save_state`) are written to a temporary folder and renamed, so the newest complete one
+is always usable; `resume=True` continues from it exactly (same data order, crops, RNG and optimiser states).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import shutil
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from accelerate import Accelerator
+from accelerate.utils import DataLoaderConfiguration, set_seed
+from tqdm.auto import tqdm
+
+from .configuration_hybrid_mpsenet import HybridMPSENetConfig
+from .data import NoiseMixingDataset, PairedSpeechDataset, collate_pairs, list_audio, load_voicebank
+from .enhancement import HybridMPSENetForSpeechEnhancement
+from .feature_extraction_hybrid_mpsenet import HybridMPSENetFeatureExtractor
+from .losses import LossWeights, MetricDiscriminator, generator_losses
+from .metrics import batch_pesq, make_pool, stoi_score
+from .utils import atomic_directory
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class TrainingArguments:
+    """Everything a run needs; `hybrid-mpsenet train` reads it from a YAML file plus command-line overrides."""
+
+    output_dir: str = field(metadata={"help": "run folder: checkpoints/, best/ (the exported model), logs/"})
+    preset: str = field(default="hybrid-small", metadata={"help": "architecture preset for a new model"})
+    config_overrides: str | None = field(default=None, metadata={"help": "JSON dict of config values to change"})
+    model: str | None = field(default=None, metadata={"help": "start from this model folder or Hub id"})
+    train_data: str | None = field(default=None, metadata={"help": "VoiceBank+DEMAND folder, saved dataset or id"})
+    eval_data: str | None = field(default=None, metadata={"help": "pairs for validation (default: train_data test)"})
+    clean_dirs: list[str] | None = field(default=None, metadata={"help": "clean speech folders (mixing mode)"})
+    noise_dirs: list[str] | None = field(default=None, metadata={"help": "noise folders (mixing mode)"})
+    eval_fraction: float = field(default=0.1, metadata={"help": "share of clean files held out (mixing mode)"})
+    snr_low: float = -5.0
+    snr_high: float = 20.0
+    items_per_epoch: int | None = field(default=None, metadata={"help": "mixtures per epoch (mixing mode)"})
+    segment_seconds: float = 2.0
+    batch_size: int = 4
+    num_workers: int = 0
+    max_steps: int = 1000
+    learning_rate: float = 5e-4
+    adam_beta1: float = 0.8
+    adam_beta2: float = 0.99
+    lr_decay: float = field(default=0.99, metadata={"help": "ExponentialLR gamma, applied once per epoch"})
+    gradient_accumulation_steps: int = 1
+    max_grad_norm: float | None = field(default=None, metadata={"help": "clip gradients to this norm"})
+    mixed_precision: str = field(default="no", metadata={"help": "no, fp16 or bf16"})
+    discriminator: bool = field(default=True, metadata={"help": "train with the PESQ metric discriminator"})
+    pesq_workers: int = field(default=2, metadata={"help": "processes computing PESQ (0: in-process)"})
+    weight_magnitude: float = 0.9
+    weight_phase: float = 0.3
+    weight_complex: float = 0.1
+    weight_consistency: float = 0.1
+    weight_time: float = 0.2
+    weight_metric: float = 0.05
+    eval_every: int = 500
+    eval_max_items: int | None = field(default=None, metadata={"help": "validate on at most this many items"})
+    save_every: int = 500
+    keep_checkpoints: int = 2
+    log_with: str | None = field(default="tensorboard", metadata={"help": "Accelerate tracker, or none"})
+    seed: int = 1234
+    resume: bool = field(default=False, metadata={"help": "continue from the newest checkpoint in output_dir"})
+    cpu: bool = field(default=False, metadata={"help": "train on CPU even when a GPU is present"})
+    progress: bool = True
+
+    def __post_init__(self):
+        if (self.train_data is None) == (self.clean_dirs is None):
+            raise ValueError("Give either train_data (clean/noisy pairs) or clean_dirs and noise_dirs (mixing).")
+        if self.clean_dirs is not None and not self.noise_dirs:
+            raise ValueError("Mixing mode needs noise_dirs as well as clean_dirs.")
+        if self.mixed_precision not in ("no", "fp16", "bf16"):
+            raise ValueError(f"mixed_precision must be no, fp16 or bf16, got {self.mixed_precision!r}.")
+        if self.log_with in ("none", ""):
+            self.log_with = None
+        for name in ("max_steps", "batch_size", "eval_every", "save_every", "gradient_accumulation_steps"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"{name} must be positive, got {getattr(self, name)}.")
+
+    @property
+    def loss_weights(self) -> LossWeights:
+        return LossWeights(**{name: getattr(self, f"weight_{name}") for name in LossWeights.__dataclass_fields__})
+
+
+class TrainingState:
+    """Counters saved with every checkpoint (registered with `accelerator.register_for_checkpointing`)."""
+
+    def __init__(self):
+        self.step = self.epoch = self.batch_in_epoch = 0
+        self.best_pesq = -math.inf
+        self.skipped_steps = self.failed_pesq = 0
+
+    def state_dict(self) -> dict:
+        return dict(vars(self))
+
+    def load_state_dict(self, state: dict) -> None:
+        vars(self).update(state)
+
+
+def build_datasets(args: TrainingArguments, sampling_rate: int):
+    """(train, validation) torch datasets for pairs or for mixing mode."""
+    segment = int(args.segment_seconds * sampling_rate)
+    if args.train_data is not None:
+        train = PairedSpeechDataset(load_voicebank(args.train_data, "train"), sampling_rate, segment, args.seed)
+        evaluation = PairedSpeechDataset(load_voicebank(args.eval_data or args.train_data, "test"), sampling_rate)
+        return train, evaluation
+    clean = list_audio(args.clean_dirs)
+    noise = list_audio(args.noise_dirs)
+    order = np.random.default_rng(args.seed).permutation(len(clean))
+    held_out = max(1, int(round(args.eval_fraction * len(clean)))) if len(clean) > 1 else 0
+    train_files = [clean[i] for i in sorted(order[held_out:])]
+    eval_files = [clean[i] for i in sorted(order[:held_out])] or train_files
+    snr = (args.snr_low, args.snr_high)
+    train = NoiseMixingDataset(
+        train_files, noise, sampling_rate, segment, snr, items_per_epoch=args.items_per_epoch, seed=args.seed
+    )
+    evaluation = NoiseMixingDataset(eval_files, noise, sampling_rate, None, snr, seed=args.seed + 1)
+    return train, evaluation
+
+
+def build_model(args: TrainingArguments) -> HybridMPSENetForSpeechEnhancement:
+    if args.model is not None:
+        return HybridMPSENetForSpeechEnhancement.from_pretrained(args.model)
+    config = HybridMPSENetConfig.from_preset(args.preset, **json.loads(args.config_overrides or "{}"))
+    return HybridMPSENetForSpeechEnhancement(config)
+
+
+def latest_checkpoint(output_dir: str | Path) -> Path | None:
+    """The newest complete checkpoint folder of a run, or `None`."""
+    folders = sorted((Path(output_dir) / "checkpoints").glob("step-*"))
+    return folders[-1] if folders else None
+
+
+def _save_checkpoint(accelerator: Accelerator, args: TrainingArguments, step: int) -> None:
+    root = Path(args.output_dir) / "checkpoints"
+    final, tmp = root / f"step-{step:08d}", root / f".step-{step:08d}.tmp"
+    accelerator.save_state(str(tmp))
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        if final.exists():
+            shutil.rmtree(final)
+        tmp.rename(final)
+        for old in sorted(root.glob("step-*"))[: -args.keep_checkpoints]:
+            shutil.rmtree(old)
+    accelerator.wait_for_everyone()
+
+
+@torch.no_grad()
+def evaluate_model(
+    model: HybridMPSENetForSpeechEnhancement, dataset, max_items: int | None = None, pool=None
+) -> dict[str, float]:
+    """Mean PESQ (wide band) and STOI of `model` on whole utterances of a validation dataset."""
+    model.eval()
+    rate = model.config.sampling_rate
+    references, enhanced = [], []
+    for index in range(min(len(dataset), max_items or len(dataset))):
+        item = dataset[index]
+        references.append(item["clean"].numpy())
+        enhanced.append(model.enhance(item["noisy"].numpy(), rate))
+    pesq = batch_pesq(references, enhanced, rate, pool)
+    stoi = [stoi_score(r, e, rate) for r, e in zip(references, enhanced, strict=True)]
+    model.train()
+    return {
+        "pesq": float(np.nanmean(pesq)) if np.isfinite(pesq).any() else float("nan"),
+        "stoi": float(np.nanmean(stoi)),
+        "pesq_failures": int(np.isnan(pesq).sum()),
+    }
+
+
+def _export(model: HybridMPSENetForSpeechEnhancement, path: Path, metrics: dict) -> None:
+    with atomic_directory(path) as tmp:
+        model.save_pretrained(tmp)
+        HybridMPSENetFeatureExtractor.from_model_config(model.config).save_pretrained(tmp)
+        (tmp / "eval_results.json").write_text(json.dumps(metrics, indent=2))
+
+
+def train(args: TrainingArguments) -> Path:
+    """Run (or resume) training; returns the folder of the best exported model (`output_dir/best`)."""
+    output_dir = Path(args.output_dir)
+    accelerator = Accelerator(
+        cpu=args.cpu,
+        mixed_precision=args.mixed_precision,
+        gradient_accumulation_steps=args.gradient_accumulation_steps,
+        log_with=args.log_with,
+        project_dir=str(output_dir / "logs"),
+        dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True, data_seed=args.seed),
+    )
+    set_seed(args.seed)
+    model = build_model(args)
+    rate = model.config.sampling_rate
+    train_set, eval_set = build_datasets(args, rate)
+    if len(train_set) < args.batch_size:
+        raise ValueError(f"The training set has {len(train_set)} items, fewer than one batch of {args.batch_size}.")
+    loader = torch.utils.data.DataLoader(
+        train_set, args.batch_size, shuffle=True, drop_last=True, collate_fn=collate_pairs, num_workers=args.num_workers
+    )
+    discriminator = MetricDiscriminator()
+    betas = (args.adam_beta1, args.adam_beta2)
+    optim_g = torch.optim.AdamW(model.parameters(), args.learning_rate, betas=betas)
+    optim_d = torch.optim.AdamW(discriminator.parameters(), args.learning_rate, betas=betas)
+    sched_g = torch.optim.lr_scheduler.ExponentialLR(optim_g, args.lr_decay)
+    sched_d = torch.optim.lr_scheduler.ExponentialLR(optim_d, args.lr_decay)
+    model, discriminator, optim_g, optim_d, loader = accelerator.prepare(model, discriminator, optim_g, optim_d, loader)
+    # Stepped once per epoch by this loop, so they are registered rather than prepared.
+    state = TrainingState()
+    for item in (sched_g, sched_d, state):
+        accelerator.register_for_checkpointing(item)
+    if args.resume and (checkpoint := latest_checkpoint(output_dir)) is not None:
+        accelerator.load_state(str(checkpoint))
+        logger.info("Resumed from %s (step %d)", checkpoint, state.step)
+    if args.log_with is not None:
+        accelerator.init_trackers("hybrid-mpsenet", config={k: str(v) for k, v in asdict(args).items()})
+
+    unwrapped = accelerator.unwrap_model(model)
+    weights = args.loss_weights
+    pool = make_pool(args.pesq_workers) if args.discriminator else None
+    bar = tqdm(
+        total=args.max_steps,
+        initial=state.step,
+        desc="training",
+        disable=not (args.progress and accelerator.is_main_process),
+    )
+    try:
+        while state.step < args.max_steps:
+            train_set.set_epoch(state.epoch)
+            loader.set_epoch(state.epoch)
+            batches = accelerator.skip_first_batches(loader, state.batch_in_epoch) if state.batch_in_epoch else loader
+            for batch in batches:
+                logs = _train_step(
+                    accelerator, args, unwrapped, model, discriminator, optim_g, optim_d, batch, weights, pool, state
+                )
+                state.batch_in_epoch += 1
+                state.step += 1
+                bar.update(1)
+                if logs:
+                    bar.set_postfix(loss=f"{logs['train/total']:.3f}")
+                    accelerator.log(logs, step=state.step)
+                if state.step % args.eval_every == 0 or state.step == args.max_steps:
+                    _validate(accelerator, args, unwrapped, eval_set, pool, state, output_dir)
+                if state.step % args.save_every == 0 or state.step == args.max_steps:
+                    _save_checkpoint(accelerator, args, state.step)
+                if state.step >= args.max_steps:
+                    break
+            else:
+                state.epoch += 1
+                state.batch_in_epoch = 0
+                sched_g.step()
+                sched_d.step()
+    finally:
+        bar.close()
+        if pool is not None:
+            pool.shutdown()
+        accelerator.end_training()
+    return output_dir / "best"
+
+
+def _train_step(accelerator, args, unwrapped, model, discriminator, optim_g, optim_d, batch, weights, pool, state):
+    """One discriminator and one generator update on a batch; returns the logged values ({} when skipped)."""
+    clean_audio, noisy_audio = batch["clean"], batch["noisy"]
+    # MP-SENet normalises both signals of a pair by the noisy RMS.
+    norm = torch.sqrt(noisy_audio.shape[1] / noisy_audio.pow(2).sum(dim=1, keepdim=True).clamp_min(1e-8))
+    clean_audio, noisy_audio = clean_audio * norm, noisy_audio * norm
+    clean_mag, clean_pha, clean_com = unwrapped.spectrum(clean_audio)
+    noisy_mag, noisy_pha, _ = unwrapped.spectrum(noisy_audio)
+    with accelerator.accumulate(model, discriminator):
+        with accelerator.autocast():
+            output = model(noisy_mag, noisy_pha)
+        mag_g, pha_g, com_g = output.magnitude.float(), output.phase.float(), output.complex_spectrum.float()
+        audio_g = unwrapped.waveform(mag_g, pha_g, length=clean_audio.shape[1])
+        _, _, consistency = unwrapped.spectrum(audio_g)
+
+        logs = {}
+        if args.discriminator:
+            pesq = batch_pesq(
+                list(clean_audio.cpu().numpy()),
+                list(audio_g.detach().cpu().numpy()),
+                unwrapped.config.sampling_rate,
+                pool,
+            )
+            valid = torch.from_numpy(np.isfinite(pesq)).to(clean_mag.device)
+            state.failed_pesq += int((~valid).sum())
+            target = torch.from_numpy((np.nan_to_num(pesq) - 1.0) / 3.5).float().to(clean_mag.device)
+            score_real = discriminator(clean_mag, clean_mag)
+            score_fake = discriminator(clean_mag, mag_g.detach())
+            loss_d = torch.nn.functional.mse_loss(score_real, torch.ones_like(score_real))
+            if bool(valid.any()):
+                loss_d = loss_d + torch.nn.functional.mse_loss(score_fake[valid], target[valid])
+            optim_d.zero_grad()
+            if torch.isfinite(loss_d):
+                accelerator.backward(loss_d)
+                if args.max_grad_norm and accelerator.sync_gradients:
+                    accelerator.clip_grad_norm_(discriminator.parameters(), args.max_grad_norm)
+                optim_d.step()
+            logs["train/discriminator"] = loss_d.item()
+            logs["train/pesq"] = float(np.nanmean(pesq)) if valid.any() else float("nan")
+
+        metric_score = discriminator(clean_mag, mag_g) if args.discriminator else None
+        losses = generator_losses(
+            {"magnitude": clean_mag, "phase": clean_pha, "complex": clean_com, "audio": clean_audio},
+            {"magnitude": mag_g, "phase": pha_g, "complex": com_g, "audio": audio_g},
+            consistency,
+            metric_score,
+            weights,
+        )
+        optim_g.zero_grad()
+        if not torch.isfinite(losses["total"]):
+            state.skipped_steps += 1
+            logger.warning("Step %d: non-finite generator loss; the update is skipped.", state.step + 1)
+            return {}
+        accelerator.backward(losses["total"])
+        if args.max_grad_norm and accelerator.sync_gradients:
+            accelerator.clip_grad_norm_(model.parameters(), args.max_grad_norm)
+        optim_g.step()
+    logs.update({f"train/{name}": value.item() for name, value in losses.items()})
+    logs["train/lr"] = optim_g.param_groups[0]["lr"]
+    return logs
+
+
+def _validate(accelerator, args, unwrapped, eval_set, pool, state, output_dir) -> None:
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        metrics = evaluate_model(unwrapped, eval_set, args.eval_max_items, pool)
+        metrics.update(step=state.step, failed_training_pesq=state.failed_pesq, skipped_steps=state.skipped_steps)
+        accelerator.log({f"eval/{k}": v for k, v in metrics.items() if k != "step"}, step=state.step)
+        logger.info("step %d: %s", state.step, metrics)
+        # Without a PESQ value (all failed), the newest model is kept.
+        score = metrics["pesq"] if math.isfinite(metrics["pesq"]) else -math.inf
+        if score >= state.best_pesq:
+            state.best_pesq = score
+            _export(unwrapped, output_dir / "best", metrics)
+        with open(output_dir / "history.jsonl", "a") as history:
+            history.write(json.dumps(metrics) + "\n")
+    accelerator.wait_for_everyone()
