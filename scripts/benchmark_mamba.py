@@ -10,21 +10,18 @@ frequency pass. Prints a table and writes JSON.
 from __future__ import annotations
 
 import argparse
-import json
-import multiprocessing as mp
 import platform
-import resource
 import time
-from pathlib import Path
 
 import torch
 
 from hybrid_mpsenet.mamba import selective_scan, selective_scan_reference
+from hybrid_mpsenet.utils import peak_rss_gib, run_in_fresh_process, write_json_atomic
 
 SCANS = {"chunked": selective_scan, "reference": selective_scan_reference}
 
 
-def _measure(method: str, batch: int, length: int, threads: int, chunk_size: int, queue) -> None:
+def measure(method: str, batch: int, length: int, threads: int, chunk_size: int) -> dict:
     torch.set_num_threads(threads)
     torch.manual_seed(0)
     d_inner, d_state = 128, 16
@@ -42,22 +39,7 @@ def _measure(method: str, batch: int, length: int, threads: int, chunk_size: int
     forward = time.perf_counter() - start
     y.square().mean().backward()
     total = time.perf_counter() - start
-    # ru_maxrss is in KiB on Linux; each measurement runs in a fresh process so it is this run's peak.
-    queue.put({"forward_s": forward, "forward_backward_s": total, "peak_rss_gib": _peak_rss_gib()})
-
-
-def _peak_rss_gib() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
-
-
-def measure(method: str, batch: int, length: int, threads: int, chunk_size: int) -> dict:
-    ctx = mp.get_context("spawn")
-    queue = ctx.Queue()
-    process = ctx.Process(target=_measure, args=(method, batch, length, threads, chunk_size, queue))
-    process.start()
-    result = queue.get()
-    process.join()
-    return result
+    return {"forward_s": forward, "forward_backward_s": total, "peak_rss_gib": peak_rss_gib()}
 
 
 def main() -> None:
@@ -74,7 +56,8 @@ def main() -> None:
         batch, length = (int(v) for v in shape.lower().split("x"))
         row = {"batch": batch, "length": length}
         for method in ["chunked"] if args.skip_reference else list(SCANS):
-            row[method] = measure(method, batch, length, args.threads, args.chunk_size)
+            # A fresh process per measurement, so the peak memory is this run's.
+            row[method] = run_in_fresh_process(measure, method, batch, length, args.threads, args.chunk_size)
         if "reference" in row:
             row["speedup"] = row["reference"]["forward_backward_s"] / row["chunked"]["forward_backward_s"]
         rows.append(row)
@@ -91,8 +74,6 @@ def main() -> None:
                     f"| {row['batch']} x {row['length']} | {method} | {r['forward_s']:.2f} | "
                     f"{r['forward_backward_s']:.2f} | {r['peak_rss_gib']:.2f} | {speedup} |"
                 )
-    output = Path(args.output)
-    output.parent.mkdir(parents=True, exist_ok=True)
     result = {
         "torch": torch.__version__,
         "machine": platform.processor() or platform.machine(),
@@ -102,10 +83,7 @@ def main() -> None:
         "d_state": 16,
         "rows": rows,
     }
-    tmp = output.with_suffix(".tmp")
-    tmp.write_text(json.dumps(result, indent=2))
-    tmp.replace(output)
-    print(f"wrote {output}")
+    print(f"wrote {write_json_atomic(args.output, result)}")
 
 
 if __name__ == "__main__":

@@ -129,8 +129,27 @@ def _info(args: argparse.Namespace) -> int:
     return 0
 
 
+def _train(args: argparse.Namespace) -> int:
+    from .training import parse_training_arguments, train
+
+    best = train(parse_training_arguments(args.overrides, args.config))
+    print(f"Best model: {best}")
+    return 0
+
+
+def _finetune(args: argparse.Namespace) -> int:
+    from .training import parse_training_arguments, train
+
+    argv = ["--model", args.model, "--clean_dirs", *args.clean, "--noise_dirs", *args.noise, *args.overrides]
+    best = train(parse_training_arguments(argv, args.config))
+    print(f"Best model: {best}")
+    return 0
+
+
 COMMANDS: dict[str, tuple[str, Callable[[argparse.Namespace], int]]] = {
     "enhance": ("denoise audio files, folders or glob patterns", _enhance),
+    "train": ("train a model (YAML config + --name value overrides); works under `accelerate launch`", _train),
+    "finetune": ("fine-tune a model on clean speech mixed with new noise", _finetune),
     "convert": ("convert an original MP-SENet / hybrid generator checkpoint to a save_pretrained folder", _convert),
     "info": ("print the architecture and parameter count of the presets or of a model", _info),
 }
@@ -157,6 +176,15 @@ def build_parser() -> argparse.ArgumentParser:
     enhance.add_argument("--overwrite", action="store_true", help="replace existing outputs (never inputs)")
     enhance.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
 
+    train = sub.choices["train"]
+    train.add_argument("--config", help="YAML file of training settings; any --name value after it overrides one")
+
+    finetune = sub.choices["finetune"]
+    finetune.add_argument("--model", required=True, help="model folder or Hub id to start from")
+    finetune.add_argument("--clean", nargs="+", required=True, help="folders of clean speech")
+    finetune.add_argument("--noise", nargs="+", required=True, help="folders of the new noise")
+    finetune.add_argument("--config", help="YAML file of further settings; --output_dir DIR etc. also accepted")
+
     convert = sub.choices["convert"]
     convert.add_argument("checkpoint", help="original generator checkpoint ({'generator': state_dict})")
     convert.add_argument("output", help="folder to write (safetensors + config + preprocessor config)")
@@ -170,13 +198,17 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    # train and finetune pass unknown --name value pairs on to TrainingArguments.
+    args, overrides = parser.parse_known_args(argv)
+    if overrides and args.command not in ("train", "finetune"):
+        parser.error(f"unrecognized arguments: {' '.join(overrides)}")
+    args.overrides = overrides
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(message)s")
     if args.command is None:
         parser.error(f"choose a command: {', '.join(COMMANDS)}")
     try:
         return COMMANDS[args.command][1](args)
-    except (ValueError, OSError) as error:
+    except (ValueError, OSError) as error:  # user errors: bad arguments, files, configs
         print(f"hybrid-mpsenet {args.command}: error: {error}", file=sys.stderr)
         return 2
 

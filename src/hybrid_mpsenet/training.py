@@ -11,6 +11,7 @@ import json
 import logging
 import math
 import shutil
+from concurrent.futures import Executor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -109,6 +110,28 @@ class TrainingState:
         vars(self).update(state)
 
 
+def parse_training_arguments(argv: list[str], config_file: str | Path | None = None) -> TrainingArguments:
+    """[`TrainingArguments`] from an optional YAML file, overridden by `--name value` arguments in `argv`."""
+    import yaml
+    from transformers import HfArgumentParser
+
+    parser = HfArgumentParser(TrainingArguments, prog="hybrid-mpsenet train")
+    if config_file is not None:
+        try:
+            values = yaml.safe_load(Path(config_file).read_text()) or {}
+        except (OSError, yaml.YAMLError) as error:
+            raise ValueError(f"{config_file}: cannot read the training config ({error}).") from error
+        unknown = sorted(set(values) - set(TrainingArguments.__dataclass_fields__))
+        if not isinstance(values, dict) or unknown:
+            raise ValueError(f"{config_file}: unknown training settings {unknown}; see `hybrid-mpsenet train -h`.")
+        parser.set_defaults(**values)
+        for action in parser._actions:
+            if action.dest in values:
+                action.required = False
+    (arguments,) = parser.parse_args_into_dataclasses(args=argv)
+    return arguments
+
+
 def build_datasets(args: TrainingArguments, sampling_rate: int):
     """(train, validation) torch datasets for pairs or for mixing mode."""
     segment = int(args.segment_seconds * sampling_rate)
@@ -135,6 +158,16 @@ def build_model(args: TrainingArguments) -> HybridMPSENetForSpeechEnhancement:
         return HybridMPSENetForSpeechEnhancement.from_pretrained(args.model)
     config = HybridMPSENetConfig.from_preset(args.preset, **json.loads(args.config_overrides or "{}"))
     return HybridMPSENetForSpeechEnhancement(config)
+
+
+def build_optimizers(args: TrainingArguments, model: torch.nn.Module, discriminator: torch.nn.Module):
+    """AdamW for the generator and the discriminator and their per-epoch ExponentialLR schedules."""
+    betas = (args.adam_beta1, args.adam_beta2)
+    optim_g = torch.optim.AdamW(model.parameters(), args.learning_rate, betas=betas)
+    optim_d = torch.optim.AdamW(discriminator.parameters(), args.learning_rate, betas=betas)
+    sched_g = torch.optim.lr_scheduler.ExponentialLR(optim_g, args.lr_decay)
+    sched_d = torch.optim.lr_scheduler.ExponentialLR(optim_d, args.lr_decay)
+    return optim_g, optim_d, sched_g, sched_d
 
 
 def latest_checkpoint(output_dir: str | Path) -> Path | None:
@@ -203,15 +236,19 @@ def train(args: TrainingArguments) -> Path:
     train_set, eval_set = build_datasets(args, rate)
     if len(train_set) < args.batch_size:
         raise ValueError(f"The training set has {len(train_set)} items, fewer than one batch of {args.batch_size}.")
+    # A generator of its own, so that starting an epoch's iterator does not draw from the global RNG (which
+    # would make a resumed run diverge from an uninterrupted one).
     loader = torch.utils.data.DataLoader(
-        train_set, args.batch_size, shuffle=True, drop_last=True, collate_fn=collate_pairs, num_workers=args.num_workers
+        train_set,
+        args.batch_size,
+        shuffle=True,
+        drop_last=True,
+        collate_fn=collate_pairs,
+        num_workers=args.num_workers,
+        generator=torch.Generator().manual_seed(args.seed),
     )
     discriminator = MetricDiscriminator()
-    betas = (args.adam_beta1, args.adam_beta2)
-    optim_g = torch.optim.AdamW(model.parameters(), args.learning_rate, betas=betas)
-    optim_d = torch.optim.AdamW(discriminator.parameters(), args.learning_rate, betas=betas)
-    sched_g = torch.optim.lr_scheduler.ExponentialLR(optim_g, args.lr_decay)
-    sched_d = torch.optim.lr_scheduler.ExponentialLR(optim_d, args.lr_decay)
+    optim_g, optim_d, sched_g, sched_d = build_optimizers(args, model, discriminator)
     model, discriminator, optim_g, optim_d, loader = accelerator.prepare(model, discriminator, optim_g, optim_d, loader)
     # Stepped once per epoch by this loop, so they are registered rather than prepared.
     state = TrainingState()
@@ -232,13 +269,14 @@ def train(args: TrainingArguments) -> Path:
         desc="training",
         disable=not (args.progress and accelerator.is_main_process),
     )
+    running: dict[str, list[float]] = {}  # training losses since the last validation, for history.jsonl
     try:
         while state.step < args.max_steps:
             train_set.set_epoch(state.epoch)
             loader.set_epoch(state.epoch)
             batches = accelerator.skip_first_batches(loader, state.batch_in_epoch) if state.batch_in_epoch else loader
             for batch in batches:
-                logs = _train_step(
+                logs = train_step(
                     accelerator, args, unwrapped, model, discriminator, optim_g, optim_d, batch, weights, pool, state
                 )
                 state.batch_in_epoch += 1
@@ -247,8 +285,12 @@ def train(args: TrainingArguments) -> Path:
                 if logs:
                     bar.set_postfix(loss=f"{logs['train/total']:.3f}")
                     accelerator.log(logs, step=state.step)
+                    for name, value in logs.items():
+                        running.setdefault(name, []).append(value)
                 if state.step % args.eval_every == 0 or state.step == args.max_steps:
-                    _validate(accelerator, args, unwrapped, eval_set, pool, state, output_dir)
+                    averages = {name: float(np.nanmean(values)) for name, values in running.items()}
+                    _validate(accelerator, args, unwrapped, eval_set, pool, state, output_dir, averages)
+                    running.clear()
                 if state.step % args.save_every == 0 or state.step == args.max_steps:
                     _save_checkpoint(accelerator, args, state.step)
                 if state.step >= args.max_steps:
@@ -266,8 +308,29 @@ def train(args: TrainingArguments) -> Path:
     return output_dir / "best"
 
 
-def _train_step(accelerator, args, unwrapped, model, discriminator, optim_g, optim_d, batch, weights, pool, state):
-    """One discriminator and one generator update on a batch; returns the logged values ({} when skipped)."""
+def train_step(
+    accelerator: Accelerator,
+    args: TrainingArguments,
+    unwrapped: HybridMPSENetForSpeechEnhancement,
+    model: torch.nn.Module,
+    discriminator: torch.nn.Module,
+    optim_g: torch.optim.Optimizer,
+    optim_d: torch.optim.Optimizer,
+    batch: dict[str, torch.Tensor],
+    weights: LossWeights,
+    pool: Executor | None,
+    state: TrainingState,
+) -> dict[str, float]:
+    """One discriminator and one generator update.
+
+    Args:
+        unwrapped: the generator without its Accelerate/DDP wrapper (`model`), for the STFT helpers.
+        batch: `clean` and `noisy` waveforms `(batch, samples)`.
+        pool: process pool for PESQ, or `None` to compute it in-process.
+
+    Returns:
+        The values to log (`train/...`); empty when the update was skipped for a non-finite loss.
+    """
     clean_audio, noisy_audio = batch["clean"], batch["noisy"]
     # MP-SENet normalises both signals of a pair by the noisy RMS.
     norm = torch.sqrt(noisy_audio.shape[1] / noisy_audio.pow(2).sum(dim=1, keepdim=True).clamp_min(1e-8))
@@ -328,12 +391,16 @@ def _train_step(accelerator, args, unwrapped, model, discriminator, optim_g, opt
     return logs
 
 
-def _validate(accelerator, args, unwrapped, eval_set, pool, state, output_dir) -> None:
+def _validate(accelerator, args, unwrapped, eval_set, pool, state, output_dir, train_averages) -> None:
+    """Evaluate, export the model if it is the best so far, and append the results to `history.jsonl`."""
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         metrics = evaluate_model(unwrapped, eval_set, args.eval_max_items, pool)
         metrics.update(step=state.step, failed_training_pesq=state.failed_pesq, skipped_steps=state.skipped_steps)
-        accelerator.log({f"eval/{k}": v for k, v in metrics.items() if k != "step"}, step=state.step)
+        metrics.update(train_averages)
+        accelerator.log(
+            {f"eval/{k}": v for k, v in metrics.items() if k != "step" and not k.startswith("train/")}, step=state.step
+        )
         logger.info("step %d: %s", state.step, metrics)
         # Without a PESQ value (all failed), the newest model is kept.
         score = metrics["pesq"] if math.isfinite(metrics["pesq"]) else -math.inf

@@ -1,11 +1,15 @@
-"""Small helpers shared by the converter, training and publishing code."""
+"""Small helpers shared by the converter, training, publishing code and the benchmarks."""
 
 from __future__ import annotations
 
 import contextlib
+import json
+import multiprocessing as mp
+import resource
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 
@@ -30,3 +34,26 @@ def atomic_directory(path: str | Path) -> Iterator[Path]:
     finally:
         if tmp.exists():
             shutil.rmtree(tmp)
+
+
+def write_json_atomic(path: str | Path, data) -> Path:
+    """Write `data` as indented JSON to `path` through a temporary file and a rename."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(data, indent=2))
+    tmp.replace(path)
+    return path
+
+
+def peak_rss_gib() -> float:
+    """This process's peak resident memory in GiB (`ru_maxrss` is KiB on Linux)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+
+
+def run_in_fresh_process(target: Callable[..., dict], *args) -> dict:
+    """`target(*args)` in a spawned process, so peak-memory readings belong to that call alone (benchmarks).
+
+    Exceptions raised by `target` are raised here."""
+    with ProcessPoolExecutor(max_workers=1, mp_context=mp.get_context("spawn")) as pool:
+        return pool.submit(target, *args).result()

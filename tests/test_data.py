@@ -1,0 +1,148 @@
+import logging
+
+import datasets
+import numpy as np
+import pytest
+import soundfile as sf
+import soxr
+from helpers import DATA
+
+from hybrid_mpsenet.data import (
+    NoiseMixingDataset,
+    PairedSpeechDataset,
+    collate_pairs,
+    decode_audio,
+    list_audio,
+    load_voicebank,
+    mix_at_snr,
+)
+
+SPEECH = ["LJ001-0002.wav", "arctic_a0001.wav"]
+NOISE = ["ambi_drone.wav", "running_tap_8s.wav"]
+
+
+def noisy_copy(path, rate):
+    clean = decode_audio(str(DATA / path), 16000)
+    noise = decode_audio(str(DATA / "running_tap_8s.wav"), 16000)[: len(clean)]
+    noisy = mix_at_snr(clean, noise, 5.0)
+    return (clean, noisy) if rate == 16000 else (soxr.resample(clean, 16000, rate), soxr.resample(noisy, 16000, rate))
+
+
+def write_pairs(clean_dir, noisy_dir, ids, rate=16000):
+    clean_dir.mkdir(parents=True)
+    noisy_dir.mkdir(parents=True)
+    for item, path in zip(ids, SPEECH, strict=True):
+        clean, noisy = noisy_copy(path, rate)
+        sf.write(clean_dir / f"{item}.wav", clean, rate)
+        sf.write(noisy_dir / f"{item}.wav", noisy[:-7], rate)  # partners may differ by a few samples
+
+
+def test_original_voicebank_layout_at_48k_is_resampled_and_trimmed(tmp_path, caplog):
+    write_pairs(
+        tmp_path / "clean_trainset_28spk_wav", tmp_path / "noisy_trainset_28spk_wav", ["p1_001", "p2_001"], 48000
+    )
+    write_pairs(tmp_path / "clean_testset_wav", tmp_path / "noisy_testset_wav", ["p9_001", "p9_002"], 48000)
+    sf.write(tmp_path / "clean_trainset_28spk_wav" / "p3_001.wav", np.zeros(1000), 48000)  # no noisy partner
+    with caplog.at_level(logging.WARNING):
+        pairs = load_voicebank(tmp_path, "train")
+    assert pairs["id"] == ["p1_001", "p2_001"] and "no partner" in caplog.text and "p3_001" in caplog.text
+    assert load_voicebank(tmp_path, "test")["id"] == ["p9_001", "p9_002"]
+    item = PairedSpeechDataset(pairs, 16000)[0]
+    clean, noisy = noisy_copy(SPEECH[0], 16000)
+    assert abs(item["clean"].shape[0] - len(clean)) <= 3 and item["clean"].shape == item["noisy"].shape
+    got, want = item["clean"].numpy()[100:-100], clean[100 : item["clean"].shape[0] - 100]
+    assert 10 * np.log10(np.sum(want**2) / np.sum((got - want) ** 2)) > 30  # only the 8 kHz band edge differs
+
+
+def test_mpsenet_layout_uses_the_split_lists(tmp_path):
+    write_pairs(tmp_path / "wavs_clean", tmp_path / "wavs_noisy", ["p1_001", "p2_001"])
+    (tmp_path / "training.txt").write_text("p1_001|some text\n")
+    (tmp_path / "test.txt").write_text("p2_001|other text\n\n")
+    assert load_voicebank(tmp_path, "train")["id"] == ["p1_001"]
+    assert load_voicebank(tmp_path, "test")["id"] == ["p2_001"]
+
+
+@pytest.mark.parametrize("storage", ["save_to_disk", "parquet"])
+def test_hub_schema_dataset_from_local_storage(tmp_path, storage):
+    write_pairs(tmp_path / "c", tmp_path / "n", ["a", "b"])
+    table = (
+        datasets.Dataset.from_dict(
+            {
+                "id": ["a", "b"],
+                "clean": [str(tmp_path / "c" / f"{i}.wav") for i in "ab"],
+                "noisy": [str(tmp_path / "n" / f"{i}.wav") for i in "ab"],
+            }
+        )
+        .cast_column("clean", datasets.Audio())
+        .cast_column("noisy", datasets.Audio())
+    )
+    splits = datasets.DatasetDict({"train": table, "test": table.select([1])})
+    if storage == "save_to_disk":
+        splits.save_to_disk(str(tmp_path / "ds"))
+    else:
+        (tmp_path / "ds").mkdir()
+        for name, split in splits.items():
+            split.to_parquet(str(tmp_path / "ds" / f"{name}.parquet"))
+    train = load_voicebank(tmp_path / "ds", "train")
+    assert train["id"] == ["a", "b"] and load_voicebank(tmp_path / "ds", "test")["id"] == ["b"]
+    item = PairedSpeechDataset(train, 16000)[1]
+    expected = sf.read(tmp_path / "c" / "b.wav", dtype="float32")[0]
+    np.testing.assert_array_equal(item["clean"].numpy(), expected[: item["clean"].shape[0]])
+
+
+@pytest.mark.parametrize("snr", [-5.0, 0.0, 7.5, 20.0])
+def test_mixing_hits_the_requested_snr(snr):
+    clean = decode_audio(str(DATA / SPEECH[1]), 16000)
+    noise = decode_audio(str(DATA / NOISE[1]), 16000)[: len(clean)]
+    noisy = mix_at_snr(clean, noise, snr)
+    measured = 10 * np.log10(np.sum(clean.astype(np.float64) ** 2) / np.sum((noisy - clean).astype(np.float64) ** 2))
+    assert abs(measured - snr) < 0.1
+
+
+def test_noise_mixing_dataset_is_seeded_cropped_and_in_range():
+    def make(seed):
+        return NoiseMixingDataset(
+            [DATA / s for s in SPEECH],
+            [DATA / n for n in NOISE],
+            16000,
+            8000,
+            (0.0, 10.0),
+            items_per_epoch=6,
+            seed=seed,
+        )
+
+    first, again, other = make(1), make(1), make(2)
+    for index in range(6):
+        item = first[index]
+        assert item["clean"].shape == item["noisy"].shape == (8000,)
+        assert float(item["noisy"].abs().max()) < 1.0
+        assert np.array_equal(item["noisy"].numpy(), again[index]["noisy"].numpy())
+        noise = (item["noisy"] - item["clean"]).double()
+        if float(item["clean"].pow(2).sum()) > 0:
+            snr = 10 * np.log10(float(item["clean"].double().pow(2).sum() / noise.pow(2).sum()))
+            assert -0.1 < snr < 10.1
+    assert not np.array_equal(first[0]["noisy"].numpy(), other[0]["noisy"].numpy())
+    epoch0 = first[0]["noisy"].numpy()
+    first.set_epoch(1)
+    assert not np.array_equal(epoch0, first[0]["noisy"].numpy())
+    batch = collate_pairs([first[0], first[1]])
+    assert batch["clean"].shape == (2, 8000) and batch["lengths"].tolist() == [8000, 8000]
+
+
+def test_bad_folders_and_sources(tmp_path):
+    with pytest.raises(FileNotFoundError, match="no such folder"):
+        load_voicebank(tmp_path / "missing")
+    (tmp_path / "random").mkdir()
+    with pytest.raises(ValueError, match="not a VoiceBank\\+DEMAND folder"):
+        load_voicebank(tmp_path / "random")
+    (tmp_path / "wavs_clean").mkdir()
+    (tmp_path / "wavs_noisy").mkdir()
+    with pytest.raises(FileNotFoundError, match="training.txt"):
+        load_voicebank(tmp_path)
+    (tmp_path / "training.txt").write_text("p1_001|x\n")
+    with pytest.raises(ValueError, match="No clean/noisy pairs"):
+        load_voicebank(tmp_path)
+    with pytest.raises(ValueError, match="No audio files"):
+        list_audio(tmp_path / "random")
+    with pytest.raises(ValueError, match="split must be"):
+        load_voicebank(tmp_path, "dev")
