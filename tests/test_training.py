@@ -1,4 +1,6 @@
 import json
+import subprocess
+import sys
 
 import pytest
 import soundfile as sf
@@ -145,3 +147,21 @@ def test_train_and_finetune_commands(tmp_path, voicebank, capsys):
     assert (tmp_path / "tuned" / "best" / "model.safetensors").is_file()
     assert main(["train", "--output_dir", str(tmp_path / "x"), "--train_data", str(tmp_path / "none"), *common]) == 2
     assert "no such folder" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_two_process_cpu_run_gloo(tmp_path):
+    # `accelerate launch` starts one process for CPU-only configs; torchrun starts two and Accelerate joins them
+    # (MULTI_CPU over gloo) -- the same code path as DDP on GPUs.
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29561"]
+    command += ["-m", "hybrid_mpsenet.cli", "train", "--cpu", "true", "--output_dir", str(tmp_path / "run")]
+    command += ["--clean_dirs", str(DATA), "--noise_dirs", str(DATA)]
+    command += ["--items_per_epoch", "8", "--segment_seconds", "0.5", "--batch_size", "2", "--max_steps", "3"]
+    command += ["--eval_max_items", "1", "--pesq_workers", "0", "--log_with", "none", "--progress", "false"]
+    command += ["--config_overrides", CONFIG]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-2000:]
+    checkpoint = latest_checkpoint(tmp_path / "run")
+    assert checkpoint.name == "step-00000003"
+    assert {p.name for p in checkpoint.glob("random_states_*.pkl")} == {"random_states_0.pkl", "random_states_1.pkl"}
+    assert HybridMPSENetForSpeechEnhancement.from_pretrained(tmp_path / "run" / "best").config.n_fft == 128
