@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 import torch
-from helpers import tiny_config
+from helpers import DATA, tiny_config
 
 from hybrid_mpsenet import HybridMPSENetModel
 from hybrid_mpsenet.cli import main
@@ -93,3 +93,19 @@ def test_unknown_command_lists_the_allowed_ones(capsys):
     with pytest.raises(SystemExit):
         main(["denoise"])
     assert "convert" in capsys.readouterr().err
+
+
+def test_evaluate_prints_the_metric_table_and_writes_json(tmp_path, model_dir, capsys):
+    for kind in ("clean", "noisy"):
+        folder = tmp_path / "vb" / f"{kind}_testset_wav"
+        folder.mkdir(parents=True)
+        (folder / "p232_001.wav").write_bytes((DATA / f"p232_001_{kind}.wav").read_bytes())
+    args = ["evaluate", "--data", str(tmp_path / "vb"), "--model", str(model_dir), "--noisy-baseline", "-q"]
+    args += ["--workers", "0", "--save-enhanced", str(tmp_path / "enh"), "--output", str(tmp_path / "r.json")]
+    assert main(args) == 0
+    table = capsys.readouterr().out
+    assert "| metric | noisy | enhanced |" in table and "| CSIG | 4.27 ± 0.00 |" in table  # the verified noisy CSIG
+    result = json.loads((tmp_path / "r.json").read_text())
+    assert result["num_utterances"] == 1 and set(result["enhanced"]) == {"pesq", "csig", "cbak", "covl", "stoi", "ssnr"}
+    assert (tmp_path / "enh" / "p232_001.wav").is_file()
+    assert main(["evaluate", "--data", str(tmp_path / "nothing"), "--model", str(model_dir)]) == 2

@@ -129,6 +129,30 @@ def _info(args: argparse.Namespace) -> int:
     return 0
 
 
+def _evaluate(args: argparse.Namespace) -> int:
+    from .evaluation import evaluate_dataset, format_table
+    from .utils import write_json_atomic
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    model = HybridMPSENetForSpeechEnhancement.from_pretrained(args.model).to(resolve_device(args.device)).eval()
+    result = evaluate_dataset(
+        args.data,
+        model,
+        noisy_baseline=args.noisy_baseline,
+        save_enhanced=args.save_enhanced,
+        max_items=args.max_items,
+        workers=args.workers,
+        progress=not args.quiet,
+    )
+    result["model"] = args.model or "bundled default"
+    result["data"] = args.data
+    print(format_table(result))
+    if args.output:
+        print(f"wrote {write_json_atomic(args.output, result)}")
+    return 0
+
+
 def _train(args: argparse.Namespace) -> int:
     from .training import parse_training_arguments, train
 
@@ -148,6 +172,7 @@ def _finetune(args: argparse.Namespace) -> int:
 
 COMMANDS: dict[str, tuple[str, Callable[[argparse.Namespace], int]]] = {
     "enhance": ("denoise audio files, folders or glob patterns", _enhance),
+    "evaluate": ("score a model on clean/noisy test pairs: PESQ, CSIG, CBAK, COVL, STOI, SSNR", _evaluate),
     "train": ("train a model (YAML config + --name value overrides); works under `accelerate launch`", _train),
     "finetune": ("fine-tune a model on clean speech mixed with new noise", _finetune),
     "convert": ("convert an original MP-SENet / hybrid generator checkpoint to a save_pretrained folder", _convert),
@@ -175,6 +200,18 @@ def build_parser() -> argparse.ArgumentParser:
     enhance.add_argument("--downmix", action="store_true", help="average multi-channel input to mono")
     enhance.add_argument("--overwrite", action="store_true", help="replace existing outputs (never inputs)")
     enhance.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+
+    evaluate = sub.choices["evaluate"]
+    evaluate.add_argument("--data", required=True, help="VoiceBank+DEMAND folder (test split), saved dataset or id")
+    evaluate.add_argument("--model", help="model folder or Hub id (default: the bundled checkpoint)")
+    evaluate.add_argument("--noisy-baseline", action="store_true", help="also score the unprocessed input")
+    evaluate.add_argument("--save-enhanced", help="write the enhanced files to this folder")
+    evaluate.add_argument("--max-items", type=int, help="evaluate at most this many pairs")
+    evaluate.add_argument("--workers", type=int, default=2, help="processes computing the metrics (0: in-process)")
+    evaluate.add_argument("--device", default="auto", help="auto (default), cpu, cuda, cuda:N or mps")
+    evaluate.add_argument("--threads", type=int, help="CPU threads for PyTorch")
+    evaluate.add_argument("--output", help="write the results as JSON here")
+    evaluate.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
 
     train = sub.choices["train"]
     train.add_argument("--config", help="YAML file of training settings; any --name value after it overrides one")
