@@ -1,9 +1,8 @@
-"""Enhance one file in three lines: python examples/enhance.py MODEL NOISY.wav ENHANCED.wav"""
+"""Enhance one file in three lines: python examples/enhance.py NOISY.wav ENHANCED.wav [MODEL]"""
 
 import sys
 
 from hybrid_mpsenet import HybridMPSENetForSpeechEnhancement
 
-model_id, noisy, enhanced = sys.argv[1:4]
-model = HybridMPSENetForSpeechEnhancement.from_pretrained(model_id).eval()
-print("written:", model.enhance_file(noisy, enhanced))
+model = HybridMPSENetForSpeechEnhancement.from_pretrained(*sys.argv[3:4]).eval()  # bundled default without MODEL
+print("written:", model.enhance_file(sys.argv[1], sys.argv[2]))
