@@ -143,6 +143,10 @@ def test_enhance_file_keeps_rate_channels_and_subtype(model, speech, tmp_path):
     np.testing.assert_allclose(written, model.enhance(stored, 44100), atol=2**-22)
     flac = model.enhance_file(tmp_path / "in.wav", tmp_path / "out.flac", downmix=True, progress=False)
     assert sf.info(flac).channels == 1 and sf.info(flac).format == "FLAC"
+    told = model.enhance_file(tmp_path / "in.wav", tmp_path / "f.wav", subtype="FLOAT", progress=False)
+    assert sf.info(told).subtype == "FLOAT"
+    with pytest.raises(AudioError, match="cannot store subtype 'FLOAT'"):
+        model.enhance_file(tmp_path / "in.wav", tmp_path / "f.flac", subtype="FLOAT", progress=False)
 
 
 def test_enhance_file_errors_name_the_file_and_lose_nothing(model, speech, tmp_path):

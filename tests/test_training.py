@@ -2,6 +2,7 @@ import json
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 import soundfile as sf
 import torch
@@ -11,6 +12,8 @@ from safetensors.torch import load_file
 from hybrid_mpsenet import HybridMPSENetForSpeechEnhancement
 from hybrid_mpsenet.cli import main
 from hybrid_mpsenet.data import decode_audio, mix_at_snr
+from hybrid_mpsenet.enhancement import DEFAULT_MODEL_DIR
+from hybrid_mpsenet.metrics import pesq_score
 from hybrid_mpsenet.training import TrainingArguments, latest_checkpoint, parse_training_arguments, train
 
 CONFIG = json.dumps(
@@ -165,3 +168,54 @@ def test_two_process_cpu_run_gloo(tmp_path):
     assert checkpoint.name == "step-00000003"
     assert {p.name for p in checkpoint.glob("random_states_*.pkl")} == {"random_states_0.pkl", "random_states_1.pkl"}
     assert HybridMPSENetForSpeechEnhancement.from_pretrained(tmp_path / "run" / "best").config.n_fft == 128
+
+
+def tonal_noise(seconds: float, seed: int) -> np.ndarray:
+    """A noise type absent from the bundled model's training data: an amplitude-modulated 120 Hz machine hum."""
+    rng = np.random.default_rng(seed)
+    t = np.arange(int(seconds * 16000)) / 16000
+    hum = sum(np.sin(2 * np.pi * 120 * k * t + rng.uniform(0, 2 * np.pi)) / k for k in range(1, 30))
+    return ((1 + 0.5 * np.sin(2 * np.pi * 4 * t)) * hum).astype(np.float32)
+
+
+@pytest.mark.slow
+def test_finetuning_on_a_new_noise_improves_pesq_on_held_out_speech(tmp_path):
+    (tmp_path / "clean").mkdir()
+    (tmp_path / "noise").mkdir()
+    for name in SPEECH:
+        (tmp_path / "clean" / name).write_bytes((DATA / name).read_bytes())
+    sf.write(tmp_path / "noise" / "hum.wav", tonal_noise(8.0, seed=0), 16000)
+    held_out = decode_audio(str(DATA / "p232_001_clean.wav"), 16000)  # another speaker, never fine-tuned on
+    noisy = mix_at_snr(held_out, tonal_noise(len(held_out) / 16000, seed=1), 0.0)
+
+    def pesq_of(model):
+        return pesq_score(held_out, model.enhance(noisy, 16000))
+
+    before = pesq_of(HybridMPSENetForSpeechEnhancement.from_pretrained().eval())
+    args = arguments(
+        tmp_path,
+        model=str(DEFAULT_MODEL_DIR),
+        config_overrides=None,
+        clean_dirs=[str(tmp_path / "clean")],
+        noise_dirs=[str(tmp_path / "noise")],
+        eval_fraction=0.0,
+        items_per_epoch=8,
+        batch_size=4,
+        segment_seconds=1.0,
+        snr_low=-5.0,
+        snr_high=10.0,
+        learning_rate=2e-4,
+        max_steps=30,
+        eval_every=30,
+        save_every=30,
+        discriminator=False,
+    )
+    train(args)
+    tuned = HybridMPSENetForSpeechEnhancement.from_pretrained(tmp_path / "run" / "best").eval()
+    after = pesq_of(tuned)
+    print(
+        f"PESQ on held-out speech with the new noise: noisy {pesq_score(held_out, noisy):.2f}, before {before:.2f}, "
+        f"after {after:.2f}"
+    )
+    # Measured: noisy 1.25, bundled model 1.12 (it never heard this hum), fine-tuned for 30 steps 1.63.
+    assert after - before > 0.25

@@ -84,6 +84,7 @@ def _enhance(args: argparse.Namespace) -> int:
                 overlap_seconds=args.overlap_seconds,
                 downmix=args.downmix,
                 dtype=DTYPES[args.dtype],
+                subtype=args.subtype,
                 overwrite=args.overwrite,
                 progress=not args.quiet,
             )
@@ -198,6 +199,7 @@ def build_parser() -> argparse.ArgumentParser:
     enhance.add_argument("--dtype", default="float32", choices=list(DTYPES), help="autocast precision")
     enhance.add_argument("--threads", type=int, help="CPU threads for PyTorch")
     enhance.add_argument("--downmix", action="store_true", help="average multi-channel input to mono")
+    enhance.add_argument("--subtype", help="output sample format, e.g. PCM_16, PCM_24, FLOAT (default: the input's)")
     enhance.add_argument("--overwrite", action="store_true", help="replace existing outputs (never inputs)")
     enhance.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
 

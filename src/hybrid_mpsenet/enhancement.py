@@ -13,6 +13,7 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import numpy as np
+import soundfile as sf
 import torch
 from tqdm.auto import tqdm
 
@@ -267,6 +268,11 @@ class HybridMPSENetForSpeechEnhancement(HybridMPSENetModel):
         if output_path.exists() and not overwrite:
             raise AudioError(f"{output_path} already exists; pass overwrite=True (--overwrite) to replace it.")
         file_format = output_format(output_path)
+        if subtype is not None and not sf.check_format(file_format, subtype):
+            raise AudioError(
+                f"{output_path}: {file_format} cannot store subtype {subtype!r}; choose one of "
+                f"{', '.join(sf.available_subtypes(file_format))}."
+            )
         with open_audio(input_path) as source:
             rate, channels, frames = source.samplerate, source.channels, source.frames
             block = max(1, int(READ_BLOCK_SECONDS * rate))
