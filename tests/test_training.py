@@ -219,3 +219,36 @@ def test_finetuning_on_a_new_noise_improves_pesq_on_held_out_speech(tmp_path):
     )
     # Measured: noisy 1.25, bundled model 1.12 (it never heard this hum), fine-tuned for 30 steps 1.63.
     assert after - before > 0.25
+
+
+def test_failed_pesq_and_non_finite_losses_are_counted_not_fatal(tmp_path, monkeypatch):
+    import hybrid_mpsenet.training as training
+
+    (tmp_path / "silence").mkdir()
+    sf.write(tmp_path / "silence" / "quiet.wav", np.zeros(16000, np.float32), 16000)
+    sf.write(tmp_path / "silence" / "still.wav", np.zeros(16000, np.float32), 16000)
+    calls = {"n": 0}
+    real_losses = training.generator_losses
+
+    def nan_on_second_call(*args, **kwargs):
+        losses = real_losses(*args, **kwargs)
+        calls["n"] += 1
+        if calls["n"] == 2:
+            losses["total"] = losses["total"] * float("nan")
+        return losses
+
+    monkeypatch.setattr(training, "generator_losses", nan_on_second_call)
+    args = arguments(
+        tmp_path,
+        clean_dirs=[str(tmp_path / "silence")],
+        noise_dirs=[str(DATA)],
+        items_per_epoch=4,
+        max_steps=3,
+        eval_every=3,
+        save_every=3,
+    )
+    train(args)
+    record = json.loads((tmp_path / "run" / "history.jsonl").read_text().splitlines()[-1])
+    # Silent references make every PESQ fail (2 per step); the NaN step was skipped and counted.
+    assert record["failed_training_pesq"] == 6 and record["skipped_steps"] == 1
+    assert latest_checkpoint(tmp_path / "run").name == "step-00000003"
