@@ -26,6 +26,8 @@ def pesq_score(reference: np.ndarray, degraded: np.ndarray, sampling_rate: int =
     """PESQ of `degraded` against `reference` (both `(samples,)`), NaN when PESQ cannot be computed."""
     from pesq import PesqError, pesq
 
+    if not (np.any(reference) and np.any(degraded)):
+        return float("nan")  # PESQ normalises by the peak: silence has none
     try:
         return float(pesq(sampling_rate, reference, degraded, mode))
     except (PesqError, ValueError) as error:

@@ -206,8 +206,8 @@ def evaluate_model(
     stoi = [stoi_score(r, e, rate) for r, e in zip(references, enhanced, strict=True)]
     model.train()
     return {
-        "pesq": float(np.nanmean(pesq)) if np.isfinite(pesq).any() else float("nan"),
-        "stoi": float(np.nanmean(stoi)),
+        "pesq": _finite_mean(list(pesq)),
+        "stoi": _finite_mean(stoi),
         "pesq_failures": int(np.isnan(pesq).sum()),
     }
 
@@ -288,7 +288,7 @@ def train(args: TrainingArguments) -> Path:
                     for name, value in logs.items():
                         running.setdefault(name, []).append(value)
                 if state.step % args.eval_every == 0 or state.step == args.max_steps:
-                    averages = {name: float(np.nanmean(values)) for name, values in running.items()}
+                    averages = {name: _finite_mean(values) for name, values in running.items()}
                     _validate(accelerator, args, unwrapped, eval_set, pool, state, output_dir, averages)
                     running.clear()
                 if state.step % args.save_every == 0 or state.step == args.max_steps:
@@ -299,7 +299,8 @@ def train(args: TrainingArguments) -> Path:
                 state.epoch += 1
                 state.batch_in_epoch = 0
                 sched_g.step()
-                sched_d.step()
+                if args.discriminator:
+                    sched_d.step()
     finally:
         bar.close()
         if pool is not None:
@@ -367,7 +368,7 @@ def train_step(
                     accelerator.clip_grad_norm_(discriminator.parameters(), args.max_grad_norm)
                 optim_d.step()
             logs["train/discriminator"] = loss_d.item()
-            logs["train/pesq"] = float(np.nanmean(pesq)) if valid.any() else float("nan")
+            logs["train/pesq"] = _finite_mean(list(pesq))
 
         metric_score = discriminator(clean_mag, mag_g) if args.discriminator else None
         losses = generator_losses(
@@ -389,6 +390,12 @@ def train_step(
     logs.update({f"train/{name}": value.item() for name, value in losses.items()})
     logs["train/lr"] = optim_g.param_groups[0]["lr"]
     return logs
+
+
+def _finite_mean(values: list[float]) -> float:
+    """Mean of the finite values, NaN when there are none (e.g. PESQ failed on every batch)."""
+    finite = [v for v in values if math.isfinite(v)]
+    return sum(finite) / len(finite) if finite else float("nan")
 
 
 def _validate(accelerator, args, unwrapped, eval_set, pool, state, output_dir, train_averages) -> None:
