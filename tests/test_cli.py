@@ -86,7 +86,7 @@ def test_info_on_a_saved_folder_and_a_missing_one(tmp_path, capsys):
 def test_console_script_requires_a_command():
     result = subprocess.run([sys.executable, "-m", "hybrid_mpsenet.cli"], capture_output=True, text=True)
     assert result.returncode == 2
-    assert "choose a command: enhance, evaluate, train, finetune, convert, info" in result.stderr
+    assert "choose a command: enhance, evaluate, train, finetune, push, convert, info" in result.stderr
 
 
 def test_unknown_command_lists_the_allowed_ones(capsys):

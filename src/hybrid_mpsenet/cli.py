@@ -154,6 +154,28 @@ def _evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _push(args: argparse.Namespace) -> int:
+    import tempfile
+
+    from .hub import build_model_card, load_evaluation, prepare_upload, push_to_hub
+
+    card = build_model_card(
+        args.model,
+        args.repo_id,
+        load_evaluation(args.eval_results),
+        dataset_name=args.dataset_name,
+        training_data=Path(args.training_data).read_text() if args.training_data else "Not stated.",
+        limitations=Path(args.limitations).read_text() if args.limitations else "Not evaluated beyond the data above.",
+    )
+    if args.dry_run:
+        print(f"Wrote the upload for {args.repo_id} to {prepare_upload(args.model, args.dry_run, card)}")
+        return 0
+    with tempfile.TemporaryDirectory() as tmp:
+        url = push_to_hub(prepare_upload(args.model, Path(tmp) / "upload", card), args.repo_id, args.private)
+    print(f"Pushed {args.model} to {url}")
+    return 0
+
+
 def _train(args: argparse.Namespace) -> int:
     from .training import parse_training_arguments, train
 
@@ -176,6 +198,7 @@ COMMANDS: dict[str, tuple[str, Callable[[argparse.Namespace], int]]] = {
     "evaluate": ("score a model on clean/noisy test pairs: PESQ, CSIG, CBAK, COVL, STOI, SSNR", _evaluate),
     "train": ("train a model (YAML config + --name value overrides); works under `accelerate launch`", _train),
     "finetune": ("fine-tune a model on clean speech mixed with new noise", _finetune),
+    "push": ("publish a model folder to the Hugging Face Hub with a model card and its metric results", _push),
     "convert": ("convert an original MP-SENet / hybrid generator checkpoint to a save_pretrained folder", _convert),
     "info": ("print the architecture and parameter count of the presets or of a model", _info),
 }
@@ -223,6 +246,16 @@ def build_parser() -> argparse.ArgumentParser:
     finetune.add_argument("--clean", nargs="+", required=True, help="folders of clean speech")
     finetune.add_argument("--noise", nargs="+", required=True, help="folders of the new noise")
     finetune.add_argument("--config", help="YAML file of further settings; --output_dir DIR etc. also accepted")
+
+    push = sub.choices["push"]
+    push.add_argument("--model", required=True, help="model folder to publish")
+    push.add_argument("--repo-id", required=True, help="ORG/NAME on the Hub")
+    push.add_argument("--private", action="store_true", help="create the repository private")
+    push.add_argument("--eval-results", help="JSON from `hybrid-mpsenet evaluate --output` for the card")
+    push.add_argument("--dataset-name", default="VoiceBank+DEMAND", help="the evaluation data's name in the card")
+    push.add_argument("--training-data", help="Markdown file describing the training data")
+    push.add_argument("--limitations", help="Markdown file describing the limitations")
+    push.add_argument("--dry-run", metavar="DIR", help="write the exact upload to DIR instead of pushing")
 
     convert = sub.choices["convert"]
     convert.add_argument("checkpoint", help="original generator checkpoint ({'generator': state_dict})")

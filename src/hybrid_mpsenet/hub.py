@@ -1,0 +1,173 @@
+"""Model cards and publishing to the Hugging Face Hub.
+
+`build_model_card` turns a model folder and the JSON of `hybrid-mpsenet evaluate` into a `huggingface_hub.ModelCard`
+with `model-index` results; `prepare_upload` writes exactly what `push_to_hub` uploads: weights, configs, the card,
+and the model code, so the repository also loads with `trust_remote_code=True` where this package is missing.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from huggingface_hub import EvalResult, HfApi, ModelCard, ModelCardData
+
+from .enhancement import HybridMPSENetForSpeechEnhancement
+from .evaluation import METRICS, format_table
+from .feature_extraction_hybrid_mpsenet import HybridMPSENetFeatureExtractor
+from .utils import atomic_directory
+
+METRIC_NAMES = {
+    "pesq": "PESQ (wide band)",
+    "csig": "CSIG",
+    "cbak": "CBAK",
+    "covl": "COVL",
+    "stoi": "STOI",
+    "ssnr": "Segmental SNR (dB)",
+}
+
+CARD_BODY = """
+# {model_name}
+
+Speech enhancement (denoising) with hybrid MP-SENet: {architecture}. {parameters:,} parameters, 16 kHz.
+
+## Use
+
+```python
+from hybrid_mpsenet import HybridMPSENetForSpeechEnhancement  # pip install hybrid-mpsenet
+
+model = HybridMPSENetForSpeechEnhancement.from_pretrained("{repo_id}")
+clean = model.enhance(noisy, sampling_rate=rate)  # any rate, mono or multi-channel
+```
+
+Without the package: `AutoModel.from_pretrained("{repo_id}", trust_remote_code=True)`.
+
+## Intended use
+
+Removing additive background noise from recorded speech. Other rates are resampled to 16 kHz and back.
+
+## Training data
+
+{training_data}
+
+## Evaluation
+
+{evaluation}
+
+## Limitations
+
+{limitations}
+
+## Citations
+
+- Y.-X. Lu, Y. Ai, Z.-H. Ling, "MP-SENet: A Speech Enhancement Model with Parallel Denoising of Magnitude and Phase
+  Spectra", Interspeech 2023.
+- A. Gu, T. Dao, "Mamba: Linear-Time Sequence Modeling with Selective State Spaces", 2023.
+- C. Valentini-Botinhao et al., "Investigating RNN-based speech enhancement methods for noise-robust
+  Text-to-Speech", SSW 2016 (VoiceBank+DEMAND).
+"""
+
+
+def _architecture(model: HybridMPSENetForSpeechEnhancement) -> str:
+    c = model.config
+    groups = [
+        f"{count} {kind} block(s) {where}"
+        for count, kind, where in (
+            (c.num_shared_blocks, c.shared_block_type, "shared"),
+            (c.num_magnitude_blocks, c.magnitude_block_type, "in the magnitude branch"),
+            (c.num_phase_blocks, c.phase_block_type, "in the phase branch"),
+        )
+        if count
+    ]
+    return ", ".join(groups) + f", fusion {c.fusion}"
+
+
+def build_model_card(
+    model_dir: str | Path,
+    repo_id: str,
+    evaluation: dict | None = None,
+    dataset_name: str = "VoiceBank+DEMAND",
+    training_data: str = "Not stated.",
+    limitations: str = "Not evaluated beyond the data above.",
+    datasets: list[str] | None = None,
+) -> ModelCard:
+    """A model card for the model in `model_dir`.
+
+    Args:
+        evaluation: the JSON of `hybrid-mpsenet evaluate` (`{"enhanced": {metric: {"mean", "std"}}, ...}`); its
+            means become `model-index` results and its table the Evaluation section.
+    """
+    model = HybridMPSENetForSpeechEnhancement.from_pretrained(model_dir)
+    results = []
+    if evaluation is not None:
+        for metric in METRICS:
+            value = evaluation["enhanced"][metric]["mean"]
+            results.append(
+                EvalResult(
+                    task_type="audio-to-audio",
+                    task_name="Speech enhancement",
+                    dataset_type=dataset_name.lower().replace("+", "-").replace(" ", "-"),
+                    dataset_name=dataset_name,
+                    metric_type=metric,
+                    metric_name=METRIC_NAMES[metric],
+                    metric_value=round(value, 4),
+                )
+            )
+    data = ModelCardData(
+        library_name="hybrid-mpsenet",
+        pipeline_tag="audio-to-audio",
+        license="mit",
+        tags=["speech-enhancement", "denoising", "mp-senet", "mamba", "audio"],
+        datasets=datasets,
+        model_name=repo_id.split("/")[-1],
+        eval_results=results or None,
+    )
+    table = (
+        f"On {dataset_name} ({evaluation['num_utterances']} utterances), mean ± std:\n\n{format_table(evaluation)}"
+        if evaluation is not None
+        else "Not evaluated."
+    )
+    body = CARD_BODY.format(
+        model_name=repo_id.split("/")[-1],
+        architecture=_architecture(model),
+        parameters=model.num_parameters(),
+        repo_id=repo_id,
+        training_data=training_data,
+        evaluation=table,
+        limitations=limitations,
+    )
+    return ModelCard(f"---\n{data.to_yaml()}\n---\n{body}")
+
+
+def prepare_upload(model_dir: str | Path, output_dir: str | Path, card: ModelCard) -> Path:
+    """Write the folder `push_to_hub` uploads: safetensors, config, preprocessor config, model code, README.md."""
+    model = HybridMPSENetForSpeechEnhancement.from_pretrained(model_dir)
+    with atomic_directory(output_dir) as tmp:
+        model.save_pretrained(tmp)  # also copies the code files named in auto_map
+        HybridMPSENetFeatureExtractor.from_model_config(model.config).save_pretrained(tmp)
+        card.save(tmp / "README.md")
+    return Path(output_dir)
+
+
+def push_to_hub(folder: str | Path, repo_id: str, private: bool = False, token: str | None = None) -> str:
+    """Upload a folder from [`prepare_upload`]; the card goes first, so the Hub never shows a generic one."""
+    folder = Path(folder)
+    api = HfApi(token=token)
+    api.create_repo(repo_id, private=private, exist_ok=True)
+    api.upload_file(
+        path_or_fileobj=folder / "README.md", path_in_repo="README.md", repo_id=repo_id, commit_message="Model card"
+    )
+    commit = api.upload_folder(
+        repo_id=repo_id, folder_path=folder, ignore_patterns=["README.md"], commit_message="Weights, configs, code"
+    )
+    return commit.commit_url
+
+
+def load_evaluation(path: str | Path | None) -> dict | None:
+    """The JSON written by `hybrid-mpsenet evaluate --output`, or `None`."""
+    if path is None:
+        return None
+    result = json.loads(Path(path).read_text())
+    if "enhanced" not in result:
+        raise ValueError(f"{path}: not an evaluation result of `hybrid-mpsenet evaluate` (no 'enhanced' entry).")
+    return result
