@@ -3,7 +3,15 @@ import pytest
 import soundfile as sf
 from helpers import DATA
 
-from hybrid_mpsenet.metrics import batch_pesq, composite_scores, make_pool, pesq_score, stoi_score
+from hybrid_mpsenet.metrics import (
+    EVALUATE_MODULE,
+    batch_pesq,
+    composite_scores,
+    make_pool,
+    pesq_score,
+    si_sdr,
+    stoi_score,
+)
 
 
 @pytest.fixture(scope="module")
@@ -47,3 +55,25 @@ def test_failures_are_nan_not_exceptions(pair):
     assert 0.5 < stoi_score(clean, noisy) < 1.0
     with pytest.raises(ValueError, match="Need more than"):
         composite_scores(clean[:300], noisy[:300])
+
+
+def test_si_sdr_of_scaled_and_noisy_copies(pair):
+    clean, _ = pair
+    assert si_sdr(clean, 0.5 * clean) > 100  # scale-invariant: a scaled copy is perfect
+    noise = np.random.default_rng(0).standard_normal(len(clean))
+    noise *= np.sqrt(np.sum(clean**2) / np.sum(noise**2)) / 10 ** (10 / 20)  # 10 dB below the speech
+    assert si_sdr(clean, clean + noise) == pytest.approx(10.0, abs=0.1)
+
+
+def test_evaluate_module_loads_from_the_package_and_counts_failures(pair):
+    import evaluate
+
+    clean, noisy = pair
+    metric = evaluate.load(EVALUATE_MODULE)
+    result = metric.compute(
+        predictions=[noisy, np.zeros(16000)], references=[clean, np.zeros(16000)], sampling_rate=16000, num_workers=2
+    )
+    assert result["num_pairs"] == 2
+    assert result["csig"] == pytest.approx(4.273998148783947, rel=1e-6)  # the silent pair is left out
+    assert result["failed_pesq"] == 1 and result["failed_csig"] == 1
+    assert 1.0 < result["pesq_nb"] < 4.6 and 0.5 < result["estoi"] < 1.0 and np.isfinite(result["si_sdr"])

@@ -1,9 +1,9 @@
 """Evaluate a model (or the unprocessed input) on clean/noisy pairs with the speech-enhancement metric table:
-PESQ, CSIG, CBAK, COVL, STOI and segmental SNR, mean and standard deviation over the utterances."""
+PESQ, CSIG, CBAK, COVL, STOI and segmental SNR (plus narrow-band PESQ, ESTOI and SI-SDR in the JSON), mean and
+standard deviation over the utterances."""
 
 from __future__ import annotations
 
-import logging
 from pathlib import Path
 
 import numpy as np
@@ -12,28 +12,15 @@ from tqdm.auto import tqdm
 
 from .data import decode_audio, load_voicebank
 from .enhancement import HybridMPSENetForSpeechEnhancement
-from .metrics import composite_scores, make_pool, stoi_score
-
-logger = logging.getLogger(__name__)
+from .metrics import pair_scores, parallel_map
 
 METRICS = ("pesq", "csig", "cbak", "covl", "stoi", "ssnr")
-
-
-def utterance_metrics(clean: np.ndarray, processed: np.ndarray, sampling_rate: int = 16000) -> dict[str, float]:
-    """All table metrics for one utterance; `clean` and `processed` are `(samples,)`. NaN where one fails."""
-    try:
-        scores = composite_scores(clean, processed, sampling_rate)
-    except ValueError as error:  # too short for the composite measures
-        logger.warning("Composite measures failed: %s", error)
-        scores = dict.fromkeys(("pesq", "csig", "cbak", "covl", "ssnr"), float("nan"))
-    scores["stoi"] = stoi_score(clean, processed, sampling_rate)
-    return {name: scores[name] for name in METRICS}
 
 
 def summarise(rows: list[dict[str, float]]) -> dict[str, dict[str, float]]:
     """Per metric: mean, std and the number of utterances where it could not be computed."""
     summary = {}
-    for name in METRICS:
+    for name in rows[0]:
         values = np.array([row[name] for row in rows], dtype=np.float64)
         valid = values[np.isfinite(values)]
         summary[name] = {
@@ -79,15 +66,10 @@ def evaluate_dataset(
                 Path(save_enhanced).mkdir(parents=True, exist_ok=True)
                 sf.write(Path(save_enhanced) / f"{row['id']}.wav", enhanced, rate)
     result: dict = {"num_utterances": count}
-    pool = make_pool(workers)
-    try:
-        for name, processed in candidates.items():
-            if processed:
-                scored = (pool.map if pool else map)(utterance_metrics, references, processed, [rate] * count)
-                result[name] = summarise(list(scored))
-    finally:
-        if pool is not None:
-            pool.shutdown()
+    for name, processed in candidates.items():
+        if processed:
+            pairs = list(zip(references, processed, strict=True))
+            result[name] = summarise(parallel_map(pair_scores, pairs, rate, workers))
     return result
 
 

@@ -13,17 +13,22 @@ clipped to [-10, 35] dB; wide-band PESQ at 16 kHz.
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import Executor, ProcessPoolExecutor
+from pathlib import Path
 
 import numpy as np
 from scipy.linalg import solve_toeplitz
 
 logger = logging.getLogger(__name__)
 
+# `evaluate.load(EVALUATE_MODULE)` loads these metrics as an `evaluate` module from the installed package.
+EVALUATE_MODULE = str(Path(__file__).parent / "evaluate_modules" / "speech_enhancement_metrics")
+
 
 def pesq_score(reference: np.ndarray, degraded: np.ndarray, sampling_rate: int = 16000, mode: str = "wb") -> float:
-    """PESQ of `degraded` against `reference` (both `(samples,)`), NaN when PESQ cannot be computed."""
+    """PESQ of `degraded` against `reference` (both `(samples,)`), wide band (`wb`, 16 kHz) or narrow band (`nb`),
+    NaN when PESQ cannot be computed."""
     from pesq import PesqError, pesq
 
     if not (np.any(reference) and np.any(degraded)):
@@ -42,6 +47,19 @@ def stoi_score(reference: np.ndarray, degraded: np.ndarray, sampling_rate: int =
     length = min(len(reference), len(degraded))
     value = float(stoi(reference[:length], degraded[:length], sampling_rate, extended=extended))
     return value if np.isfinite(value) else float("nan")
+
+
+def si_sdr(reference: np.ndarray, estimate: np.ndarray) -> float:
+    """Scale-invariant signal-to-distortion ratio in dB (Le Roux et al., 2019); both `(samples,)`."""
+    length = min(len(reference), len(estimate))
+    reference = reference[:length].astype(np.float64) - np.mean(reference[:length])
+    estimate = estimate[:length].astype(np.float64) - np.mean(estimate[:length])
+    energy = np.dot(reference, reference)
+    if energy == 0:
+        return float("nan")
+    target = np.dot(estimate, reference) / energy * reference
+    residual = estimate - target
+    return float(10 * np.log10(np.dot(target, target) / max(np.dot(residual, residual), 1e-20)))
 
 
 def batch_pesq(
@@ -185,3 +203,42 @@ def composite_scores(reference: np.ndarray, degraded: np.ndarray, sampling_rate:
         "wss": wss,
         "ssnr": ssnr,
     }
+
+
+def pair_scores(pair: tuple[np.ndarray, np.ndarray], sampling_rate: int = 16000) -> dict[str, float]:
+    """Every metric for one `(reference, degraded)` pair of `(samples,)` waveforms; NaN where one fails.
+
+    Keys: pesq (wide band, 16 kHz only), pesq_nb, stoi, estoi, csig, cbak, covl, ssnr, si_sdr.
+    """
+    reference, degraded = pair
+    length = min(len(reference), len(degraded))
+    reference, degraded = reference[:length], degraded[:length]
+    nan = float("nan")
+    if not (np.any(reference) and np.any(degraded)):
+        logger.warning("A silent signal: its metrics are undefined and counted as failed.")
+        return dict.fromkeys(("pesq", "pesq_nb", "stoi", "estoi", "csig", "cbak", "covl", "ssnr", "si_sdr"), nan)
+    try:
+        scores = composite_scores(reference, degraded, sampling_rate) if sampling_rate == 16000 else {}
+    except ValueError as error:  # too short for the composite measures
+        logger.warning("Composite measures failed: %s", error)
+        scores = {}
+    return {
+        "pesq": scores.get("pesq", nan),
+        "pesq_nb": pesq_score(reference, degraded, sampling_rate, "nb"),
+        "stoi": stoi_score(reference, degraded, sampling_rate),
+        "estoi": stoi_score(reference, degraded, sampling_rate, extended=True),
+        "csig": scores.get("csig", nan),
+        "cbak": scores.get("cbak", nan),
+        "covl": scores.get("covl", nan),
+        "ssnr": scores.get("ssnr", nan),
+        "si_sdr": si_sdr(reference, degraded),
+    }
+
+
+def parallel_map(function: Callable, items: Sequence, sampling_rate: int, workers: int) -> list:
+    """`[function(item, sampling_rate) for item in items]`, in a process pool of `workers` (0: in-process)."""
+    rates = [sampling_rate] * len(items)
+    if workers <= 0:
+        return list(map(function, items, rates))
+    with ProcessPoolExecutor(max_workers=workers) as pool:
+        return list(pool.map(function, items, rates))
