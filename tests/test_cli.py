@@ -106,6 +106,7 @@ def test_evaluate_prints_the_metric_table_and_writes_json(tmp_path, model_dir, c
     table = capsys.readouterr().out
     assert "| metric | noisy | enhanced |" in table and "| CSIG | 4.27 ± 0.00 |" in table  # the verified noisy CSIG
     result = json.loads((tmp_path / "r.json").read_text())
-    assert result["num_utterances"] == 1 and set(result["enhanced"]) >= {"pesq", "csig", "cbak", "covl", "stoi", "ssnr", "si_sdr"}
+    assert result["num_utterances"] == 1
+    assert set(result["enhanced"]) >= {"pesq", "csig", "cbak", "covl", "stoi", "ssnr", "si_sdr"}
     assert (tmp_path / "enh" / "p232_001.wav").is_file()
     assert main(["evaluate", "--data", str(tmp_path / "nothing"), "--model", str(model_dir)]) == 2
