@@ -16,15 +16,7 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 
-from hybrid_mpsenet.data import decode_audio, list_audio, mix_at_snr
-
-
-def coloured_noise(length: int, exponent: float, rng: np.random.Generator) -> np.ndarray:
-    """Noise with power spectrum ~ 1/f^exponent (0 white, 1 pink, 2 brown), unit RMS."""
-    spectrum = np.fft.rfft(rng.standard_normal(length))
-    frequencies = np.maximum(np.fft.rfftfreq(length), 1.0 / length)
-    noise = np.fft.irfft(spectrum / frequencies ** (exponent / 2), length)
-    return (noise / np.sqrt(np.mean(noise**2))).astype(np.float32)
+from hybrid_mpsenet.data import coloured_noise, decode_audio, list_audio, mix_at_snr
 
 
 def main() -> None:

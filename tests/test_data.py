@@ -11,6 +11,7 @@ from hybrid_mpsenet.data import (
     NoiseMixingDataset,
     PairedSpeechDataset,
     collate_pairs,
+    coloured_noise,
     decode_audio,
     list_audio,
     load_voicebank,
@@ -146,3 +147,38 @@ def test_bad_folders_and_sources(tmp_path):
         list_audio(tmp_path / "random")
     with pytest.raises(ValueError, match="split must be"):
         load_voicebank(tmp_path, "dev")
+
+
+def test_augmentations_are_seeded_keep_the_snr_and_change_the_noise():
+    def make(**augment):
+        return NoiseMixingDataset(
+            [DATA / s for s in SPEECH],
+            [DATA / NOISE[1]],
+            16000,
+            8000,
+            (5.0, 5.0),
+            items_per_epoch=4,
+            seed=3,
+            **augment,
+        )
+
+    plain = make()
+    for augment in ({"coloured_noise_prob": 1.0}, {"babble_prob": 1.0}, {"eq_prob": 1.0}):
+        first, again = make(**augment), make(**augment)
+        item = first[0]
+        np.testing.assert_array_equal(item["noisy"].numpy(), again[0]["noisy"].numpy())
+        noise = (item["noisy"] - item["clean"]).double()
+        snr = 10 * np.log10(float(item["clean"].double().pow(2).sum() / noise.pow(2).sum()))
+        assert abs(snr - 5.0) < 0.1, augment
+        assert not np.allclose(noise.numpy(), (plain[0]["noisy"] - plain[0]["clean"]).double().numpy()), augment
+    with pytest.raises(ValueError, match="babble_prob must be a probability"):
+        make(babble_prob=1.5)
+
+
+def test_coloured_noise_slopes():
+    rng = np.random.default_rng(0)
+    for exponent, expected in ((0.0, 0.0), (1.0, -3.0), (2.0, -6.0)):  # dB per octave
+        noise = coloured_noise(2**16, exponent, rng)
+        power = np.abs(np.fft.rfft(noise)) ** 2
+        low, high = power[256:512].mean(), power[512:1024].mean()
+        assert abs(10 * np.log10(high / low) - expected) < 1.0

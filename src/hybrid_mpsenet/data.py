@@ -177,6 +177,23 @@ def random_crop(audio: np.ndarray, length: int, rng: np.random.Generator) -> np.
     return np.pad(audio, [(0, length - audio.shape[0])] + [(0, 0)] * (audio.ndim - 1))
 
 
+def coloured_noise(length: int, exponent: float, rng: np.random.Generator) -> np.ndarray:
+    """Noise with power spectrum ~ 1/f^exponent (0 white, 1 pink, 2 brown), unit RMS, `(length,)`."""
+    spectrum = np.fft.rfft(rng.standard_normal(length))
+    frequencies = np.maximum(np.fft.rfftfreq(length), 1.0 / length)
+    noise = np.fft.irfft(spectrum / frequencies ** (exponent / 2), length)
+    return (noise / max(np.sqrt(np.mean(noise**2)), 1e-12)).astype(np.float32)
+
+
+def random_equaliser(audio: np.ndarray, rng: np.random.Generator, max_db: float = 9.0) -> np.ndarray:
+    """`audio` through a random smooth EQ: gains uniform in +-`max_db` at 6 log-spaced frequencies, interpolated."""
+    spectrum = np.fft.rfft(audio)
+    position = np.log2(np.maximum(np.fft.rfftfreq(len(audio)), 1e-4))  # octaves below Nyquist-ish
+    anchors = np.linspace(position.min(), position.max(), 6)
+    gains_db = np.interp(position, anchors, rng.uniform(-max_db, max_db, size=6))
+    return np.fft.irfft(spectrum * 10 ** (gains_db / 20), len(audio)).astype(np.float32)
+
+
 class _SeededDataset(torch.utils.data.Dataset):
     """Items draw their randomness from `(seed, epoch, index)`, so an epoch replays exactly after a resume."""
 
@@ -222,6 +239,10 @@ class NoiseMixingDataset(_SeededDataset):
     Each item takes clean file `index % len(clean_files)`, a random crop of it, a random noise file at a random
     offset (looped when shorter), a random SNR in `snr_range` dB and a random overall gain in `gain_range` dB.
     `items_per_epoch` sets the epoch length (default: one pass over the clean files).
+
+    Augmentations, each with its own probability (0 by default): `coloured_noise_prob` replaces the noise with
+    white/pink/brown-like noise (random exponent in [0, 2]), `babble_prob` with the sum of 3-6 other clean files
+    (babble), and `eq_prob` passes the noise through a random +-9 dB equaliser.
     """
 
     def __init__(
@@ -234,8 +255,19 @@ class NoiseMixingDataset(_SeededDataset):
         gain_range: tuple[float, float] = (-12.0, 6.0),
         items_per_epoch: int | None = None,
         seed: int = 0,
+        coloured_noise_prob: float = 0.0,
+        babble_prob: float = 0.0,
+        eq_prob: float = 0.0,
     ):
         super().__init__(sampling_rate, segment_samples, seed)
+        for name, value in (
+            ("coloured_noise_prob", coloured_noise_prob),
+            ("babble_prob", babble_prob),
+            ("eq_prob", eq_prob),
+        ):
+            if not 0.0 <= value <= 1.0:
+                raise ValueError(f"{name} must be a probability in [0, 1], got {value}.")
+        self.coloured_noise_prob, self.babble_prob, self.eq_prob = coloured_noise_prob, babble_prob, eq_prob
         if not clean_files or not noise_files:
             raise ValueError("NoiseMixingDataset needs at least one clean file and one noise file.")
         if snr_range[0] > snr_range[1] or gain_range[0] > gain_range[1]:
@@ -261,11 +293,30 @@ class NoiseMixingDataset(_SeededDataset):
         noise = self._noise(self.noise_files[int(rng.integers(len(self.noise_files)))])
         start = int(rng.integers(len(noise)))
         noise = np.resize(np.roll(noise, -start), clean.shape[0])  # looped from a random offset
+        noise = self._augment(noise, rng)
         noisy = mix_at_snr(clean, noise, float(rng.uniform(*self.snr_range)))
         gain = np.float32(10.0 ** (rng.uniform(*self.gain_range) / 20.0))
         peak = max(float(np.abs(noisy).max()), float(np.abs(clean).max()), 1e-9)
         gain = min(gain, np.float32(0.99 / peak))  # never clip the mixture
         return {"clean": torch.from_numpy(clean * gain), "noisy": torch.from_numpy(noisy * gain)}
+
+    def _augment(self, noise: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        if not (self.coloured_noise_prob or self.babble_prob or self.eq_prob):
+            return noise  # no draws: the item stream is the same as without augmentation support
+        draws = rng.uniform(size=3)
+        if draws[0] < self.coloured_noise_prob:
+            noise = coloured_noise(len(noise), float(rng.uniform(0.0, 2.0)), rng)
+        elif draws[1] < self.babble_prob:
+            talkers = [
+                decode_audio(self.clean_files[int(i)], self.sampling_rate)
+                for i in rng.integers(0, len(self.clean_files), int(rng.integers(3, 7)))
+            ]
+            noise = sum(np.resize(np.roll(t, -int(rng.integers(len(t)))), len(noise)) for t in talkers).astype(
+                np.float32
+            )
+        if draws[2] < self.eq_prob:
+            noise = random_equaliser(noise, rng)
+        return noise
 
 
 def collate_pairs(items: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:

@@ -48,6 +48,9 @@ class TrainingArguments:
     snr_low: float = -5.0
     snr_high: float = 20.0
     items_per_epoch: int | None = field(default=None, metadata={"help": "mixtures per epoch (mixing mode)"})
+    coloured_noise_prob: float = field(default=0.0, metadata={"help": "share of mixtures with coloured noise"})
+    babble_prob: float = field(default=0.0, metadata={"help": "share of mixtures with babble of other talkers"})
+    eq_prob: float = field(default=0.0, metadata={"help": "share of noises through a random equaliser"})
     segment_seconds: float = 2.0
     batch_size: int = 4
     num_workers: int = 0
@@ -147,7 +150,16 @@ def build_datasets(args: TrainingArguments, sampling_rate: int):
     eval_files = [clean[i] for i in sorted(order[:held_out])] or train_files
     snr = (args.snr_low, args.snr_high)
     train = NoiseMixingDataset(
-        train_files, noise, sampling_rate, segment, snr, items_per_epoch=args.items_per_epoch, seed=args.seed
+        train_files,
+        noise,
+        sampling_rate,
+        segment,
+        snr,
+        items_per_epoch=args.items_per_epoch,
+        seed=args.seed,
+        coloured_noise_prob=args.coloured_noise_prob,
+        babble_prob=args.babble_prob,
+        eq_prob=args.eq_prob,
     )
     evaluation = NoiseMixingDataset(eval_files, noise, sampling_rate, None, snr, seed=args.seed + 1)
     return train, evaluation
