@@ -68,12 +68,23 @@ def _output_for(path: Path, relative: Path, output: str | None, suffix: str) -> 
     return Path(output) / relative
 
 
-def _enhance(args: argparse.Namespace) -> int:
+def _load_model(args: argparse.Namespace) -> HybridMPSENetForSpeechEnhancement:
+    """The `--model` (default: bundled) on `--device`, with `--threads` applied, ready for inference."""
     if args.threads:
         torch.set_num_threads(args.threads)
-    jobs = collect_jobs(args.inputs, args.output, args.suffix)
     device = resolve_device(args.device)
-    model = HybridMPSENetForSpeechEnhancement.from_pretrained(args.model).to(device).eval()
+    return HybridMPSENetForSpeechEnhancement.from_pretrained(args.model).to(device).eval()
+
+
+def _add_inference_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", help="model folder or Hub id (default: the bundled checkpoint)")
+    parser.add_argument("--device", default="auto", help="auto (default), cpu, cuda, cuda:N or mps")
+    parser.add_argument("--threads", type=int, help="CPU threads for PyTorch")
+
+
+def _enhance(args: argparse.Namespace) -> int:
+    jobs = collect_jobs(args.inputs, args.output, args.suffix)
+    model = _load_model(args)
     failures = 0
     for source, target in tqdm(jobs, desc="files", unit="file", disable=len(jobs) < 2 or args.quiet):
         try:
@@ -105,14 +116,9 @@ def _convert(args: argparse.Namespace) -> int:
 
 
 def _describe(config: HybridMPSENetConfig) -> dict:
-    groups = {
-        "shared": (config.num_shared_blocks, config.shared_block_type),
-        "magnitude": (config.num_magnitude_blocks, config.magnitude_block_type),
-        "phase": (config.num_phase_blocks, config.phase_block_type),
-    }
     return {
         "parameters": HybridMPSENetModel(config).num_parameters(),
-        "blocks": {name: f"{count} x {kind}" for name, (count, kind) in groups.items() if count},
+        "blocks": {name: f"{count} x {kind}" for name, (count, kind) in config.block_groups.items() if count},
         "fusion": config.fusion,
         "ts_transformer_axes": config.ts_transformer_axes,
         "sampling_rate": config.sampling_rate,
@@ -134,9 +140,7 @@ def _evaluate(args: argparse.Namespace) -> int:
     from .evaluation import evaluate_dataset, format_table
     from .utils import write_json_atomic
 
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    model = HybridMPSENetForSpeechEnhancement.from_pretrained(args.model).to(resolve_device(args.device)).eval()
+    model = _load_model(args)
     result = evaluate_dataset(
         args.data,
         model,
@@ -213,14 +217,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     enhance = sub.choices["enhance"]
     enhance.add_argument("inputs", nargs="+", metavar="INPUT", help="audio files, folders (recursive) or globs")
+    _add_inference_arguments(enhance)
     enhance.add_argument("-o", "--output", help="output folder (tree mirrored), or file for a single input")
-    enhance.add_argument("--model", help="model folder or Hub id (default: the bundled checkpoint)")
     enhance.add_argument("--suffix", default="_enhanced", help="name suffix when writing beside the inputs")
     enhance.add_argument("--chunk-seconds", type=float, default=DEFAULT_CHUNK_SECONDS, help="chunk length (s)")
     enhance.add_argument("--overlap-seconds", type=float, default=DEFAULT_OVERLAP_SECONDS, help="crossfade (s)")
-    enhance.add_argument("--device", default="auto", help="auto (default), cpu, cuda, cuda:N or mps")
     enhance.add_argument("--dtype", default="float32", choices=list(DTYPES), help="autocast precision")
-    enhance.add_argument("--threads", type=int, help="CPU threads for PyTorch")
     enhance.add_argument("--downmix", action="store_true", help="average multi-channel input to mono")
     enhance.add_argument("--subtype", help="output sample format, e.g. PCM_16, PCM_24, FLOAT (default: the input's)")
     enhance.add_argument("--overwrite", action="store_true", help="replace existing outputs (never inputs)")
@@ -228,13 +230,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     evaluate = sub.choices["evaluate"]
     evaluate.add_argument("--data", required=True, help="VoiceBank+DEMAND folder (test split), saved dataset or id")
-    evaluate.add_argument("--model", help="model folder or Hub id (default: the bundled checkpoint)")
+    _add_inference_arguments(evaluate)
     evaluate.add_argument("--noisy-baseline", action="store_true", help="also score the unprocessed input")
     evaluate.add_argument("--save-enhanced", help="write the enhanced files to this folder")
     evaluate.add_argument("--max-items", type=int, help="evaluate at most this many pairs")
     evaluate.add_argument("--workers", type=int, default=2, help="processes computing the metrics (0: in-process)")
-    evaluate.add_argument("--device", default="auto", help="auto (default), cpu, cuda, cuda:N or mps")
-    evaluate.add_argument("--threads", type=int, help="CPU threads for PyTorch")
     evaluate.add_argument("--output", help="write the results as JSON here")
     evaluate.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
 

@@ -252,5 +252,14 @@ class HybridMPSENetConfig(PreTrainedConfig):
         return math.ceil(self.dense_channel / 16) if self.mamba_dt_rank == "auto" else self.mamba_dt_rank
 
     @property
+    def block_groups(self) -> dict[str, tuple[int, str]]:
+        """`{"shared" | "magnitude" | "phase": (number of blocks, block type)}` in network order."""
+        return {
+            "shared": (self.num_shared_blocks, self.shared_block_type),
+            "magnitude": (self.num_magnitude_blocks, self.magnitude_block_type),
+            "phase": (self.num_phase_blocks, self.phase_block_type),
+        }
+
+    @property
     def has_branches(self) -> bool:
         return self.num_magnitude_blocks > 0 or self.num_phase_blocks > 0

@@ -68,18 +68,16 @@ Removing additive background noise from recorded speech. Other rates are resampl
 """
 
 
+GROUP_PLACES = {"shared": "shared", "magnitude": "in the magnitude branch", "phase": "in the phase branch"}
+
+
 def _architecture(model: HybridMPSENetForSpeechEnhancement) -> str:
-    c = model.config
     groups = [
-        f"{count} {kind} block(s) {where}"
-        for count, kind, where in (
-            (c.num_shared_blocks, c.shared_block_type, "shared"),
-            (c.num_magnitude_blocks, c.magnitude_block_type, "in the magnitude branch"),
-            (c.num_phase_blocks, c.phase_block_type, "in the phase branch"),
-        )
+        f"{count} {kind} block(s) {GROUP_PLACES[name]}"
+        for name, (count, kind) in model.config.block_groups.items()
         if count
     ]
-    return ", ".join(groups) + f", fusion {c.fusion}"
+    return ", ".join(groups) + f", fusion {model.config.fusion}"
 
 
 def build_model_card(
