@@ -64,12 +64,13 @@ class TrainingArguments:
     mixed_precision: str = field(default="no", metadata={"help": "no, fp16 or bf16"})
     discriminator: bool = field(default=True, metadata={"help": "train with the PESQ metric discriminator"})
     pesq_workers: int = field(default=2, metadata={"help": "processes computing PESQ (0: in-process)"})
-    weight_magnitude: float = 0.9
-    weight_phase: float = 0.3
-    weight_complex: float = 0.1
-    weight_consistency: float = 0.1
-    weight_time: float = 0.2
-    weight_metric: float = 0.05
+    # Defaults are MP-SENet's, kept in one place: LossWeights.
+    weight_magnitude: float = LossWeights.magnitude
+    weight_phase: float = LossWeights.phase
+    weight_complex: float = LossWeights.complex
+    weight_consistency: float = LossWeights.consistency
+    weight_time: float = LossWeights.time
+    weight_metric: float = LossWeights.metric
     eval_every: int = 500
     eval_max_items: int | None = field(default=None, metadata={"help": "validate on at most this many items"})
     save_every: int = 500
