@@ -9,7 +9,6 @@ RTF = compute time / audio duration (below 1 is faster than real time). Prints a
 from __future__ import annotations
 
 import argparse
-import platform
 import time
 
 import numpy as np
@@ -17,7 +16,7 @@ import torch
 
 from hybrid_mpsenet import PRESETS, HybridMPSENetConfig, HybridMPSENetForSpeechEnhancement
 from hybrid_mpsenet.enhancement import DEFAULT_CHUNK_SECONDS
-from hybrid_mpsenet.utils import peak_rss_gib, run_in_fresh_process, write_json_atomic
+from hybrid_mpsenet.utils import benchmark_environment, peak_rss_gib, run_in_fresh_process, write_json_atomic
 
 
 def measure(preset: str, seconds: float, device: str, threads: int, chunk_seconds: float, dtype: str) -> dict:
@@ -70,9 +69,7 @@ def main() -> None:
             f"{r['peak_rss_gib']:.2f} | {cuda} |"
         )
     result = {
-        "torch": torch.__version__,
-        "machine": platform.processor() or platform.machine(),
-        "cuda": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
+        **benchmark_environment(),
         "threads": args.threads,
         "chunk_seconds": args.chunk_seconds,
         "rows": rows,

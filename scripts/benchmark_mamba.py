@@ -10,13 +10,12 @@ frequency pass. Prints a table and writes JSON.
 from __future__ import annotations
 
 import argparse
-import platform
 import time
 
 import torch
 
 from hybrid_mpsenet.mamba import selective_scan, selective_scan_reference
-from hybrid_mpsenet.utils import peak_rss_gib, run_in_fresh_process, write_json_atomic
+from hybrid_mpsenet.utils import benchmark_environment, peak_rss_gib, run_in_fresh_process, write_json_atomic
 
 SCANS = {"chunked": selective_scan, "reference": selective_scan_reference}
 
@@ -75,8 +74,7 @@ def main() -> None:
                     f"{r['forward_backward_s']:.2f} | {r['peak_rss_gib']:.2f} | {speedup} |"
                 )
     result = {
-        "torch": torch.__version__,
-        "machine": platform.processor() or platform.machine(),
+        **benchmark_environment(),
         "threads": args.threads,
         "chunk_size": args.chunk_size,
         "d_inner": 128,

@@ -9,13 +9,12 @@ on random audio (PESQ targets included). Each measurement runs in a fresh proces
 from __future__ import annotations
 
 import argparse
-import platform
 import time
 
 import torch
 
 from hybrid_mpsenet import PRESETS
-from hybrid_mpsenet.utils import peak_rss_gib, run_in_fresh_process, write_json_atomic
+from hybrid_mpsenet.utils import benchmark_environment, peak_rss_gib, run_in_fresh_process, write_json_atomic
 
 
 def measure(preset: str, device: str, threads: int, steps: int, batch: int, seconds: float, precision: str) -> dict:
@@ -85,9 +84,7 @@ def main() -> None:
             f"{r['steps_per_second']:.3f} | {r['peak_rss_gib']:.2f} | {cuda} |"
         )
     result = {
-        "torch": torch.__version__,
-        "machine": platform.processor() or platform.machine(),
-        "cuda": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
+        **benchmark_environment(),
         "threads": args.threads,
         "batch_size": args.batch_size,
         "segment_seconds": args.segment_seconds,

@@ -52,6 +52,19 @@ def peak_rss_gib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
 
 
+def benchmark_environment() -> dict:
+    """What a benchmark's numbers depend on: torch version, CPU, GPU (or None)."""
+    import platform
+
+    import torch
+
+    return {
+        "torch": torch.__version__,
+        "machine": platform.processor() or platform.machine(),
+        "cuda": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
+    }
+
+
 def run_in_fresh_process(target: Callable[..., dict], *args) -> dict:
     """`target(*args)` in a spawned process, so peak-memory readings belong to that call alone (benchmarks).
 
