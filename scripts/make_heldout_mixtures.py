@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 
-from hybrid_mpsenet.data import coloured_noise, decode_audio, list_audio, mix_at_snr
+from hybrid_mpsenet.data import coloured_noise, decode_audio, list_audio, loop_from_random_offset, mix_at_snr
 
 
 def main() -> None:
@@ -45,8 +45,7 @@ def main() -> None:
         if noises is None:
             noise = coloured_noise(len(clean), float(index % 3), rng)
         else:
-            source = noises[int(rng.integers(len(noises)))]
-            noise = np.resize(np.roll(source, -int(rng.integers(len(source)))), len(clean))
+            noise = loop_from_random_offset(noises[int(rng.integers(len(noises)))], len(clean), rng)
         noisy = mix_at_snr(clean, noise, snrs[index % len(snrs)])
         peak = max(float(np.abs(noisy).max()), 1e-9)
         scale = min(1.0, 0.99 / peak)

@@ -177,6 +177,12 @@ def random_crop(audio: np.ndarray, length: int, rng: np.random.Generator) -> np.
     return np.pad(audio, [(0, length - audio.shape[0])] + [(0, 0)] * (audio.ndim - 1))
 
 
+def loop_from_random_offset(audio: np.ndarray, length: int, rng: np.random.Generator) -> np.ndarray:
+    """`length` samples of `audio` `(samples,)` read from a random offset, wrapping around as often as needed."""
+    start = int(rng.integers(len(audio)))
+    return np.resize(np.roll(audio, -start), length)
+
+
 def coloured_noise(length: int, exponent: float, rng: np.random.Generator) -> np.ndarray:
     """Noise with power spectrum ~ 1/f^exponent (0 white, 1 pink, 2 brown), unit RMS, `(length,)`."""
     spectrum = np.fft.rfft(rng.standard_normal(length))
@@ -291,8 +297,7 @@ class NoiseMixingDataset(_SeededDataset):
         if self.segment_samples is not None:
             clean = random_crop(clean, self.segment_samples, rng)
         noise = self._noise(self.noise_files[int(rng.integers(len(self.noise_files)))])
-        start = int(rng.integers(len(noise)))
-        noise = np.resize(np.roll(noise, -start), clean.shape[0])  # looped from a random offset
+        noise = loop_from_random_offset(noise, clean.shape[0], rng)
         noise = self._augment(noise, rng)
         noisy = mix_at_snr(clean, noise, float(rng.uniform(*self.snr_range)))
         gain = np.float32(10.0 ** (rng.uniform(*self.gain_range) / 20.0))
@@ -311,9 +316,7 @@ class NoiseMixingDataset(_SeededDataset):
                 decode_audio(self.clean_files[int(i)], self.sampling_rate)
                 for i in rng.integers(0, len(self.clean_files), int(rng.integers(3, 7)))
             ]
-            noise = sum(np.resize(np.roll(t, -int(rng.integers(len(t)))), len(noise)) for t in talkers).astype(
-                np.float32
-            )
+            noise = sum(loop_from_random_offset(t, len(noise), rng) for t in talkers).astype(np.float32)
         if draws[2] < self.eq_prob:
             noise = random_equaliser(noise, rng)
         return noise

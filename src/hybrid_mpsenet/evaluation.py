@@ -6,29 +6,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
 import soundfile as sf
 from tqdm.auto import tqdm
 
 from .data import decode_audio, load_voicebank
 from .enhancement import HybridMPSENetForSpeechEnhancement
-from .metrics import pair_scores, parallel_map
+from .metrics import pair_scores, parallel_map, summarise
 
 METRICS = ("pesq", "csig", "cbak", "covl", "stoi", "ssnr")
-
-
-def summarise(rows: list[dict[str, float]]) -> dict[str, dict[str, float]]:
-    """Per metric: mean, std and the number of utterances where it could not be computed."""
-    summary = {}
-    for name in rows[0]:
-        values = np.array([row[name] for row in rows], dtype=np.float64)
-        valid = values[np.isfinite(values)]
-        summary[name] = {
-            "mean": float(valid.mean()) if valid.size else float("nan"),
-            "std": float(valid.std()) if valid.size else float("nan"),
-            "failed": int(values.size - valid.size),
-        }
-    return summary
 
 
 def evaluate_dataset(

@@ -242,3 +242,17 @@ def parallel_map(function: Callable, items: Sequence, sampling_rate: int, worker
         return list(map(function, items, rates))
     with ProcessPoolExecutor(max_workers=workers) as pool:
         return list(pool.map(function, items, rates))
+
+
+def summarise(rows: list[dict[str, float]]) -> dict[str, dict[str, float]]:
+    """Per metric: mean, std and the number of utterances where it could not be computed."""
+    summary = {}
+    for name in rows[0]:
+        values = np.array([row[name] for row in rows], dtype=np.float64)
+        valid = values[np.isfinite(values)]
+        summary[name] = {
+            "mean": float(valid.mean()) if valid.size else float("nan"),
+            "std": float(valid.std()) if valid.size else float("nan"),
+            "failed": int(values.size - valid.size),
+        }
+    return summary

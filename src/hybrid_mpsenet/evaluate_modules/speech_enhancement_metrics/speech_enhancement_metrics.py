@@ -11,7 +11,7 @@ import datasets
 import evaluate
 import numpy as np
 
-from hybrid_mpsenet.metrics import pair_scores, parallel_map
+from hybrid_mpsenet.metrics import pair_scores, parallel_map, summarise
 
 _DESCRIPTION = """PESQ (wide and narrow band), STOI, extended STOI, the composite measures CSIG/CBAK/COVL (Hu &
 Loizou, 2008), segmental SNR and SI-SDR between enhanced and clean speech, averaged over the pairs. A measure that
@@ -57,9 +57,7 @@ class SpeechEnhancementMetrics(evaluate.Metric):
         ]
         rows = parallel_map(pair_scores, pairs, sampling_rate, num_workers)
         result = {"num_pairs": len(rows)}
-        for name in rows[0] if rows else []:
-            values = np.array([row[name] for row in rows], dtype=np.float64)
-            finite = values[np.isfinite(values)]
-            result[name] = float(finite.mean()) if finite.size else float("nan")
-            result[f"failed_{name}"] = int(values.size - finite.size)
+        for name, summary in (summarise(rows) if rows else {}).items():
+            result[name] = summary["mean"]
+            result[f"failed_{name}"] = summary["failed"]
         return result
