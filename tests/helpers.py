@@ -1,5 +1,9 @@
 """Shared test constants and the tiny configuration."""
 
+import os
+import subprocess
+import sys
+import textwrap
 from pathlib import Path
 
 from hybrid_mpsenet import HybridMPSENetConfig
@@ -37,3 +41,20 @@ def fast_config(**overrides) -> HybridMPSENetConfig:
     values.update(num_magnitude_blocks=0, num_phase_blocks=0)
     values.update(overrides)
     return tiny_config(**values)
+
+
+_HIDE_PACKAGE = """
+import importlib.abc, sys
+class _Block(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] == "hybrid_mpsenet":
+            raise ImportError("hybrid_mpsenet is hidden in this test")
+sys.meta_path.insert(0, _Block())
+"""
+
+
+def run_without_package(code: str, tmp_path: Path) -> subprocess.CompletedProcess:
+    """Run `code` in a fresh, offline Python where `import hybrid_mpsenet` fails: only remote code can serve."""
+    env = {**os.environ, "HF_MODULES_CACHE": str(tmp_path / "modules"), "HF_HUB_OFFLINE": "1"}
+    script = _HIDE_PACKAGE + textwrap.dedent(code)
+    return subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, cwd=tmp_path)

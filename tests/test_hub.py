@@ -1,9 +1,6 @@
 import json
-import os
-import subprocess
-import sys
-import textwrap
 
+from helpers import run_without_package
 from huggingface_hub import ModelCard
 
 from hybrid_mpsenet.cli import main
@@ -47,14 +44,7 @@ def test_the_upload_loads_with_remote_code_without_the_package(tmp_path):
         main(["push", "--model", str(DEFAULT_MODEL_DIR), "--repo-id", "org/demo", "--dry-run", str(tmp_path / "up")])
         == 0
     )
-    script = textwrap.dedent(
-        f"""
-        import importlib.abc, sys
-        class Block(importlib.abc.MetaPathFinder):
-            def find_spec(self, name, path=None, target=None):
-                if name.split(".")[0] == "hybrid_mpsenet":
-                    raise ImportError("hybrid_mpsenet is hidden in this test")
-        sys.meta_path.insert(0, Block())
+    code = f"""
         import numpy as np
         from transformers import AutoModel
         model = AutoModel.from_pretrained({str(tmp_path / "up")!r}, trust_remote_code=True).eval()
@@ -62,9 +52,7 @@ def test_the_upload_loads_with_remote_code_without_the_package(tmp_path):
         assert out.shape == (8000,) and type(model).__name__ == "HybridMPSENetForSpeechEnhancement"
         print("remote code OK")
         """
-    )
-    env = {**os.environ, "HF_MODULES_CACHE": str(tmp_path / "modules"), "HF_HUB_OFFLINE": "1"}
-    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, cwd=tmp_path)
+    result = run_without_package(code, tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
 
 

@@ -1,12 +1,7 @@
-import os
-import subprocess
-import sys
-import textwrap
-
 import numpy as np
 import pytest
 import torch
-from helpers import tiny_config
+from helpers import run_without_package, tiny_config
 from transformers import AutoConfig, AutoFeatureExtractor, AutoModel
 
 from hybrid_mpsenet import HybridMPSENetConfig, HybridMPSENetFeatureExtractor, HybridMPSENetModel
@@ -120,14 +115,7 @@ def test_trust_remote_code_loads_without_the_package(tmp_path, speech):
         expected = model(**features).magnitude.numpy()
     np.save(tmp_path / "expected.npy", expected)
     np.save(tmp_path / "wave.npy", speech[:3000])
-    script = textwrap.dedent(
-        f"""
-        import importlib.abc, sys
-        class Block(importlib.abc.MetaPathFinder):
-            def find_spec(self, name, path=None, target=None):
-                if name.split(".")[0] == "hybrid_mpsenet":
-                    raise ImportError("hybrid_mpsenet is hidden in this test")
-        sys.meta_path.insert(0, Block())
+    code = f"""
         import numpy as np, torch
         from transformers import AutoFeatureExtractor, AutoModel
         model = AutoModel.from_pretrained({str(folder)!r}, trust_remote_code=True).eval()
@@ -139,9 +127,7 @@ def test_trust_remote_code_loads_without_the_package(tmp_path, speech):
         np.testing.assert_allclose(out, np.load({str(tmp_path / "expected.npy")!r}), rtol=0, atol=0)
         print("remote code OK")
         """
-    )
-    env = {**os.environ, "HF_MODULES_CACHE": str(tmp_path / "modules"), "HF_HUB_OFFLINE": "1"}
-    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, cwd=tmp_path)
+    result = run_without_package(code, tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "remote code OK" in result.stdout
 
