@@ -93,7 +93,7 @@ class HybridMPSENetConfig(PreTrainedConfig):
         mamba_share_time_freq (`bool`): one Mamba for the time and the frequency pass of a block.
         use_mamba_kernels (`bool`, defaults to True): use `mamba_ssm`/`causal_conv1d` CUDA kernels when installed
             and the input is on CUDA; the pure-PyTorch scan is used otherwise.
-        mamba_scan_chunk_size (`int`, defaults to 4): chunk length of the pure-PyTorch scan.
+        mamba_scan_chunk_size (`int`, defaults to 16): time steps per chunk of the pure-PyTorch scan.
     """
 
     model_type = "hybrid_mpsenet"
@@ -131,7 +131,7 @@ class HybridMPSENetConfig(PreTrainedConfig):
         mamba_dt_init_floor: float = 1e-4,
         mamba_share_time_freq: bool = False,
         use_mamba_kernels: bool = True,
-        mamba_scan_chunk_size: int = 4,
+        mamba_scan_chunk_size: int = 16,
         **kwargs,
     ):
         for name, value in {

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import datasets
 import numpy as np
+import scipy.signal
 import soundfile as sf
 import soxr
 import torch
@@ -200,6 +201,44 @@ def random_equaliser(audio: np.ndarray, rng: np.random.Generator, max_db: float 
     return np.fft.irfft(spectrum * 10 ** (gains_db / 20), len(audio)).astype(np.float32)
 
 
+def simulate_room(
+    rng: np.random.Generator,
+    sampling_rate: int,
+    rt60_range: tuple[float, float] = (0.2, 0.8),
+    max_order: int = 30,
+    early_seconds: float = 0.05,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Impulse responses of a random shoebox room (pyroomacoustics' image-source model, deterministic given `rng`).
+
+    The room is 3-10 m x 3-8 m x 2.4-4 m with wall absorption set by Sabine's formula for a random RT60 in
+    `rt60_range`; talker and microphone are at least 0.5 m from every wall. Reflections are capped at `max_order`
+    (a room costs well under a second), which shortens the tail of small, live rooms.
+
+    Returns:
+        `(full, early)`, float32 `(taps,)` each, scaled so the direct path peaks at 1: the whole response, and the
+        direct path plus the first `early_seconds` of reflections, the usual dereverberation target.
+    """
+    try:
+        import pyroomacoustics as pra
+    except ImportError as error:
+        raise ImportError("Room simulation needs pyroomacoustics: pip install 'hybrid-mpsenet[train]'.") from error
+    size = rng.uniform([3.0, 3.0, 2.4], [10.0, 8.0, 4.0])
+    absorption, order = pra.inverse_sabine(float(rng.uniform(*rt60_range)), size)
+    room = pra.ShoeBox(size, fs=sampling_rate, materials=pra.Material(absorption), max_order=min(order, max_order))
+    room.add_source(rng.uniform(0.5, size - 0.5))
+    room.add_microphone(rng.uniform(0.5, size - 0.5))
+    room.compute_rir()
+    full = np.asarray(room.rir[0][0], dtype=np.float32)
+    direct = int(np.argmax(np.abs(full)))
+    full /= abs(full[direct])
+    return full, full[: direct + int(early_seconds * sampling_rate)].copy()
+
+
+def reverberate(audio: np.ndarray, impulse_response: np.ndarray) -> np.ndarray:
+    """`audio` `(samples,)` convolved with `impulse_response`, cut to the input length."""
+    return scipy.signal.fftconvolve(audio, impulse_response)[: len(audio)].astype(np.float32)
+
+
 class _SeededDataset(torch.utils.data.Dataset):
     """Items draw their randomness from `(seed, epoch, index)`, so an epoch replays exactly after a resume."""
 
@@ -248,8 +287,12 @@ class NoiseMixingDataset(_SeededDataset):
 
     Augmentations, each with its own probability (0 by default): `coloured_noise_prob` replaces the noise with
     white/pink/brown-like noise (random exponent in [0, 2]), `babble_prob` with the sum of 3-6 other clean files
-    (babble), and `eq_prob` passes the noise through a random +-9 dB equaliser.
+    (babble), and `eq_prob` passes the noise through a random +-9 dB equaliser. `reverb_prob` plays the speech in
+    one of `ROOMS` simulated rooms ([`simulate_room`], built once per seed): the input is the reverberant speech
+    plus noise (the SNR is that of the reverberant speech), the target the speech with early reflections only.
     """
+
+    ROOMS = 24
 
     def __init__(
         self,
@@ -264,16 +307,20 @@ class NoiseMixingDataset(_SeededDataset):
         coloured_noise_prob: float = 0.0,
         babble_prob: float = 0.0,
         eq_prob: float = 0.0,
+        reverb_prob: float = 0.0,
     ):
         super().__init__(sampling_rate, segment_samples, seed)
         for name, value in (
             ("coloured_noise_prob", coloured_noise_prob),
             ("babble_prob", babble_prob),
             ("eq_prob", eq_prob),
+            ("reverb_prob", reverb_prob),
         ):
             if not 0.0 <= value <= 1.0:
                 raise ValueError(f"{name} must be a probability in [0, 1], got {value}.")
         self.coloured_noise_prob, self.babble_prob, self.eq_prob = coloured_noise_prob, babble_prob, eq_prob
+        self.reverb_prob = reverb_prob
+        self._rooms: dict[int, tuple[np.ndarray, np.ndarray]] = {}
         if not clean_files or not noise_files:
             raise ValueError("NoiseMixingDataset needs at least one clean file and one noise file.")
         if snr_range[0] > snr_range[1] or gain_range[0] > gain_range[1]:
@@ -299,11 +346,21 @@ class NoiseMixingDataset(_SeededDataset):
         noise = self._noise(self.noise_files[int(rng.integers(len(self.noise_files)))])
         noise = loop_from_random_offset(noise, clean.shape[0], rng)
         noise = self._augment(noise, rng)
-        noisy = mix_at_snr(clean, noise, float(rng.uniform(*self.snr_range)))
+        speech = clean
+        if self.reverb_prob and rng.uniform() < self.reverb_prob:
+            full, early = self._room(int(rng.integers(self.ROOMS)))
+            speech, clean = reverberate(clean, full), reverberate(clean, early)
+        noisy = mix_at_snr(speech, noise, float(rng.uniform(*self.snr_range)))
         gain = np.float32(10.0 ** (rng.uniform(*self.gain_range) / 20.0))
         peak = max(float(np.abs(noisy).max()), float(np.abs(clean).max()), 1e-9)
         gain = min(gain, np.float32(0.99 / peak))  # never clip the mixture
         return {"clean": torch.from_numpy(clean * gain), "noisy": torch.from_numpy(noisy * gain)}
+
+    def _room(self, number: int) -> tuple[np.ndarray, np.ndarray]:
+        # Seeded by (seed, room) - a different stream from the items' (seed, epoch, index).
+        if number not in self._rooms:
+            self._rooms[number] = simulate_room(np.random.default_rng((self.seed, number)), self.sampling_rate)
+        return self._rooms[number]
 
     def _augment(self, noise: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         if not (self.coloured_noise_prob or self.babble_prob or self.eq_prob):

@@ -11,6 +11,7 @@ import json
 import logging
 import math
 import shutil
+import time
 from concurrent.futures import Executor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -51,6 +52,7 @@ class TrainingArguments:
     coloured_noise_prob: float = field(default=0.0, metadata={"help": "share of mixtures with coloured noise"})
     babble_prob: float = field(default=0.0, metadata={"help": "share of mixtures with babble of other talkers"})
     eq_prob: float = field(default=0.0, metadata={"help": "share of noises through a random equaliser"})
+    reverb_prob: float = field(default=0.0, metadata={"help": "share of mixtures with speech in a simulated room"})
     segment_seconds: float = 2.0
     batch_size: int = 4
     num_workers: int = 0
@@ -106,6 +108,7 @@ class TrainingState:
         self.step = self.epoch = self.batch_in_epoch = 0
         self.best_pesq = -math.inf
         self.skipped_steps = self.failed_pesq = 0
+        self.train_seconds = 0.0  # wall time spent in training steps, across resumes (compute per quality)
 
     def state_dict(self) -> dict:
         return dict(vars(self))
@@ -161,6 +164,7 @@ def build_datasets(args: TrainingArguments, sampling_rate: int):
         coloured_noise_prob=args.coloured_noise_prob,
         babble_prob=args.babble_prob,
         eq_prob=args.eq_prob,
+        reverb_prob=args.reverb_prob,
     )
     evaluation = NoiseMixingDataset(eval_files, noise, sampling_rate, None, snr, seed=args.seed + 1)
     return train, evaluation
@@ -289,9 +293,11 @@ def train(args: TrainingArguments) -> Path:
             loader.set_epoch(state.epoch)
             batches = accelerator.skip_first_batches(loader, state.batch_in_epoch) if state.batch_in_epoch else loader
             for batch in batches:
+                started = time.perf_counter()
                 logs = train_step(
                     accelerator, args, unwrapped, model, discriminator, optim_g, optim_d, batch, weights, pool, state
                 )
+                state.train_seconds += time.perf_counter() - started
                 state.batch_in_epoch += 1
                 state.step += 1
                 bar.update(1)
@@ -416,7 +422,12 @@ def _validate(accelerator, args, unwrapped, eval_set, pool, state, output_dir, t
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         metrics = evaluate_model(unwrapped, eval_set, args.eval_max_items, pool)
-        metrics.update(step=state.step, failed_training_pesq=state.failed_pesq, skipped_steps=state.skipped_steps)
+        metrics.update(
+            step=state.step,
+            train_seconds=round(state.train_seconds, 1),
+            failed_training_pesq=state.failed_pesq,
+            skipped_steps=state.skipped_steps,
+        )
         metrics.update(train_averages)
         accelerator.log(
             {f"eval/{k}": v for k, v in metrics.items() if k != "step" and not k.startswith("train/")}, step=state.step
