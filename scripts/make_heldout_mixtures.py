@@ -2,7 +2,9 @@
 
 Speech from `--clean` (speakers never used in training) is mixed at SNRs cycling through `--snrs` with either
 noise files from `--noise` (random file, random offset) or, with `--noise coloured`, synthetic coloured noise
-(white, pink, brown in turn), which no training set here contains. Evaluate it with `hybrid-mpsenet evaluate`.
+(white, pink, brown in turn), which no training set here contains. With `--reverb`, each utterance is first played
+in its own simulated room (as the training augmentation does): the noisy file holds the reverberant speech plus
+noise, the clean file the direct path and early reflections. Evaluate it with `hybrid-mpsenet evaluate`.
 
     python scripts/make_heldout_mixtures.py --clean ../shared/data/clean/vcc2016 --noise coloured \\
         --output outputs/heldout-coloured
@@ -16,7 +18,15 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 
-from hybrid_mpsenet.data import coloured_noise, decode_audio, list_audio, loop_from_random_offset, mix_at_snr
+from hybrid_mpsenet.data import (
+    coloured_noise,
+    decode_audio,
+    list_audio,
+    loop_from_random_offset,
+    mix_at_snr,
+    reverberate,
+    simulate_room,
+)
 
 
 def main() -> None:
@@ -27,6 +37,7 @@ def main() -> None:
     parser.add_argument("--per-speaker", type=int, default=2, help="utterances per speaker folder")
     parser.add_argument("--snrs", default="0,5,10,15")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--reverb", action="store_true", help="play each utterance in a simulated room first")
     args = parser.parse_args()
 
     rng = np.random.default_rng(args.seed)
@@ -46,7 +57,11 @@ def main() -> None:
             noise = coloured_noise(len(clean), float(index % 3), rng)
         else:
             noise = loop_from_random_offset(noises[int(rng.integers(len(noises)))], len(clean), rng)
-        noisy = mix_at_snr(clean, noise, snrs[index % len(snrs)])
+        speech = clean
+        if args.reverb:
+            full, early = simulate_room(np.random.default_rng((args.seed, index)), 16000)
+            speech, clean = reverberate(clean, full), reverberate(clean, early)
+        noisy = mix_at_snr(speech, noise, snrs[index % len(snrs)])
         peak = max(float(np.abs(noisy).max()), 1e-9)
         scale = min(1.0, 0.99 / peak)
         name = f"{path.parent.name}_{path.stem}.wav"

@@ -107,6 +107,9 @@ def test_resume_is_exact(tmp_path):
         for key, state in left["state"].items():
             for field, value in state.items():
                 assert torch.equal(value, right["state"][key][field]), (name, key, field)
+    # Training time accumulates across the resume (validations at steps 3 and 6).
+    seconds = [json.loads(line)["train_seconds"] for line in (tmp_path / "b" / "run" / "history.jsonl").open()]
+    assert len(seconds) == 2 and 0 < seconds[0] < seconds[1]
 
 
 def test_yaml_config_with_overrides_and_errors(tmp_path, voicebank):
