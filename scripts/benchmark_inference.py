@@ -9,14 +9,13 @@ RTF = compute time / audio duration (below 1 is faster than real time). Prints a
 from __future__ import annotations
 
 import argparse
-import time
 
 import numpy as np
 import torch
 
 from hybrid_mpsenet import PRESETS, HybridMPSENetConfig, HybridMPSENetForSpeechEnhancement
 from hybrid_mpsenet.enhancement import DEFAULT_CHUNK_SECONDS
-from hybrid_mpsenet.utils import benchmark_environment, peak_rss_gib, run_in_fresh_process, write_json_atomic
+from hybrid_mpsenet.utils import benchmark_environment, measured, run_in_fresh_process, write_json_atomic
 
 
 def measure(preset: str, seconds: float, device: str, threads: int, chunk_seconds: float, dtype: str) -> dict:
@@ -26,17 +25,9 @@ def measure(preset: str, seconds: float, device: str, threads: int, chunk_second
     autocast = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(dtype)
     if device == "cuda":
         model.enhance(audio[:16000], 16000, dtype=autocast)  # warm-up: kernels and allocator
-        torch.cuda.synchronize()
-        torch.cuda.reset_peak_memory_stats()
-    start = time.perf_counter()
-    model.enhance(audio, 16000, chunk_seconds=chunk_seconds, dtype=autocast)
-    if device == "cuda":
-        torch.cuda.synchronize()
-    elapsed = time.perf_counter() - start
-    result = {"seconds": elapsed, "rtf": elapsed / seconds, "peak_rss_gib": peak_rss_gib()}
-    if device == "cuda":
-        result["peak_cuda_gib"] = torch.cuda.max_memory_allocated() / 2**30
-    return result
+    with measured(device) as result:
+        model.enhance(audio, 16000, chunk_seconds=chunk_seconds, dtype=autocast)
+    return {**result, "rtf": result["seconds"] / seconds}
 
 
 def main() -> None:

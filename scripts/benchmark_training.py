@@ -9,12 +9,11 @@ on random audio (PESQ targets included). Each measurement runs in a fresh proces
 from __future__ import annotations
 
 import argparse
-import time
 
 import torch
 
 from hybrid_mpsenet import PRESETS
-from hybrid_mpsenet.utils import benchmark_environment, peak_rss_gib, run_in_fresh_process, write_json_atomic
+from hybrid_mpsenet.utils import benchmark_environment, measured, run_in_fresh_process, write_json_atomic
 
 
 def measure(preset: str, device: str, threads: int, steps: int, batch: int, seconds: float, precision: str) -> dict:
@@ -39,19 +38,11 @@ def measure(preset: str, device: str, threads: int, steps: int, batch: int, seco
         train_step(accelerator, args, unwrapped, *parts, batch_data, args.loss_weights, None, state)
 
     step()  # warm-up
-    if device == "cuda":
-        torch.cuda.synchronize()
-        torch.cuda.reset_peak_memory_stats()
-    start = time.perf_counter()
-    for _ in range(steps):
-        step()
-    if device == "cuda":
-        torch.cuda.synchronize()
-    elapsed = (time.perf_counter() - start) / steps
-    result = {"seconds_per_step": elapsed, "steps_per_second": 1 / elapsed, "peak_rss_gib": peak_rss_gib()}
-    if device == "cuda":
-        result["peak_cuda_gib"] = torch.cuda.max_memory_allocated() / 2**30
-    return result
+    with measured(device) as result:
+        for _ in range(steps):
+            step()
+    per_step = result.pop("seconds") / steps
+    return {"seconds_per_step": per_step, "steps_per_second": 1 / per_step, **result}
 
 
 def main() -> None:

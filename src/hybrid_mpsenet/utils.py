@@ -65,6 +65,32 @@ def benchmark_environment() -> dict:
     }
 
 
+@contextlib.contextmanager
+def measured(device: str) -> Iterator[dict]:
+    """Time the enclosed block and record peak memory (benchmarks); the yielded dict is filled on exit.
+
+    On CUDA the block is bracketed by synchronisations and the peak is counted from its start. Keys: `seconds`,
+    `peak_rss_gib` (this process's peak so far) and, on CUDA, `peak_cuda_gib`.
+    """
+    import time
+
+    import torch
+
+    cuda = device == "cuda"
+    if cuda:
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+    result: dict = {}
+    start = time.perf_counter()
+    yield result
+    if cuda:
+        torch.cuda.synchronize()
+    result["seconds"] = time.perf_counter() - start
+    result["peak_rss_gib"] = peak_rss_gib()
+    if cuda:
+        result["peak_cuda_gib"] = torch.cuda.max_memory_allocated() / 2**30
+
+
 def run_in_fresh_process(target: Callable[..., dict], *args) -> dict:
     """`target(*args)` in a spawned process, so peak-memory readings belong to that call alone (benchmarks).
 
