@@ -97,10 +97,24 @@ def selective_scan_reference(
 _MIN_LOG_DECAY = -80.0
 
 
-def _chunk_states(u, delta, A, B, state, decay, states):
-    """Decays and states of one time-major chunk, written into the `decay`/`states` buffers `(chunk, batch, d_inner,
-    d_state)`; u, delta: `(chunk, batch, d_inner)`, B: `(chunk, batch, d_state)`, state: the state entering the chunk.
+def _chunks(length: int, chunk_size: int) -> list[slice]:
+    """Consecutive time slices of at most `chunk_size` steps covering `length`."""
+    return [slice(start, min(start + chunk_size, length)) for start in range(0, length, chunk_size)]
+
+
+def _chunk_buffers(u, A, chunk_size, count):
+    """`count` reusable `(chunk, batch, d_inner, d_state)` work buffers for time-major u `(length, batch, d_inner)`."""
+    shape = (min(chunk_size, u.shape[0]), *u.shape[1:], A.shape[1])
+    return [u.new_empty(shape) for _ in range(count)]
+
+
+def _chunk_states(u, delta, A, B, chunk, state, decay, states):
+    """Decays and states of one chunk of time-major u, delta `(length, batch, d_inner)` and B `(length, batch,
+    d_state)`, written into the front of the `decay`/`states` buffers and returned as `(chunk, batch, d_inner,
+    d_state)` views; `state` is the state entering the chunk.
     """
+    size = chunk.stop - chunk.start
+    u, delta, B, decay, states = u[chunk], delta[chunk], B[chunk], decay[:size], states[:size]
     torch.mul(delta.unsqueeze(-1), A, out=decay).clamp_(min=_MIN_LOG_DECAY).exp_()
     torch.mul((delta * u).unsqueeze(-1), B.unsqueeze(2), out=states)
     # One fused in-place update per step over batch * d_inner * d_state elements: on CPU this is already parallel
@@ -133,23 +147,19 @@ class _ChunkedScan(torch.autograd.Function):
         u, delta = u.permute(2, 0, 1).contiguous(), delta.permute(2, 0, 1).contiguous()
         B, C = B.permute(2, 0, 1).contiguous(), C.permute(2, 0, 1).contiguous()
         (length, batch, d_inner), d_state = u.shape, A.shape[1]
-        starts = range(0, length, chunk_size)
-        decay_buffer = u.new_empty(min(chunk_size, length), batch, d_inner, d_state)
-        states_buffer = torch.empty_like(decay_buffer)
-        entering = u.new_zeros(len(starts), batch, d_inner, d_state)
+        chunks = _chunks(length, chunk_size)
+        decay_buffer, states_buffer = _chunk_buffers(u, A, chunk_size, 2)
+        entering = u.new_zeros(len(chunks), batch, d_inner, d_state)
         y = u.new_empty(length, batch, d_inner)
-        for index, start in enumerate(starts):
-            chunk, size = slice(start, start + chunk_size), min(chunk_size, length - start)
-            _, states = _chunk_states(
-                u[chunk], delta[chunk], A, B[chunk], entering[index], decay_buffer[:size], states_buffer[:size]
-            )
-            rows = size * batch
+        for index, chunk in enumerate(chunks):
+            _, states = _chunk_states(u, delta, A, B, chunk, entering[index], decay_buffer, states_buffer)
+            rows = states.shape[0] * batch
             torch.bmm(
                 states.view(rows, d_inner, d_state),
                 C[chunk].view(rows, d_state, 1),
                 out=y[chunk].view(rows, d_inner, 1),
             )
-            if index + 1 < len(starts):
+            if index + 1 < len(chunks):
                 entering[index + 1] = states[-1]
         ctx.chunk_size = chunk_size
         ctx.save_for_backward(u, delta, A, B, C, entering)
@@ -158,23 +168,19 @@ class _ChunkedScan(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_y):
         u, delta, A, B, C, entering = ctx.saved_tensors
-        chunk_size = ctx.chunk_size
         (length, batch, d_inner), d_state = u.shape, A.shape[1]
         grad_y = grad_y.permute(2, 0, 1).contiguous()
         grad_u, grad_delta = torch.empty_like(u), torch.empty_like(delta)
         grad_B, grad_C = torch.empty_like(B), torch.empty_like(C)
         grad_A = torch.zeros_like(A)
-        decay_buffer = u.new_empty(min(chunk_size, length), batch, d_inner, d_state)
-        states_buffer, grads_buffer = torch.empty_like(decay_buffer), torch.empty_like(decay_buffer)
+        decay_buffer, states_buffer, grads_buffer = _chunk_buffers(u, A, ctx.chunk_size, 3)
         inflow = u.new_zeros(batch, d_inner, d_state)
-        starts = list(range(0, length, chunk_size))
-        for index in reversed(range(len(starts))):
-            start = starts[index]
-            chunk, size = slice(start, start + chunk_size), min(chunk_size, length - start)
+        chunks = _chunks(length, ctx.chunk_size)
+        for index in reversed(range(len(chunks))):
+            chunk = chunks[index]
+            decay, states = _chunk_states(u, delta, A, B, chunk, entering[index], decay_buffer, states_buffer)
+            size = states.shape[0]
             rows = size * batch
-            decay, states = _chunk_states(
-                u[chunk], delta[chunk], A, B[chunk], entering[index], decay_buffer[:size], states_buffer[:size]
-            )
             torch.bmm(
                 grad_y[chunk].view(rows, 1, d_inner),
                 states.view(rows, d_inner, d_state),
