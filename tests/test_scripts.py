@@ -1,0 +1,53 @@
+"""The helper scripts users run for data and model selection (benchmarks are not tested: they only time code)."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import soundfile as sf
+from helpers import DATA, tiny_config
+
+SCRIPTS = Path(__file__).resolve().parents[1] / "scripts"
+
+
+def run_script(name, *args):
+    subprocess.run([sys.executable, str(SCRIPTS / name), *map(str, args)], check=True, capture_output=True)
+
+
+def test_compare_runs_reads_pesq_within_the_common_training_time(tmp_path):
+    for run, history in {
+        "fast": [(100, 200.0, 1.5), (200, 400.0, 1.6), (300, 600.0, 1.7)],
+        "slow": [(100, 500.0, 1.55), (200, 1000.0, 1.65)],
+    }.items():
+        (tmp_path / run).mkdir()
+        tiny_config().save_pretrained(tmp_path / run / "best")
+        lines = [json.dumps({"step": s, "train_seconds": t, "pesq": p}) for s, t, p in history]
+        (tmp_path / run / "history.jsonl").write_text("\n".join(lines) + "\n")
+    run_script("compare_runs.py", tmp_path / "fast", tmp_path / "slow", "--output", tmp_path / "out.json")
+    result = json.loads((tmp_path / "out.json").read_text())
+    # By default: the earliest time at which every run has a validation (500 s, the slow run's first).
+    assert result["budget_s"] == 500.0
+    within = {run["run"]: run["within_budget"]["pesq"] for run in result["runs"]}
+    assert within == {"fast": 1.6, "slow": 1.55}
+    assert all(run["parameters"] > 0 for run in result["runs"])
+
+
+def test_heldout_mixtures_in_rooms_are_reproducible_and_reverberant(tmp_path):
+    def make(name, *extra):
+        run_script(
+            "make_heldout_mixtures.py", "--clean", DATA, "--noise", "coloured", "--output", tmp_path / name, *extra
+        )
+        folder = tmp_path / name
+        return {
+            kind: [sf.read(p)[0] for p in sorted((folder / kind).glob("*.wav"))]
+            for kind in ("clean_testset_wav", "noisy_testset_wav")
+        }
+
+    dry, wet, again = make("dry"), make("wet", "--reverb"), make("again", "--reverb")
+    assert len(wet["noisy_testset_wav"]) == 2
+    for a, b in zip(wet["noisy_testset_wav"], again["noisy_testset_wav"], strict=True):
+        np.testing.assert_array_equal(a, b)
+    for reverberant, plain in zip(wet["clean_testset_wav"], dry["clean_testset_wav"], strict=True):
+        assert len(reverberant) == len(plain) and not np.allclose(reverberant, plain, atol=1e-3)
