@@ -68,8 +68,10 @@ def test_converted_checkpoint_reproduces_original_outputs(name, tmp_path):
 
 
 def test_features_match_original_stft():
-    """Float32 FFTs differ by ~1e-7 of the frame energy between CPUs and libraries: the linear magnitude is compared
-    absolutely, the compressed magnitude and the phase where the bin is well above that rounding floor (89 % of the bins)."""
+    """Float32 FFTs differ by ~1e-7 of the frame energy between CPUs and libraries.
+
+    The linear magnitude is compared absolutely, the compressed magnitude and the phase only where the bin is well
+    above that rounding floor (89 % of the bins)."""
     io = load_fixture("mpsenet")
     extractor = HybridMPSENetFeatureExtractor()
     features = extractor(io["noisy_wav"].numpy(), sampling_rate=16000)
@@ -139,3 +141,21 @@ def test_cli_convert_and_info(tmp_path, capsys):
     assert cli_main(["convert", str(tmp_path / "missing"), str(tmp_path / "x")]) == 2
     assert "Could not read checkpoint" in capsys.readouterr().err
     assert set(PRESETS) == {"mpsenet", "hybrid-large", "hybrid-small"}
+
+
+def test_convert_never_replaces_a_folder_it_did_not_write(tmp_path, capsys):
+    """A folder with the user's files is refused and left as it was; one written by convert needs --overwrite."""
+    checkpoint, config = str(FIXTURES / "mpsenet" / "g_00000000"), str(FIXTURES / "mpsenet" / "config.json")
+    home = tmp_path / "home"
+    home.mkdir()
+    (home / "thesis.tex").write_text("years of work")
+    assert cli_main(["convert", checkpoint, str(home), "--config", config, "--overwrite"]) == 2
+    assert "did not write (thesis.tex)" in capsys.readouterr().err
+    assert [p.name for p in home.iterdir()] == ["thesis.tex"]
+    assert (home / "thesis.tex").read_text() == "years of work"
+    out = tmp_path / "converted"
+    assert cli_main(["convert", checkpoint, str(out), "--config", config]) == 0
+    assert cli_main(["convert", checkpoint, str(out), "--config", config]) == 2
+    assert "--overwrite" in capsys.readouterr().err
+    assert cli_main(["convert", checkpoint, str(out), "--config", config, "--overwrite"]) == 0
+    assert (out / "model.safetensors").is_file()

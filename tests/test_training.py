@@ -1,4 +1,5 @@
 import json
+import pickle
 import subprocess
 import sys
 
@@ -71,7 +72,7 @@ def test_overfitting_a_few_pairs_reduces_the_losses_and_trains_every_parameter(t
     assert [round(record["train/total"], 6) for record in history] == sorted(
         (round(record["train/total"], 6) for record in history), reverse=True
     )
-    trained = load_file(latest_checkpoint(tmp_path / "run") / "model.safetensors")
+    trained = load_file(latest_checkpoint(tmp_path / "run") / "generator" / "model.safetensors")
     start = HybridMPSENetForSpeechEnhancement(args_config(args)).state_dict()
     unchanged = [name for name, value in trained.items() if torch.equal(value, start[name])]
     assert not unchanged, unchanged
@@ -87,6 +88,14 @@ def args_config(args):
     return build_model(args).config
 
 
+class _WritesFileWhenUnpickled:
+    def __init__(self, path: str):
+        self.path = path
+
+    def __reduce__(self):
+        return (open, (self.path, "w"))
+
+
 def test_resume_is_exact(tmp_path):
     mixing = dict(
         clean_dirs=[str(DATA)], noise_dirs=[str(DATA)], items_per_epoch=4, segment_seconds=0.5, eval_every=100
@@ -95,14 +104,20 @@ def test_resume_is_exact(tmp_path):
     train(straight)
     interrupted = arguments(tmp_path / "b", max_steps=3, save_every=3, **mixing)
     train(interrupted)
+    # A pickle planted in the checkpoint (as Accelerate's random_states_0.pkl) is never unpickled on resume.
+    marker = tmp_path / "pickle_ran"
+    planted = latest_checkpoint(tmp_path / "b" / "run") / "random_states_0.pkl"
+    with open(planted, "wb") as handle:
+        pickle.dump(_WritesFileWhenUnpickled(str(marker)), handle)
     resumed = arguments(tmp_path / "b", max_steps=6, save_every=3, resume=True, **mixing)
     train(resumed)
+    assert not marker.exists()
     a, b = latest_checkpoint(tmp_path / "a" / "run"), latest_checkpoint(tmp_path / "b" / "run")
     assert a.name == b.name == "step-00000006"
-    for name in ("model.safetensors", "model_1.safetensors"):
+    for name in ("generator/model.safetensors", "discriminator.safetensors"):
         left, right = load_file(a / name), load_file(b / name)
         assert all(torch.equal(left[k], right[k]) for k in left), name
-    for name in ("optimizer.bin", "optimizer_1.bin"):
+    for name in ("optimizer_generator.pt", "optimizer_discriminator.pt"):
         left, right = torch.load(a / name, weights_only=True), torch.load(b / name, weights_only=True)
         for key, state in left["state"].items():
             for field, value in state.items():
@@ -169,7 +184,7 @@ def test_two_process_cpu_run_gloo(tmp_path):
     assert result.returncode == 0, result.stderr[-2000:]
     checkpoint = latest_checkpoint(tmp_path / "run")
     assert checkpoint.name == "step-00000003"
-    assert {p.name for p in checkpoint.glob("random_states_*.pkl")} == {"random_states_0.pkl", "random_states_1.pkl"}
+    assert {p.name for p in checkpoint.glob("rng_state_*")} == {"rng_state_0.safetensors", "rng_state_1.safetensors"}
     assert HybridMPSENetForSpeechEnhancement.from_pretrained(tmp_path / "run" / "best").config.n_fft == 128
 
 

@@ -16,7 +16,7 @@ from tqdm.auto import tqdm
 
 from .audio import FORMAT_ALIASES, AudioError
 from .configuration_hybrid_mpsenet import PRESETS, HybridMPSENetConfig
-from .convert import convert_original_checkpoint
+from .convert import convert_original_checkpoint, convert_original_training_state
 from .enhancement import DEFAULT_CHUNK_SECONDS, DEFAULT_OVERLAP_SECONDS, HybridMPSENetForSpeechEnhancement
 from .modeling_hybrid_mpsenet import HybridMPSENetModel
 
@@ -110,8 +110,27 @@ def _enhance(args: argparse.Namespace) -> int:
 
 
 def _convert(args: argparse.Namespace) -> int:
-    model = convert_original_checkpoint(args.checkpoint, args.config, variant=args.variant, output_dir=args.output)
-    print(f"Converted {args.checkpoint} ({model.num_parameters():,} parameters) to {args.output}")
+    checkpoint = Path(args.checkpoint)
+    if checkpoint.name.startswith("do_"):
+        generator = checkpoint.with_name("g_" + checkpoint.name[3:])
+        if not generator.is_file():
+            raise ValueError(f"{checkpoint} is a training state; its generator {generator} must be beside it.")
+        run = convert_original_training_state(
+            generator,
+            checkpoint,
+            args.output,
+            args.config,
+            variant=args.variant,
+            batch_mixed=args.batch_mixed,
+            overwrite=args.overwrite,
+        )
+        print(f"Converted {generator} and {checkpoint} to the run folder {run}; continue it with "
+              f"`hybrid-mpsenet train --output_dir {run} --resume true ...`")  # fmt: skip
+        return 0
+    model = convert_original_checkpoint(
+        checkpoint, args.config, variant=args.variant, output_dir=args.output, overwrite=args.overwrite
+    )
+    print(f"Converted {checkpoint} ({model.num_parameters():,} parameters) to {args.output}")
     return 0
 
 
@@ -172,7 +191,8 @@ def _push(args: argparse.Namespace) -> int:
         limitations=Path(args.limitations).read_text() if args.limitations else "Not evaluated beyond the data above.",
     )
     if args.dry_run:
-        print(f"Wrote the upload for {args.repo_id} to {prepare_upload(args.model, args.dry_run, card)}")
+        folder = prepare_upload(args.model, args.dry_run, card, overwrite=args.overwrite)
+        print(f"Wrote the upload for {args.repo_id} to {folder}")
         return 0
     with tempfile.TemporaryDirectory() as tmp:
         url = push_to_hub(prepare_upload(args.model, Path(tmp) / "upload", card), args.repo_id, args.private)
@@ -256,10 +276,19 @@ def build_parser() -> argparse.ArgumentParser:
     push.add_argument("--training-data", help="Markdown file describing the training data")
     push.add_argument("--limitations", help="Markdown file describing the limitations")
     push.add_argument("--dry-run", metavar="DIR", help="write the exact upload to DIR instead of pushing")
+    push.add_argument(
+        "--overwrite", action="store_true", help="with --dry-run: replace an upload folder written before"
+    )
 
     convert = sub.choices["convert"]
-    convert.add_argument("checkpoint", help="original generator checkpoint ({'generator': state_dict})")
-    convert.add_argument("output", help="folder to write (safetensors + config + preprocessor config)")
+    convert.add_argument(
+        "checkpoint", help="original generator checkpoint g_XXXXXXXX, or training state do_XXXXXXXX (g_ beside it)"
+    )
+    convert.add_argument("output", help="model folder to write (for do_: a run folder for `train --resume`)")
+    convert.add_argument("--overwrite", action="store_true", help="replace a model or run folder written before")
+    convert.add_argument(
+        "--batch-mixed", action="store_true", help="do_ only: keep the original's mixing of batch items (exact)"
+    )
     convert.add_argument("--config", help="the original repository's config.json (STFT settings, channels)")
     convert.add_argument("--variant", default="auto", choices=["auto", *PRESETS], help="architecture (default: auto)")
 

@@ -8,7 +8,7 @@ from transformers import PreTrainedConfig
 
 BLOCK_TYPES = ("transformer", "mamba")
 FUSION_TYPES = ("none", "cross_attention", "pointwise")
-TS_TRANSFORMER_AXES = ("time_freq", "freq_time")
+TS_TRANSFORMER_AXES = ("time_freq", "freq_time", "batch_mixed")
 SELF_ATTENTION_KV = ("normed", "raw")
 
 # Architectures of the original repositories. Parameter counts: mpsenet 2,263,372; hybrid-large 5,948,492;
@@ -85,6 +85,9 @@ class HybridMPSENetConfig(PreTrainedConfig):
         ts_transformer_axes (`str`): axes along which the first and second Transformer of each TS-Transformer
             block run. `"time_freq"` (default) runs `time_transformer` along time. `"freq_time"` reproduces the
             original checkpoints, whose `time_transformer` ran along frequency because of `batch_first=False`.
+            `"batch_mixed"` reproduces the original code at any batch size, including its mixing of the items of
+            a batch (each frame's frequency sequences of all items form one sequence, and each bin's frame
+            sequences likewise); only for exact parity with original training runs, it takes no `frame_mask`.
         self_attention_kv (`str`): keys and values of the Transformer self-attention: `"normed"` (the pre-norm
             output, as MP-SENet) or `"raw"` (the block input, as the original hybrid code; queries are normed).
         mamba_d_state (`int`, defaults to 16), mamba_d_conv (`int`, defaults to 4), mamba_expand (`int`,

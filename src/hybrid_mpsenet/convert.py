@@ -1,18 +1,22 @@
-"""Convert generator checkpoints of the original MP-SENet and hybrid MP-SENet + Mamba repositories."""
+"""Convert checkpoints of the original MP-SENet and hybrid MP-SENet + Mamba repositories: generators (`g_...`) to
+model folders, and training states (`g_...` + `do_...`) to run folders that `train --resume` continues."""
 
 from __future__ import annotations
 
 import json
 import logging
+import math
 import re
 from pathlib import Path
 
 import torch
 
+from . import checkpointing
 from .configuration_hybrid_mpsenet import PRESETS, HybridMPSENetConfig
 from .feature_extraction_hybrid_mpsenet import HybridMPSENetFeatureExtractor
+from .losses import MetricDiscriminator
 from .modeling_hybrid_mpsenet import HybridMPSENetModel
-from .utils import atomic_directory
+from .utils import atomic_directory, check_output_folder
 
 logger = logging.getLogger(__name__)
 
@@ -104,19 +108,26 @@ def load_original_state_dict(checkpoint: str | Path) -> dict[str, torch.Tensor]:
     return data
 
 
+def _read_original_config(config_json: str | Path | dict | None) -> dict:
+    """The original `config.json` as a dict (empty when not given)."""
+    if config_json is None or isinstance(config_json, dict):
+        return config_json or {}
+    try:
+        raw = json.loads(Path(config_json).read_text())
+    except (OSError, json.JSONDecodeError) as error:
+        raise ValueError(f"Could not read the original config {config_json}: {error}") from error
+    if not isinstance(raw, dict):
+        raise ValueError(f"The original config {config_json} is not a JSON object.")
+    return raw
+
+
 def original_config(config_json: str | Path | dict | None, state_dict: dict, variant: str) -> HybridMPSENetConfig:
     """Our config for an original checkpoint: the preset, the original `config.json` values, block counts read from
     the keys, and the original code's axis order and point-wise fusion."""
-    values = {}
-    if config_json is not None:
-        if isinstance(config_json, dict):
-            raw = config_json
-        else:
-            try:
-                raw = json.loads(Path(config_json).read_text())
-            except (OSError, json.JSONDecodeError) as error:
-                raise ValueError(f"Could not read the original config {config_json}: {error}") from error
-        values = {ours: raw[theirs] for theirs, ours in CONFIG_FIELDS.items() if theirs in raw}
+    raw = _read_original_config(config_json)
+    values = {ours: raw[theirs] for theirs, ours in CONFIG_FIELDS.items() if theirs in raw}
+    if "dense_channel" in values:  # the original FFN's GRU is twice as wide as the blocks
+        values["ffn_hidden_size"] = 2 * values["dense_channel"]
     keys = list(state_dict)
     counts = {
         "num_shared_blocks": _count_blocks(keys, "TSTransformer" if variant == "mpsenet" else "shared_ts_transformer"),
@@ -128,11 +139,45 @@ def original_config(config_json: str | Path | dict | None, state_dict: dict, var
     return HybridMPSENetConfig.from_preset(variant, **values, ts_transformer_axes="freq_time", fusion=fusion)
 
 
+def _convert_generator(
+    state_dict: dict[str, torch.Tensor], config_json, variant: str, **config_overrides
+) -> tuple[HybridMPSENetModel, str]:
+    """Our model holding an original generator state dict; returns it and the variant."""
+    detected = detect_variant(state_dict)
+    if variant == "auto":
+        variant = detected
+    elif variant not in PRESETS:
+        raise ValueError(f"Unknown variant {variant!r}; choose 'auto' or one of {sorted(PRESETS)}.")
+    config = original_config(config_json, state_dict, variant)
+    config.update(config_overrides)
+    model = HybridMPSENetModel(config)
+    renamed = {rename_original_key(k): v for k, v in state_dict.items()}
+    _check_keys(
+        model.state_dict(),
+        renamed,
+        f"variant {variant!r}" + (f" (the keys look like {detected!r})" if detected != variant else ""),
+    )
+    model.load_state_dict(renamed, strict=True)
+    return model.eval(), variant
+
+
+def _check_keys(expected: dict[str, torch.Tensor], found: dict[str, torch.Tensor], what: str) -> None:
+    missing = sorted(set(expected) - set(found))
+    unexpected = sorted(set(found) - set(expected))
+    mismatched = sorted(k for k in set(expected) & set(found) if expected[k].shape != found[k].shape)
+    if missing or unexpected or mismatched:
+        raise ValueError(
+            f"The checkpoint does not fit {what}. Missing keys ({len(missing)}): {missing[:10]}; "
+            f"unexpected keys ({len(unexpected)}): {unexpected[:10]}; shape mismatches: {mismatched[:10]}."
+        )
+
+
 def convert_original_checkpoint(
     checkpoint: str | Path,
     config_json: str | Path | dict | None = None,
     variant: str = "auto",
     output_dir: str | Path | None = None,
+    overwrite: bool = False,
 ) -> HybridMPSENetModel:
     """Load an original generator checkpoint into a [`HybridMPSENetModel`] and optionally save it.
 
@@ -144,35 +189,137 @@ def convert_original_checkpoint(
         config_json: the original `config.json` (STFT settings, channels); the presets' values when omitted.
         variant: `"auto"` (from the keys), `"mpsenet"`, `"hybrid-large"` or `"hybrid-small"`.
         output_dir: if given, a `save_pretrained` folder (safetensors, config, preprocessor config) is written there
-            atomically.
+            atomically. An existing model folder is replaced only with `overwrite`; any other non-empty folder is
+            refused.
 
     Raises:
         ValueError: unreadable checkpoint, unknown variant, or keys that do not fit the variant (listed).
     """
-    state_dict = load_original_state_dict(checkpoint)
-    detected = detect_variant(state_dict)
-    if variant == "auto":
-        variant = detected
-    elif variant not in PRESETS:
-        raise ValueError(f"Unknown variant {variant!r}; choose 'auto' or one of {sorted(PRESETS)}.")
-    config = original_config(config_json, state_dict, variant)
-    model = HybridMPSENetModel(config)
-    renamed = {rename_original_key(k): v for k, v in state_dict.items()}
-    expected = model.state_dict()
-    missing = sorted(set(expected) - set(renamed))
-    unexpected = sorted(set(renamed) - set(expected))
-    mismatched = sorted(k for k in set(expected) & set(renamed) if expected[k].shape != renamed[k].shape)
-    if missing or unexpected or mismatched:
-        hint = f" (the keys look like {detected!r})" if detected != variant else ""
-        raise ValueError(
-            f"The checkpoint does not fit variant {variant!r}{hint}. Missing keys ({len(missing)}): {missing[:10]}; "
-            f"unexpected keys ({len(unexpected)}): {unexpected[:10]}; shape mismatches: {mismatched[:10]}."
-        )
-    model.load_state_dict(renamed, strict=True)
-    model.eval()
+    if output_dir is not None:
+        check_output_folder(output_dir, overwrite)
+    model, variant = _convert_generator(load_original_state_dict(checkpoint), config_json, variant)
     if output_dir is not None:
         with atomic_directory(output_dir) as tmp:
             model.save_pretrained(tmp)
-            HybridMPSENetFeatureExtractor.from_model_config(config).save_pretrained(tmp)
+            HybridMPSENetFeatureExtractor.from_model_config(model.config).save_pretrained(tmp)
         logger.info("Converted %s (%s) to %s", checkpoint, variant, output_dir)
     return model
+
+
+def convert_original_discriminator(state_dict: dict[str, torch.Tensor]) -> MetricDiscriminator:
+    """Our [`MetricDiscriminator`] (same layers and keys) holding an original `MetricDiscriminator` state dict,
+    spectral-norm vectors included; its width is read from the first convolution."""
+    if "layers.0.weight_orig" not in state_dict:
+        raise ValueError(
+            "Not a MetricDiscriminator state dict: 'layers.0.weight_orig' is missing (first keys: "
+            f"{list(state_dict)[:5]})."
+        )
+    discriminator = MetricDiscriminator(dim=int(state_dict["layers.0.weight_orig"].shape[0]))
+    _check_keys(discriminator.state_dict(), state_dict, "MP-SENet's MetricDiscriminator")
+    discriminator.load_state_dict(state_dict, strict=True)
+    return discriminator
+
+
+def _reindex_optimizer(state: dict, original_names: list[str], module: torch.nn.Module, rename, what: str) -> dict:
+    """An original optimiser state dict (parameters numbered in the original module's order) renumbered for
+    `module`'s parameter order."""
+    ours = {name: index for index, (name, _) in enumerate(module.named_parameters())}
+    groups = state.get("param_groups", [])
+    if len(groups) != 1 or len(groups[0]["params"]) != len(original_names) or len(ours) != len(original_names):
+        raise ValueError(
+            f"The {what} optimiser state has {sum(len(g['params']) for g in groups)} parameters in {len(groups)} "
+            f"groups; expected one group of {len(original_names)} (the checkpoint's parameters)."
+        )
+    position = {index: ours[rename(name)] for index, name in zip(groups[0]["params"], original_names, strict=True)}
+    return {
+        "state": {position[index]: value for index, value in state["state"].items()},
+        "param_groups": [{**groups[0], "params": list(range(len(ours)))}],
+    }
+
+
+def convert_original_training_state(
+    generator_checkpoint: str | Path,
+    discriminator_checkpoint: str | Path,
+    output_dir: str | Path,
+    config_json: str | Path | dict | None = None,
+    variant: str = "auto",
+    batch_mixed: bool = False,
+    overwrite: bool = False,
+) -> Path:
+    """Turn an original run's `g_XXXXXXXX` and `do_XXXXXXXX` into a run folder that `train --resume` continues.
+
+    The folder gets `checkpoints/step-N` (N = the original `steps` + 1, the updates done) with the generator, the
+    discriminator (spectral-norm vectors included), both AdamW states renumbered for this package's parameter order,
+    and both ExponentialLR schedules as they stand in an uninterrupted run during the saved epoch (the original
+    `train.py`, when it resumes, rebuilds them with `last_epoch=epoch`, which decays the rate once more); the run goes
+    on from the start of the saved epoch, as the original does. The original saves no random state: the resumed run
+    is seeded from its `--seed`.
+
+    Args:
+        batch_mixed: reproduce the original's mixing of batch items in its Transformers
+            (`ts_transformer_axes="batch_mixed"`) for a bit-exact continuation; by default the converted generator is
+            batch-invariant (`"freq_time"`).
+        overwrite: replace an existing run folder written by this package.
+
+    Raises:
+        ValueError: unreadable files, or states that do not fit each other (the mismatching keys are named). Nothing
+            is written then.
+    """
+    check_output_folder(output_dir, overwrite)
+    axes = {"ts_transformer_axes": "batch_mixed"} if batch_mixed else {}
+    generator_state = load_original_state_dict(generator_checkpoint)
+    generator, _ = _convert_generator(generator_state, config_json, variant, **axes)
+    try:
+        training = torch.load(discriminator_checkpoint, map_location="cpu", weights_only=True)
+    except Exception as error:
+        raise ValueError(f"Could not read checkpoint {discriminator_checkpoint}: {error}") from error
+    needed = {"discriminator", "optim_g", "optim_d", "steps", "epoch"}
+    if not isinstance(training, dict) or not needed <= set(training):
+        found = sorted(training) if isinstance(training, dict) else type(training).__name__
+        raise ValueError(
+            f"{discriminator_checkpoint} is not an MP-SENet do_ checkpoint: expected {sorted(needed)}, found {found}."
+        )
+    discriminator = convert_original_discriminator(training["discriminator"])
+    original_d = [k for k in training["discriminator"] if not k.endswith(("weight_u", "weight_v"))]
+    optim_states = {
+        "generator": _reindex_optimizer(
+            training["optim_g"], list(generator_state), generator, rename_original_key, "generator"
+        ),
+        "discriminator": _reindex_optimizer(training["optim_d"], original_d, discriminator, str, "discriminator"),
+    }
+    raw = _read_original_config(config_json)
+    gamma = float(raw.get("lr_decay", 0.99))
+    optimizers, schedulers = {}, {}
+    for name, module in (("generator", generator), ("discriminator", discriminator)):
+        optimizer = torch.optim.AdamW(module.parameters())
+        try:
+            optimizer.load_state_dict(optim_states[name])
+        except (ValueError, KeyError) as error:
+            raise ValueError(
+                f"{discriminator_checkpoint}: the {name} optimiser state does not fit ({error})."
+            ) from error
+        # The schedule of an uninterrupted run inside epoch `epoch`: `epoch` decays done, the saved learning rate.
+        scheduler = torch.optim.lr_scheduler.ExponentialLR(optimizer, gamma)
+        scheduler.base_lrs = [group.get("initial_lr", group["lr"]) for group in optimizer.param_groups]
+        scheduler.last_epoch = int(training["epoch"])
+        scheduler._last_lr = [group["lr"] for group in optimizer.param_groups]
+        schedulers[name], optimizers[name] = scheduler, optimizer
+    step = int(training["steps"]) + 1
+    counters = {"step": step, "epoch": int(training["epoch"]), "batch_in_epoch": 0, "best_pesq": -math.inf,
+                "skipped_steps": 0, "failed_pesq": 0, "train_seconds": 0.0}  # fmt: skip
+    with atomic_directory(output_dir) as tmp:
+        folder = tmp / "checkpoints" / checkpointing.checkpoint_name(step)
+        folder.mkdir(parents=True)
+        checkpointing.save_weights(folder, generator, discriminator, discriminator.dim)
+        checkpointing.save_optimizers(folder, optimizers)
+        checkpointing.save_trainer_state(
+            folder, counters, {name: s.state_dict() for name, s in schedulers.items()}, None, rng_states=False
+        )
+    logger.info(
+        "Converted %s and %s to the run folder %s (step %d)",
+        generator_checkpoint,
+        discriminator_checkpoint,
+        output_dir,
+        step,
+    )
+    return Path(output_dir)

@@ -239,11 +239,23 @@ def reverberate(audio: np.ndarray, impulse_response: np.ndarray) -> np.ndarray:
     return scipy.signal.fftconvolve(audio, impulse_response)[: len(audio)].astype(np.float32)
 
 
-class _SeededDataset(torch.utils.data.Dataset):
-    """Items draw their randomness from `(seed, epoch, index)`, so an epoch replays exactly after a resume."""
+def normalise_pair(clean: np.ndarray, noisy: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Scale a pair `(samples,)` by `sqrt(N / sum(noisy^2))`, the noisy signal's inverse RMS (MP-SENet's training
+    input); a silent noisy signal is left as it is."""
+    energy = float(np.square(noisy, dtype=np.float64).sum())
+    if energy == 0.0:
+        return clean, noisy
+    factor = np.float32(np.sqrt(len(noisy) / energy))
+    return clean * factor, noisy * factor
 
-    def __init__(self, sampling_rate: int, segment_samples: int | None, seed: int):
+
+class _SeededDataset(torch.utils.data.Dataset):
+    """Items draw their randomness from `(seed, epoch, index)`, so an epoch replays exactly after a resume.
+    With `normalise`, each pair is scaled by [`normalise_pair`] on the whole noisy signal, before any crop."""
+
+    def __init__(self, sampling_rate: int, segment_samples: int | None, seed: int, normalise: bool = False):
         self.sampling_rate, self.segment_samples, self.seed = sampling_rate, segment_samples, seed
+        self.normalise = normalise
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
@@ -254,11 +266,20 @@ class _SeededDataset(torch.utils.data.Dataset):
 
 
 class PairedSpeechDataset(_SeededDataset):
-    """Clean/noisy pairs from [`load_voicebank`]: random aligned crops of `segment_samples` (training) or whole
-    utterances (`segment_samples=None`, validation). Items are `{"clean": (samples,), "noisy": (samples,)}`."""
+    """Clean/noisy pairs from [`load_voicebank`]: random aligned crops of `segment_samples` (training; shorter
+    utterances are zero-padded) or whole utterances (`segment_samples=None`, validation). Items are
+    `{"clean": (samples,), "noisy": (samples,)}`; with `normalise`, scaled by the whole noisy utterance's RMS
+    before cropping, as MP-SENet's dataset does."""
 
-    def __init__(self, pairs: datasets.Dataset, sampling_rate: int, segment_samples: int | None = None, seed: int = 0):
-        super().__init__(sampling_rate, segment_samples, seed)
+    def __init__(
+        self,
+        pairs: datasets.Dataset,
+        sampling_rate: int,
+        segment_samples: int | None = None,
+        seed: int = 0,
+        normalise: bool = False,
+    ):
+        super().__init__(sampling_rate, segment_samples, seed, normalise)
         if len(pairs) == 0:
             raise ValueError("The dataset of clean/noisy pairs is empty.")
         self.pairs = pairs
@@ -272,6 +293,8 @@ class PairedSpeechDataset(_SeededDataset):
         noisy = decode_audio(row["noisy"], self.sampling_rate)
         length = min(len(clean), len(noisy))  # the two recordings of a pair can differ by a few samples
         clean, noisy = clean[:length], noisy[:length]
+        if self.normalise:
+            clean, noisy = normalise_pair(clean, noisy)
         if self.segment_samples is not None:
             cropped = random_crop(np.stack([clean, noisy], axis=-1), self.segment_samples, self._rng(index))
             clean, noisy = cropped[:, 0], cropped[:, 1]
@@ -290,6 +313,7 @@ class NoiseMixingDataset(_SeededDataset):
     (babble), and `eq_prob` passes the noise through a random +-9 dB equaliser. `reverb_prob` plays the speech in
     one of `ROOMS` simulated rooms ([`simulate_room`], built once per seed): the input is the reverberant speech
     plus noise (the SNR is that of the reverberant speech), the target the speech with early reflections only.
+    With `normalise`, each mixture and its target are scaled by the mixture's inverse RMS ([`normalise_pair`]).
     """
 
     ROOMS = 24
@@ -308,8 +332,9 @@ class NoiseMixingDataset(_SeededDataset):
         babble_prob: float = 0.0,
         eq_prob: float = 0.0,
         reverb_prob: float = 0.0,
+        normalise: bool = False,
     ):
-        super().__init__(sampling_rate, segment_samples, seed)
+        super().__init__(sampling_rate, segment_samples, seed, normalise)
         for name, value in (
             ("coloured_noise_prob", coloured_noise_prob),
             ("babble_prob", babble_prob),
@@ -354,7 +379,10 @@ class NoiseMixingDataset(_SeededDataset):
         gain = np.float32(10.0 ** (rng.uniform(*self.gain_range) / 20.0))
         peak = max(float(np.abs(noisy).max()), float(np.abs(clean).max()), 1e-9)
         gain = min(gain, np.float32(0.99 / peak))  # never clip the mixture
-        return {"clean": torch.from_numpy(clean * gain), "noisy": torch.from_numpy(noisy * gain)}
+        clean, noisy = clean * gain, noisy * gain
+        if self.normalise:
+            clean, noisy = normalise_pair(clean, noisy)
+        return {"clean": torch.from_numpy(clean), "noisy": torch.from_numpy(noisy)}
 
     def _room(self, number: int) -> tuple[np.ndarray, np.ndarray]:
         # Seeded by (seed, room) - a different stream from the items' (seed, epoch, index).

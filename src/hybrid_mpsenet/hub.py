@@ -15,7 +15,7 @@ from huggingface_hub import EvalResult, HfApi, ModelCard, ModelCardData
 from .enhancement import HybridMPSENetForSpeechEnhancement
 from .evaluation import METRICS, format_table
 from .feature_extraction_hybrid_mpsenet import HybridMPSENetFeatureExtractor
-from .utils import atomic_directory
+from .utils import atomic_directory, check_output_folder
 
 METRIC_NAMES = {
     "pesq": "PESQ (wide band)",
@@ -137,8 +137,11 @@ def build_model_card(
     return ModelCard(f"---\n{data.to_yaml()}\n---\n{body}")
 
 
-def prepare_upload(model_dir: str | Path, output_dir: str | Path, card: ModelCard) -> Path:
-    """Write the folder `push_to_hub` uploads: safetensors, config, preprocessor config, model code, README.md."""
+def prepare_upload(model_dir: str | Path, output_dir: str | Path, card: ModelCard, overwrite: bool = False) -> Path:
+    """Write the folder `push_to_hub` uploads: safetensors, config, preprocessor config, model code, README.md.
+
+    An existing `output_dir` is replaced only if it holds nothing but such files and `overwrite` is set."""
+    check_output_folder(output_dir, overwrite)
     model = HybridMPSENetForSpeechEnhancement.from_pretrained(model_dir)
     with atomic_directory(output_dir) as tmp:
         model.save_pretrained(tmp)  # also copies the code files named in auto_map

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.nn.utils.parametrizations import spectral_norm
+from torch.nn.utils import spectral_norm
 
 
 @dataclass
@@ -42,18 +42,32 @@ def phase_losses(clean_phase: torch.Tensor, enhanced_phase: torch.Tensor) -> dic
     }
 
 
+class _ScaledSigmoid(nn.Module):
+    """`beta * sigmoid(slope * x)` with one learnable slope (MP-SENet's `LearnableSigmoid1d(1)`)."""
+
+    def __init__(self, beta: float):
+        super().__init__()
+        self.beta = beta
+        self.slope = nn.Parameter(torch.ones(1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.beta * torch.sigmoid(self.slope * x)
+
+
 class MetricDiscriminator(nn.Module):
     """Predicts normalised PESQ in [0, 1] (times `beta`) from a reference and a test compressed magnitude.
 
     Four strided spectral-normalised convolutions with instance norm and PReLU, global max pooling and two
-    linear layers, ending in a learnable sigmoid, as in MP-SENet.
+    linear layers, ending in a learnable sigmoid, as in MP-SENet; the layers and state-dict keys are the original's.
+    Spectral norm is `torch.nn.utils.spectral_norm`, whose power iteration (v, then u, once per call in training)
+    is the one MP-SENet trained with; the newer parametrisation iterates in the other order and gives other weights.
 
     Args:
         dim: channels of the first convolution (doubled three times).
-        beta: upper bound of the output (MP-SENet uses 2.0; targets are in [0, 1]).
+        beta: upper bound of the output (MP-SENet's `LearnableSigmoid1d(1)` has 1; targets are in [0, 1]).
     """
 
-    def __init__(self, dim: int = 16, beta: float = 2.0):
+    def __init__(self, dim: int = 16, beta: float = 1.0):
         super().__init__()
         layers: list[nn.Module] = []
         channels = [2, dim, dim * 2, dim * 4, dim * 8]
@@ -70,15 +84,14 @@ class MetricDiscriminator(nn.Module):
             nn.Dropout(0.3),
             nn.PReLU(dim * 4),
             spectral_norm(nn.Linear(dim * 4, 1)),
+            _ScaledSigmoid(beta),
         ]
         self.layers = nn.Sequential(*layers)
-        self.beta = beta
-        self.slope = nn.Parameter(torch.ones(1))
+        self.dim = dim
 
     def forward(self, reference: torch.Tensor, test: torch.Tensor) -> torch.Tensor:
         """`reference`, `test`: `(batch, freq, time)` compressed magnitudes -> scores `(batch,)`."""
-        score = self.layers(torch.stack((reference, test), dim=1))
-        return (self.beta * torch.sigmoid(self.slope * score)).flatten()
+        return self.layers(torch.stack((reference, test), dim=1)).flatten()
 
 
 def generator_losses(

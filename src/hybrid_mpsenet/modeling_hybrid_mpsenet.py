@@ -337,10 +337,21 @@ class TSTransformerBlock(GradientCheckpointingLayer):
     def __init__(self, config: HybridMPSENetConfig):
         super().__init__()
         self.axes = ("time", "freq") if config.ts_transformer_axes == "time_freq" else ("freq", "time")
+        # The original modules were batch_first=False on (batch * freq, time, C) and (batch * time, freq, C) inputs:
+        # swapping the first two dimensions of those layouts gives the sequences they actually ran on.
+        self.batch_mixed = config.ts_transformer_axes == "batch_mixed"
         self.time_transformer = TransformerBlock(config)
         self.freq_transformer = TransformerBlock(config)
 
     def forward(self, x: torch.Tensor, frame_mask: torch.Tensor | None = None) -> torch.Tensor:
+        if self.batch_mixed:
+            if frame_mask is not None:
+                raise ValueError("ts_transformer_axes='batch_mixed' mixes a batch's items; it takes no frame_mask.")
+            for module, axis in ((self.time_transformer, "time"), (self.freq_transformer, "freq")):
+                shape = x.shape
+                sequences = _to_sequences(x, axis).transpose(0, 1)
+                x = _from_sequences((module(sequences) + sequences).transpose(0, 1), axis, shape)
+            return x
         for module, axis in zip((self.time_transformer, self.freq_transformer), self.axes, strict=True):
             shape = x.shape
             sequences = _to_sequences(x, axis)

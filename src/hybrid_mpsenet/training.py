@@ -1,8 +1,9 @@
 """Training and fine-tuning with Accelerate: one loop for CPU, one GPU, or many GPUs (`accelerate launch`).
 
 The generator is trained with MP-SENet's objective and a metric discriminator that learns normalised PESQ.
-Checkpoints (`accelerator.save_state`) are written to a temporary folder and renamed, so the newest complete one
-is always usable; `resume=True` continues from it exactly (same data order, crops, RNG and optimiser states).
+Checkpoints ([`checkpointing`]: safetensors, JSON and weights-only optimiser states, nothing that runs code when
+loaded) are written to a temporary folder and renamed, so the newest complete one is always usable; `resume=True`
+continues from it exactly (same data order, crops, RNG and optimiser states).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from accelerate import Accelerator
 from accelerate.utils import DataLoaderConfiguration, set_seed
 from tqdm.auto import tqdm
 
+from . import checkpointing
 from .configuration_hybrid_mpsenet import HybridMPSENetConfig
 from .data import NoiseMixingDataset, PairedSpeechDataset, collate_pairs, list_audio, load_voicebank
 from .enhancement import HybridMPSENetForSpeechEnhancement
@@ -66,6 +68,13 @@ class TrainingArguments:
     mixed_precision: str = field(default="no", metadata={"help": "no, fp16 or bf16"})
     discriminator: bool = field(default=True, metadata={"help": "train with the PESQ metric discriminator"})
     pesq_workers: int = field(default=2, metadata={"help": "processes computing PESQ (0: in-process)"})
+    pesq_failures: str = field(
+        default="drop_batch",
+        metadata={
+            "help": "when PESQ fails for an item (e.g. silence): drop_batch skips the discriminator's fake term for "
+            "the whole batch (MP-SENet), mask_items leaves out only the failed items"
+        },
+    )
     # Defaults are MP-SENet's, kept in one place: LossWeights.
     weight_magnitude: float = LossWeights.magnitude
     weight_phase: float = LossWeights.phase
@@ -88,11 +97,20 @@ class TrainingArguments:
             raise ValueError("Give either train_data (clean/noisy pairs) or clean_dirs and noise_dirs (mixing).")
         if self.clean_dirs is not None and not self.noise_dirs:
             raise ValueError("Mixing mode needs noise_dirs as well as clean_dirs.")
+        if self.pesq_failures not in ("drop_batch", "mask_items"):
+            raise ValueError(f"pesq_failures must be drop_batch or mask_items, got {self.pesq_failures!r}.")
         if self.mixed_precision not in ("no", "fp16", "bf16"):
             raise ValueError(f"mixed_precision must be no, fp16 or bf16, got {self.mixed_precision!r}.")
         if self.log_with in ("none", ""):
             self.log_with = None
-        for name in ("max_steps", "batch_size", "eval_every", "save_every", "gradient_accumulation_steps"):
+        for name in (
+            "max_steps",
+            "batch_size",
+            "eval_every",
+            "save_every",
+            "gradient_accumulation_steps",
+            "keep_checkpoints",
+        ):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}.")
 
@@ -102,7 +120,7 @@ class TrainingArguments:
 
 
 class TrainingState:
-    """Counters saved with every checkpoint (registered with `accelerator.register_for_checkpointing`)."""
+    """Counters saved with every checkpoint (in its `trainer_state.json`)."""
 
     def __init__(self):
         self.step = self.epoch = self.batch_in_epoch = 0
@@ -143,7 +161,9 @@ def build_datasets(args: TrainingArguments, sampling_rate: int):
     """(train, validation) torch datasets for pairs or for mixing mode."""
     segment = int(args.segment_seconds * sampling_rate)
     if args.train_data is not None:
-        train = PairedSpeechDataset(load_voicebank(args.train_data, "train"), sampling_rate, segment, args.seed)
+        train = PairedSpeechDataset(
+            load_voicebank(args.train_data, "train"), sampling_rate, segment, args.seed, normalise=True
+        )
         evaluation = PairedSpeechDataset(load_voicebank(args.eval_data or args.train_data, "test"), sampling_rate)
         return train, evaluation
     clean = list_audio(args.clean_dirs)
@@ -165,12 +185,17 @@ def build_datasets(args: TrainingArguments, sampling_rate: int):
         babble_prob=args.babble_prob,
         eq_prob=args.eq_prob,
         reverb_prob=args.reverb_prob,
+        normalise=True,
     )
     evaluation = NoiseMixingDataset(eval_files, noise, sampling_rate, None, snr, seed=args.seed + 1)
     return train, evaluation
 
 
-def build_model(args: TrainingArguments) -> HybridMPSENetForSpeechEnhancement:
+def build_model(args: TrainingArguments, checkpoint: Path | None = None) -> HybridMPSENetForSpeechEnhancement:
+    """The generator: the architecture of `checkpoint` when resuming (its weights are loaded later), else `--model`,
+    else a new model of `--preset`."""
+    if checkpoint is not None:
+        return HybridMPSENetForSpeechEnhancement(checkpointing.read_generator_config(checkpoint))
     if args.model is not None:
         return HybridMPSENetForSpeechEnhancement.from_pretrained(args.model)
     config = HybridMPSENetConfig.from_preset(args.preset, **json.loads(args.config_overrides or "{}"))
@@ -189,22 +214,79 @@ def build_optimizers(args: TrainingArguments, model: torch.nn.Module, discrimina
 
 def latest_checkpoint(output_dir: str | Path) -> Path | None:
     """The newest complete checkpoint folder of a run, or `None`."""
-    folders = sorted((Path(output_dir) / "checkpoints").glob("step-*"))
+    folders = checkpointing.list_checkpoints(Path(output_dir) / "checkpoints")
     return folders[-1] if folders else None
 
 
-def _save_checkpoint(accelerator: Accelerator, args: TrainingArguments, step: int) -> None:
-    root = Path(args.output_dir) / "checkpoints"
-    final, tmp = root / f"step-{step:08d}", root / f".step-{step:08d}.tmp"
-    accelerator.save_state(str(tmp))
-    accelerator.wait_for_everyone()
-    if accelerator.is_main_process:
-        if final.exists():
-            shutil.rmtree(final)
-        tmp.rename(final)
-        for old in sorted(root.glob("step-*"))[: -args.keep_checkpoints]:
-            shutil.rmtree(old)
-    accelerator.wait_for_everyone()
+@dataclass
+class _Run:
+    """What a checkpoint saves and restores, gathered once by [`train`]."""
+
+    accelerator: Accelerator
+    generator: HybridMPSENetForSpeechEnhancement  # unwrapped
+    discriminator: MetricDiscriminator  # unwrapped
+    optimizers: dict[str, torch.optim.Optimizer]
+    schedulers: dict[str, torch.optim.lr_scheduler.LRScheduler]
+    state: TrainingState
+    loader_generator: torch.Generator
+
+    def trainer_state(self, folder: Path) -> None:
+        scaler = self.accelerator.scaler
+        checkpointing.save_trainer_state(
+            folder,
+            self.state.state_dict(),
+            {name: scheduler.state_dict() for name, scheduler in self.schedulers.items()},
+            scaler.state_dict() if scaler is not None else None,
+        )
+
+    def save(self, root: Path, keep: int) -> Path:
+        """Write `root/step-N` through a temporary folder; keep the newest `keep` checkpoints."""
+        accelerator, step = self.accelerator, self.state.step
+        final, tmp = root / checkpointing.checkpoint_name(step), root / checkpointing.temporary_name(step)
+        try:
+            if accelerator.is_main_process:
+                shutil.rmtree(tmp, ignore_errors=True)
+                tmp.mkdir(parents=True)
+                checkpointing.save_weights(tmp, self.generator, self.discriminator, self.discriminator.dim)
+                checkpointing.save_optimizers(tmp, self.optimizers)
+                self.trainer_state(tmp)
+            accelerator.wait_for_everyone()
+            checkpointing.save_rng_state(tmp, accelerator.process_index, self.loader_generator)
+            accelerator.wait_for_everyone()
+            if accelerator.is_main_process:
+                if final.exists():
+                    shutil.rmtree(final)
+                tmp.rename(final)
+                for old in checkpointing.list_checkpoints(root)[:-keep]:
+                    shutil.rmtree(old)
+        except (OSError, RuntimeError) as error:
+            shutil.rmtree(tmp, ignore_errors=True)
+            previous = latest_checkpoint(root.parent)
+            raise OSError(
+                f"Writing the checkpoint of step {step} to {final} failed ({error}); the disk may be full. "
+                f"The newest complete checkpoint is {previous or 'none'}; free space and resume with --resume."
+            ) from error
+        accelerator.wait_for_everyone()
+        return final
+
+    def load(self, folder: Path) -> None:
+        checkpointing.load_weights(folder, self.generator, self.discriminator)
+        checkpointing.load_optimizers(folder, self.optimizers)
+        trainer = checkpointing.load_trainer_state(folder)
+        try:
+            self.state.load_state_dict(trainer["counters"])
+            for name, scheduler in self.schedulers.items():
+                scheduler.load_state_dict(trainer["schedulers"][name])
+            if self.accelerator.scaler is not None and trainer.get("scaler"):
+                self.accelerator.scaler.load_state_dict(trainer["scaler"])
+        except (KeyError, TypeError) as error:
+            raise checkpointing.CheckpointError(f"{folder}: damaged trainer state ({error!r}).") from error
+        if trainer.get("rng_states", True):
+            checkpointing.load_rng_state(folder, self.accelerator.process_index, self.loader_generator)
+        else:
+            logger.warning(
+                "%s has no random states (converted from the original code); the run goes on from --seed.", folder
+            )
 
 
 @torch.no_grad()
@@ -248,13 +330,19 @@ def train(args: TrainingArguments) -> Path:
         dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True, data_seed=args.seed),
     )
     set_seed(args.seed)
-    model = build_model(args)
+    root = output_dir / "checkpoints"
+    if accelerator.is_main_process:
+        for leftover in checkpointing.remove_incomplete(root):
+            logger.warning("Removed %s, an incomplete checkpoint left by an interrupted run.", leftover)
+    checkpoint = latest_checkpoint(output_dir) if args.resume else None
+    model = build_model(args, checkpoint)
     rate = model.config.sampling_rate
     train_set, eval_set = build_datasets(args, rate)
     if len(train_set) < args.batch_size:
         raise ValueError(f"The training set has {len(train_set)} items, fewer than one batch of {args.batch_size}.")
     # A generator of its own, so that starting an epoch's iterator does not draw from the global RNG (which
     # would make a resumed run diverge from an uninterrupted one).
+    loader_generator = torch.Generator().manual_seed(args.seed)
     loader = torch.utils.data.DataLoader(
         train_set,
         args.batch_size,
@@ -262,22 +350,31 @@ def train(args: TrainingArguments) -> Path:
         drop_last=True,
         collate_fn=collate_pairs,
         num_workers=args.num_workers,
-        generator=torch.Generator().manual_seed(args.seed),
+        generator=loader_generator,
     )
-    discriminator = MetricDiscriminator()
+    discriminator = MetricDiscriminator(checkpointing.read_discriminator_dim(checkpoint) if checkpoint else 16)
     optim_g, optim_d, sched_g, sched_d = build_optimizers(args, model, discriminator)
     model, discriminator, optim_g, optim_d, loader = accelerator.prepare(model, discriminator, optim_g, optim_d, loader)
-    # Stepped once per epoch by this loop, so they are registered rather than prepared.
     state = TrainingState()
-    for item in (sched_g, sched_d, state):
-        accelerator.register_for_checkpointing(item)
-    if args.resume and (checkpoint := latest_checkpoint(output_dir)) is not None:
-        accelerator.load_state(str(checkpoint))
-        logger.info("Resumed from %s (step %d)", checkpoint, state.step)
+    run = _Run(
+        accelerator,
+        accelerator.unwrap_model(model),
+        accelerator.unwrap_model(discriminator),
+        {"generator": optim_g, "discriminator": optim_d},
+        {"generator": sched_g, "discriminator": sched_d},
+        state,
+        loader_generator,
+    )
+    if checkpoint is not None:
+        run.load(checkpoint)
+        if args.progress and accelerator.is_main_process:
+            tqdm.write(f"resuming from step {state.step} ({checkpoint})")
+        if accelerator.is_main_process:
+            _truncate_history(output_dir / "history.jsonl", state.step)
     if args.log_with is not None:
         accelerator.init_trackers("hybrid-mpsenet", config={k: str(v) for k, v in asdict(args).items()})
 
-    unwrapped = accelerator.unwrap_model(model)
+    unwrapped = run.generator
     weights = args.loss_weights
     pool = make_pool(args.pesq_workers) if args.discriminator else None
     bar = tqdm(
@@ -306,12 +403,17 @@ def train(args: TrainingArguments) -> Path:
                     accelerator.log(logs, step=state.step)
                     for name, value in logs.items():
                         running.setdefault(name, []).append(value)
+                # The checkpoint comes first, so that a failing validation cannot lose it; the validation's
+                # counters (best PESQ) are then written into it.
+                saved = None
+                if state.step % args.save_every == 0 or state.step == args.max_steps:
+                    saved = run.save(root, args.keep_checkpoints)
                 if state.step % args.eval_every == 0 or state.step == args.max_steps:
                     averages = {name: _finite_mean(values) for name, values in running.items()}
                     _validate(accelerator, args, unwrapped, eval_set, pool, state, output_dir, averages)
                     running.clear()
-                if state.step % args.save_every == 0 or state.step == args.max_steps:
-                    _save_checkpoint(accelerator, args, state.step)
+                    if saved is not None and accelerator.is_main_process:
+                        run.trainer_state(saved)
                 if state.step >= args.max_steps:
                     break
             else:
@@ -341,42 +443,46 @@ def train_step(
     pool: Executor | None,
     state: TrainingState,
 ) -> dict[str, float]:
-    """One discriminator and one generator update.
+    """One discriminator and one generator update, as in MP-SENet's `train.py`.
+
+    Both networks see the compressed magnitude of the clean target; the discriminator's fake input and the generator's
+    metric loss use the magnitude of the re-STFT of the enhanced waveform (`mag_g_hat` in MP-SENet), not the
+    decoder's magnitude.
 
     Args:
         unwrapped: the generator without its Accelerate/DDP wrapper (`model`), for the STFT helpers.
-        batch: `clean` and `noisy` waveforms `(batch, samples)`.
+        batch: `clean` and `noisy` waveforms `(batch, samples)`, already normalised by the datasets.
         pool: process pool for PESQ, or `None` to compute it in-process.
 
     Returns:
         The values to log (`train/...`); empty when the update was skipped for a non-finite loss.
     """
     clean_audio, noisy_audio = batch["clean"], batch["noisy"]
-    # MP-SENet normalises both signals of a pair by the noisy RMS.
-    norm = torch.sqrt(noisy_audio.shape[1] / noisy_audio.pow(2).sum(dim=1, keepdim=True).clamp_min(1e-8))
-    clean_audio, noisy_audio = clean_audio * norm, noisy_audio * norm
     clean_mag, clean_pha, clean_com = unwrapped.spectrum(clean_audio)
     noisy_mag, noisy_pha, _ = unwrapped.spectrum(noisy_audio)
     with accelerator.accumulate(model, discriminator):
         with accelerator.autocast():
             output = model(noisy_mag, noisy_pha)
-        mag_g, pha_g, com_g = output.magnitude.float(), output.phase.float(), output.complex_spectrum.float()
+        # Back from the autocast dtype to the input's, for the losses and the inverse STFT.
+        mag_g, pha_g, com_g = (t.to(noisy_mag.dtype) for t in (output.magnitude, output.phase, output.complex_spectrum))
         audio_g = unwrapped.waveform(mag_g, pha_g, length=clean_audio.shape[1])
-        _, _, consistency = unwrapped.spectrum(audio_g)
+        mag_g_hat, _, consistency = unwrapped.spectrum(audio_g)
 
         logs = {}
         if args.discriminator:
             pesq = batch_pesq(
-                list(clean_audio.cpu().numpy()),
+                list(clean_audio.detach().cpu().numpy()),
                 list(audio_g.detach().cpu().numpy()),
                 unwrapped.config.sampling_rate,
                 pool,
             )
             valid = torch.from_numpy(np.isfinite(pesq)).to(clean_mag.device)
             state.failed_pesq += int((~valid).sum())
-            target = torch.from_numpy((np.nan_to_num(pesq) - 1.0) / 3.5).float().to(clean_mag.device)
+            if args.pesq_failures == "drop_batch" and not bool(valid.all()):
+                valid = torch.zeros_like(valid)
+            target = torch.from_numpy((np.nan_to_num(pesq) - 1.0) / 3.5).to(clean_mag.device, clean_mag.dtype)
             score_real = discriminator(clean_mag, clean_mag)
-            score_fake = discriminator(clean_mag, mag_g.detach())
+            score_fake = discriminator(clean_mag, mag_g_hat.detach())
             loss_d = torch.nn.functional.mse_loss(score_real, torch.ones_like(score_real))
             if bool(valid.any()):
                 loss_d = loss_d + torch.nn.functional.mse_loss(score_fake[valid], target[valid])
@@ -389,7 +495,7 @@ def train_step(
             logs["train/discriminator"] = loss_d.item()
             logs["train/pesq"] = _finite_mean(list(pesq))
 
-        metric_score = discriminator(clean_mag, mag_g) if args.discriminator else None
+        metric_score = discriminator(clean_mag, mag_g_hat) if args.discriminator else None
         losses = generator_losses(
             {"magnitude": clean_mag, "phase": clean_pha, "complex": clean_com, "audio": clean_audio},
             {"magnitude": mag_g, "phase": pha_g, "complex": com_g, "audio": audio_g},
@@ -409,6 +515,18 @@ def train_step(
     logs.update({f"train/{name}": value.item() for name, value in losses.items()})
     logs["train/lr"] = optim_g.param_groups[0]["lr"]
     return logs
+
+
+def _truncate_history(path: Path, step: int) -> None:
+    """Drop the `history.jsonl` lines of steps after `step` (written after the checkpoint a run resumes from)."""
+    if not path.is_file():
+        return
+    lines = [line for line in path.read_text().splitlines() if line.strip()]
+    kept = [line for line in lines if json.loads(line).get("step", 0) <= step]
+    if len(kept) != len(lines):
+        tmp = path.with_name(f".{path.name}.tmp")
+        tmp.write_text("".join(line + "\n" for line in kept))
+        tmp.replace(path)
 
 
 def _finite_mean(values: list[float]) -> float:

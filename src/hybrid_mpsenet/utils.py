@@ -12,14 +12,56 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
+# What this package writes into a model folder (save_pretrained, the model code, a card, evaluation results) or a
+# run folder; a folder holding anything else is not replaced.
+OWN_FILES = {
+    "config.json",
+    "model.safetensors",
+    "preprocessor_config.json",
+    "eval_results.json",
+    "README.md",
+    "configuration_hybrid_mpsenet.py",
+    "modeling_hybrid_mpsenet.py",
+    "feature_extraction_hybrid_mpsenet.py",
+    "mamba.py",
+    "spectral.py",
+    "checkpoints",
+}
+
+
+def check_output_folder(path: str | Path, overwrite: bool = False) -> None:
+    """Refuse to write a model or run folder at `path` unless it is absent, empty, or (with `overwrite`) a folder
+    holding only what this package writes; never lose a user's files.
+
+    Raises:
+        FileExistsError: `path` is a file, a folder with other files, or one of ours without `overwrite`.
+    """
+    path = Path(path)
+    if not path.exists():
+        return
+    if not path.is_dir():
+        raise FileExistsError(f"{path} exists and is not a folder; choose another output folder.")
+    entries = sorted(p.name for p in path.iterdir())
+    if not entries:
+        return
+    foreign = [name for name in entries if name not in OWN_FILES and not name.startswith(".")]
+    if foreign:
+        raise FileExistsError(
+            f"{path} is not empty and holds files this package did not write ({', '.join(foreign[:5])}); refusing to "
+            "replace it. Choose a new or empty output folder."
+        )
+    if not overwrite:
+        raise FileExistsError(f"{path} already holds a model or run folder; pass --overwrite to replace it.")
+
 
 @contextlib.contextmanager
 def atomic_directory(path: str | Path) -> Iterator[Path]:
     """Yield a temporary folder beside `path`; on success it replaces `path` in one rename, on error it is removed.
 
-    A reader never sees a half-written folder: either the previous content or the complete new one.
+    A reader never sees a half-written folder: either the previous content or the complete new one. Callers check
+    with [`check_output_folder`] that an existing `path` may be replaced.
     """
-    path = Path(path)
+    path = Path(path).resolve()
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
     tmp.chmod(0o755)  # mkdtemp makes it private; the result is an ordinary, shareable folder
