@@ -50,6 +50,7 @@ def run_client(step, env):
 
 
 @pytest.mark.skipif(shutil.which("git") is None, reason="olah's local mirrors are git repositories")
+@pytest.mark.slow
 def test_download_from_a_local_hub_revisions_cache_and_offline(tmp_path):
     repo = tmp_path / "mirrors" / "models" / "org" / "demo"
     model = HybridMPSENetForSpeechEnhancement.from_pretrained()

@@ -6,6 +6,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 import soundfile as sf
 from helpers import DATA, tiny_config
 
@@ -34,6 +35,7 @@ def test_compare_runs_reads_pesq_within_the_common_training_time(tmp_path):
     assert all(run["parameters"] > 0 for run in result["runs"])
 
 
+@pytest.mark.slow
 def test_heldout_mixtures_in_rooms_are_reproducible_and_reverberant(tmp_path):
     def make(name, *extra):
         run_script(

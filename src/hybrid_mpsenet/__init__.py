@@ -1,45 +1,113 @@
-"""hybrid-mpsenet: MP-SENet speech enhancement with parallel Mamba and Transformer blocks."""
+"""hybrid-mpsenet: MP-SENet speech enhancement with parallel Mamba and Transformer blocks.
 
-from transformers import AutoConfig, AutoFeatureExtractor, AutoModel
-from transformers.pipelines import PIPELINE_REGISTRY
+Importing the package is cheap: the public names below load their modules (and PyTorch, transformers) on first
+use, and the Auto classes and the `speech-enhancement` pipeline are registered when transformers' own Auto and
+pipeline modules are imported (or at once if they already are), so `AutoModel.from_pretrained(...)` and
+`pipeline("speech-enhancement", ...)` work after `import hybrid_mpsenet` without paying for them in the CLI.
+"""
 
-from .configuration_hybrid_mpsenet import PRESETS, HybridMPSENetConfig
-from .convert import convert_original_checkpoint
-from .enhancement import HybridMPSENetForSpeechEnhancement
-from .feature_extraction_hybrid_mpsenet import HybridMPSENetFeatureExtractor
-from .mamba import Mamba, selective_scan, selective_scan_reference
-from .modeling_hybrid_mpsenet import HybridMPSENetModel, HybridMPSENetOutput, HybridMPSENetPreTrainedModel
-from .pipeline import SpeechEnhancementPipeline
+from __future__ import annotations
+
+import importlib
+import sys
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+import wrapt
 
 __version__ = "0.1.0"
 
-AutoConfig.register(HybridMPSENetConfig.model_type, HybridMPSENetConfig, exist_ok=True)
-AutoModel.register(HybridMPSENetConfig, HybridMPSENetModel, exist_ok=True)
-AutoFeatureExtractor.register(HybridMPSENetConfig, HybridMPSENetFeatureExtractor, exist_ok=True)
-# Saved folders carry the model code and an auto_map, so they also load with trust_remote_code=True
-# where this package is not installed.
-HybridMPSENetConfig.register_for_auto_class()
-HybridMPSENetModel.register_for_auto_class("AutoModel")
-HybridMPSENetFeatureExtractor.register_for_auto_class("AutoFeatureExtractor")
-PIPELINE_REGISTRY.register_pipeline(
-    "speech-enhancement",
-    pipeline_class=SpeechEnhancementPipeline,
-    pt_model=HybridMPSENetForSpeechEnhancement,
-    type="audio",
+# Public name -> the module that defines it.
+_EXPORTS = {
+    "PRESETS": "configuration_hybrid_mpsenet",
+    "HybridMPSENetConfig": "configuration_hybrid_mpsenet",
+    "HybridMPSENetFeatureExtractor": "feature_extraction_hybrid_mpsenet",
+    "HybridMPSENetForSpeechEnhancement": "enhancement",
+    "HybridMPSENetModel": "modeling_hybrid_mpsenet",
+    "HybridMPSENetOutput": "modeling_hybrid_mpsenet",
+    "HybridMPSENetPreTrainedModel": "modeling_hybrid_mpsenet",
+    "Mamba": "mamba",
+    "SpeechEnhancementPipeline": "pipeline",
+    "convert_original_checkpoint": "convert",
+    "selective_scan": "mamba",
+    "selective_scan_reference": "mamba",
+}
+__all__ = sorted(_EXPORTS)
+
+if TYPE_CHECKING:  # static analysers see the names; at run time __getattr__ loads them
+    from .configuration_hybrid_mpsenet import PRESETS, HybridMPSENetConfig
+    from .convert import convert_original_checkpoint
+    from .enhancement import HybridMPSENetForSpeechEnhancement
+    from .feature_extraction_hybrid_mpsenet import HybridMPSENetFeatureExtractor
+    from .mamba import Mamba, selective_scan, selective_scan_reference
+    from .modeling_hybrid_mpsenet import HybridMPSENetModel, HybridMPSENetOutput, HybridMPSENetPreTrainedModel
+    from .pipeline import SpeechEnhancementPipeline
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _EXPORTS:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_EXPORTS])
+
+
+def _register_when_imported(transformers_module: str, own_module: str, register: Callable[[Any], None]) -> None:
+    """Call `register(own)` once `own_module` is imported, and import it as soon as `transformers_module` is.
+
+    The registration lives on our module's import hook, not transformers', because our modules import those
+    transformers modules themselves: a hook on transformers' side would run while ours is half initialised.
+    """
+    own = f"{__name__}.{own_module}"
+
+    @wrapt.when_imported(transformers_module)
+    def _import_own(_: Any) -> None:
+        if own not in sys.modules:
+            importlib.import_module(own)
+
+    wrapt.register_post_import_hook(register, own)
+
+
+def _register_config(module: Any) -> None:
+    from transformers import AutoConfig
+
+    AutoConfig.register(module.HybridMPSENetConfig.model_type, module.HybridMPSENetConfig, exist_ok=True)
+
+
+def _register_model(module: Any) -> None:
+    from transformers import AutoModel
+
+    AutoModel.register(module.HybridMPSENetConfig, module.HybridMPSENetModel, exist_ok=True)
+
+
+def _register_feature_extractor(module: Any) -> None:
+    from transformers import AutoFeatureExtractor
+
+    from .configuration_hybrid_mpsenet import HybridMPSENetConfig
+
+    AutoFeatureExtractor.register(HybridMPSENetConfig, module.HybridMPSENetFeatureExtractor, exist_ok=True)
+
+
+def _register_pipeline(module: Any) -> None:
+    from transformers.pipelines import PIPELINE_REGISTRY
+
+    from .enhancement import HybridMPSENetForSpeechEnhancement
+
+    PIPELINE_REGISTRY.register_pipeline(
+        "speech-enhancement",
+        pipeline_class=module.SpeechEnhancementPipeline,
+        pt_model=HybridMPSENetForSpeechEnhancement,
+        type="audio",
+    )
+
+
+_register_when_imported("transformers.models.auto.configuration_auto", "configuration_hybrid_mpsenet", _register_config)
+_register_when_imported("transformers.models.auto.modeling_auto", "modeling_hybrid_mpsenet", _register_model)
+_register_when_imported(
+    "transformers.models.auto.feature_extraction_auto", "feature_extraction_hybrid_mpsenet", _register_feature_extractor
 )
-
-
-__all__ = [
-    "PRESETS",
-    "HybridMPSENetConfig",
-    "HybridMPSENetFeatureExtractor",
-    "HybridMPSENetForSpeechEnhancement",
-    "HybridMPSENetModel",
-    "HybridMPSENetOutput",
-    "HybridMPSENetPreTrainedModel",
-    "Mamba",
-    "SpeechEnhancementPipeline",
-    "convert_original_checkpoint",
-    "selective_scan",
-    "selective_scan_reference",
-]
+_register_when_imported("transformers.pipelines", "pipeline", _register_pipeline)

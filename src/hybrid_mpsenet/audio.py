@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import contextlib
+import functools
+import io
 import logging
+import math
 import os
 import tempfile
 from collections.abc import Iterator
@@ -13,15 +16,38 @@ import numpy as np
 import soundfile as sf
 import soxr
 
+from .utils import new_file_mode
+
 logger = logging.getLogger(__name__)
 
 # A sample this close to full scale counts as clipped; this share of clipped samples earns a warning.
 CLIP_LEVEL = 0.999
 CLIP_WARN_FRACTION = 1e-3
+# Chunked enhancement: chunk length and crossfade (s) unless the caller chooses.
+DEFAULT_CHUNK_SECONDS = 4.0
+DEFAULT_OVERLAP_SECONDS = 0.5
+# Sampling rates outside this range are header damage or a mistaken argument (a 1 Hz header turns 8 KB into an
+# hour of audio at the model rate), not recordings.
+MIN_SAMPLING_RATE = 4_000
+MAX_SAMPLING_RATE = 768_000
 
 
 class AudioError(ValueError):
     """An audio input that cannot be enhanced; the message says which file or array and why."""
+
+
+def check_sampling_rate(sampling_rate: object, name: str = "sampling_rate") -> int:
+    """`sampling_rate` as an int, or a `ValueError` saying what was received and what is expected."""
+    if isinstance(sampling_rate, bool) or not isinstance(sampling_rate, (int, float, np.integer, np.floating)):
+        raise AudioError(f"{name} must be a number of Hz (an int such as 16000), got {sampling_rate!r}.")
+    if not math.isfinite(sampling_rate) or sampling_rate != int(sampling_rate):
+        raise AudioError(f"{name} must be a whole number of Hz, got {sampling_rate!r}.")
+    if not MIN_SAMPLING_RATE <= sampling_rate <= MAX_SAMPLING_RATE:
+        raise AudioError(
+            f"{name} of {int(sampling_rate)} Hz is outside the supported {MIN_SAMPLING_RATE}-{MAX_SAMPLING_RATE} Hz; "
+            "check the file header or the argument."
+        )
+    return int(sampling_rate)
 
 
 def to_float(samples: np.ndarray) -> np.ndarray:
@@ -73,6 +99,11 @@ def open_audio(path: str | Path) -> sf.SoundFile:
     if handle.frames == 0:
         handle.close()
         raise AudioError(f"{path}: the file contains no samples.")
+    try:
+        check_sampling_rate(handle.samplerate, f"{path}: the sampling rate")
+    except AudioError:
+        handle.close()
+        raise
     return handle
 
 
@@ -102,9 +133,26 @@ def output_format(path: str | Path) -> str:
     return name
 
 
+@functools.cache
+def can_write(file_format: str, subtype: str) -> bool:
+    """Whether libsndfile writes `subtype` in `file_format`.
+
+    `sf.check_format` is not enough: it accepts pairs libsndfile only reads (MP3 data in a WAV container), so a
+    one-frame file is written to memory to find out.
+    """
+    if not sf.check_format(file_format, subtype):
+        return False
+    try:
+        with sf.SoundFile(io.BytesIO(), "w", 16_000, 1, subtype=subtype, format=file_format) as handle:
+            handle.write(np.zeros(1, np.float32))
+    except (sf.LibsndfileError, RuntimeError, TypeError, ValueError):
+        return False
+    return True
+
+
 def output_subtype(in_subtype: str, out_format: str) -> str:
     """The input's subtype if the output format can store it, else the format's default."""
-    if sf.check_format(out_format, in_subtype):
+    if can_write(out_format, in_subtype):
         return in_subtype
     return sf.default_subtype(out_format)
 
@@ -124,7 +172,12 @@ def atomic_audio_writer(
     os.close(fd)
     tmp = Path(tmp_name)
     try:
-        with sf.SoundFile(tmp, "w", samplerate, channels, subtype=subtype, format=file_format) as handle:
+        tmp.chmod(new_file_mode())  # mkstemp makes it private; the output is an ordinary file
+        try:
+            handle = sf.SoundFile(tmp, "w", samplerate, channels, subtype=subtype, format=file_format)
+        except (sf.LibsndfileError, RuntimeError, TypeError, ValueError) as error:
+            raise AudioError(f"{path}: cannot write {file_format} audio with subtype {subtype} ({error}).") from None
+        with handle:
             yield handle
         os.replace(tmp, path)
     finally:

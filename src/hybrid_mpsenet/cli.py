@@ -9,23 +9,27 @@ import logging
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import soundfile as sf
-import torch
 from tqdm.auto import tqdm
 
-from .audio import FORMAT_ALIASES, AudioError
-from .configuration_hybrid_mpsenet import PRESETS, HybridMPSENetConfig
-from .convert import convert_original_checkpoint, convert_original_training_state
-from .enhancement import DEFAULT_CHUNK_SECONDS, DEFAULT_OVERLAP_SECONDS, HybridMPSENetForSpeechEnhancement
-from .modeling_hybrid_mpsenet import HybridMPSENetModel
+from .audio import DEFAULT_CHUNK_SECONDS, DEFAULT_OVERLAP_SECONDS, FORMAT_ALIASES, AudioError
+
+# torch and transformers are imported by the commands that need them, so `--help` and argument errors are instant.
+if TYPE_CHECKING:
+    import torch
+
+    from .configuration_hybrid_mpsenet import HybridMPSENetConfig
+    from .enhancement import HybridMPSENetForSpeechEnhancement
 
 AUDIO_SUFFIXES = {f".{name.lower()}" for name in [*sf.available_formats(), *FORMAT_ALIASES]}
-DTYPES = {"float32": None, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
 def resolve_device(name: str) -> torch.device:
     """`auto` picks CUDA, then Apple MPS, then CPU; other names are checked for availability."""
+    import torch
+
     if name == "auto":
         if torch.cuda.is_available():
             return torch.device("cuda")
@@ -70,6 +74,10 @@ def _output_for(path: Path, relative: Path, output: str | None, suffix: str) -> 
 
 def _load_model(args: argparse.Namespace) -> HybridMPSENetForSpeechEnhancement:
     """The `--model` (default: bundled) on `--device`, with `--threads` applied, ready for inference."""
+    import torch
+
+    from .enhancement import HybridMPSENetForSpeechEnhancement
+
     if args.threads:
         torch.set_num_threads(args.threads)
     device = resolve_device(args.device)
@@ -94,7 +102,7 @@ def _enhance(args: argparse.Namespace) -> int:
                 chunk_seconds=args.chunk_seconds,
                 overlap_seconds=args.overlap_seconds,
                 downmix=args.downmix,
-                dtype=DTYPES[args.dtype],
+                dtype=args.dtype,
                 subtype=args.subtype,
                 overwrite=args.overwrite,
                 progress=not args.quiet,
@@ -110,6 +118,8 @@ def _enhance(args: argparse.Namespace) -> int:
 
 
 def _convert(args: argparse.Namespace) -> int:
+    from .convert import convert_original_checkpoint, convert_original_training_state
+
     checkpoint = Path(args.checkpoint)
     if checkpoint.name.startswith("do_"):
         generator = checkpoint.with_name("g_" + checkpoint.name[3:])
@@ -135,6 +145,8 @@ def _convert(args: argparse.Namespace) -> int:
 
 
 def _describe(config: HybridMPSENetConfig) -> dict:
+    from .modeling_hybrid_mpsenet import HybridMPSENetModel
+
     return {
         "parameters": HybridMPSENetModel(config).num_parameters(),
         "blocks": {name: f"{count} x {kind}" for name, (count, kind) in config.block_groups.items() if count},
@@ -145,6 +157,8 @@ def _describe(config: HybridMPSENetConfig) -> dict:
 
 
 def _info(args: argparse.Namespace) -> int:
+    from .configuration_hybrid_mpsenet import PRESETS, HybridMPSENetConfig
+
     if args.model is None:
         info = {name: _describe(HybridMPSENetConfig.from_preset(name)) for name in PRESETS}
     elif args.model in PRESETS:
@@ -242,7 +256,7 @@ def build_parser() -> argparse.ArgumentParser:
     enhance.add_argument("--suffix", default="_enhanced", help="name suffix when writing beside the inputs")
     enhance.add_argument("--chunk-seconds", type=float, default=DEFAULT_CHUNK_SECONDS, help="chunk length (s)")
     enhance.add_argument("--overlap-seconds", type=float, default=DEFAULT_OVERLAP_SECONDS, help="crossfade (s)")
-    enhance.add_argument("--dtype", default="float32", choices=list(DTYPES), help="autocast precision")
+    enhance.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"], help="autocast")
     enhance.add_argument("--downmix", action="store_true", help="average multi-channel input to mono")
     enhance.add_argument("--subtype", help="output sample format, e.g. PCM_16, PCM_24, FLOAT (default: the input's)")
     enhance.add_argument("--overwrite", action="store_true", help="replace existing outputs (never inputs)")
@@ -290,7 +304,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--batch-mixed", action="store_true", help="do_ only: keep the original's mixing of batch items (exact)"
     )
     convert.add_argument("--config", help="the original repository's config.json (STFT settings, channels)")
-    convert.add_argument("--variant", default="auto", choices=["auto", *PRESETS], help="architecture (default: auto)")
+    convert.add_argument(
+        "--variant", default="auto", help="architecture: auto (default) or a preset, see `hybrid-mpsenet info`"
+    )
 
     info = sub.choices["info"]
     info.add_argument("model", nargs="?", help="a preset name, a model folder or a Hub id (default: all presets)")

@@ -266,3 +266,8 @@ class HybridMPSENetConfig(PreTrainedConfig):
     @property
     def has_branches(self) -> bool:
         return self.num_magnitude_blocks > 0 or self.num_phase_blocks > 0
+
+
+# Saved folders carry this code and an auto_map, so they also load with trust_remote_code=True where the package
+# is not installed.
+HybridMPSENetConfig.register_for_auto_class()

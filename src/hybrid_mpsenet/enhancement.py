@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
@@ -20,9 +21,13 @@ from tqdm.auto import tqdm
 from .audio import (
     CLIP_LEVEL,
     CLIP_WARN_FRACTION,
+    DEFAULT_CHUNK_SECONDS,
+    DEFAULT_OVERLAP_SECONDS,
     AudioError,
     StreamResampler,
     atomic_audio_writer,
+    can_write,
+    check_sampling_rate,
     from_float,
     open_audio,
     output_format,
@@ -35,8 +40,16 @@ from .modeling_hybrid_mpsenet import HybridMPSENetModel
 logger = logging.getLogger(__name__)
 
 DEFAULT_MODEL_DIR = Path(__file__).parent / "pretrained"
-DEFAULT_CHUNK_SECONDS = 4.0
-DEFAULT_OVERLAP_SECONDS = 0.5
+# Autocast precisions by the names the CLI and the usual shorthands give them; float32 means no autocast.
+DTYPE_NAMES = {
+    "float32": None,
+    "fp32": None,
+    "bfloat16": torch.bfloat16,
+    "bf16": torch.bfloat16,
+    "float16": torch.float16,
+    "fp16": torch.float16,
+    "half": torch.float16,
+}
 # Files are read in blocks of this many seconds; with the chunk size it bounds the memory of `enhance_file`.
 READ_BLOCK_SECONDS = 5.0
 # Beyond this many channels a 2-D array is more likely (samples, channels) than (channels, samples).
@@ -114,6 +127,9 @@ class HybridMPSENetForSpeechEnhancement(HybridMPSENetModel):
     def _chunk_sizes(self, chunk_seconds: float, overlap_seconds: float) -> tuple[int, int]:
         """Chunk and overlap in samples at the model rate, as multiples of the hop."""
         hop, rate = self.config.hop_length, self.config.sampling_rate
+        for name, value in (("chunk_seconds", chunk_seconds), ("overlap_seconds", overlap_seconds)):
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+                raise ValueError(f"{name} must be a finite number of seconds, got {value!r}.")
         if overlap_seconds <= 0 or chunk_seconds < 2 * overlap_seconds:
             raise ValueError(
                 f"Need overlap_seconds > 0 and chunk_seconds >= 2 * overlap_seconds, got chunk_seconds="
@@ -178,18 +194,25 @@ class HybridMPSENetForSpeechEnhancement(HybridMPSENetModel):
         rate: int,
         channels: int,
         norm: np.ndarray,
-        chunk_seconds: float,
-        overlap_seconds: float,
+        chunk_sizes: tuple[int, int],
         dtype: torch.dtype | None,
+        name: str,
     ) -> Iterator[np.ndarray]:
         """Second pass: `(frames, channels)` blocks at `rate` in, enhanced blocks at `rate` out (same total length
-        up to a few samples of resampler rounding, which the callers trim or pad)."""
+        up to a few samples of resampler rounding, which the callers trim or pad). `chunk_sizes` comes from
+        `_chunk_sizes`, `dtype` from [`resolve_dtype`]; a non-finite output sample is an [`AudioError`] naming
+        `name`, so nothing non-finite is ever returned or written."""
         to_model = StreamResampler(rate, self.config.sampling_rate, channels)
         to_input = StreamResampler(self.config.sampling_rate, rate, channels)
-        chunker = _Chunker(self, *self._chunk_sizes(chunk_seconds, overlap_seconds), dtype)
+        chunker = _Chunker(self, *chunk_sizes, dtype)
 
         def restore(enhanced: Iterable[np.ndarray]) -> Iterator[np.ndarray]:
             for out in enhanced:
+                if not np.isfinite(out).all():
+                    raise AudioError(
+                        f"{name}: the model produced non-finite samples (NaN/Inf); its weights may be damaged or "
+                        "the dtype too narrow. Nothing was written."
+                    )
                 yield to_input((out / norm).T)
 
         for block in blocks:
@@ -205,7 +228,7 @@ class HybridMPSENetForSpeechEnhancement(HybridMPSENetModel):
         chunk_seconds: float = DEFAULT_CHUNK_SECONDS,
         overlap_seconds: float = DEFAULT_OVERLAP_SECONDS,
         downmix: bool = False,
-        dtype: torch.dtype | None = None,
+        dtype: torch.dtype | str | None = None,
     ) -> np.ndarray | torch.Tensor:
         """Enhance a waveform at any sampling rate.
 
@@ -215,7 +238,8 @@ class HybridMPSENetForSpeechEnhancement(HybridMPSENetModel):
             chunk_seconds, overlap_seconds: inputs longer than `chunk_seconds` are enhanced in chunks that overlap
                 by `overlap_seconds` and are crossfaded.
             downmix: average the channels and return mono.
-            dtype: autocast dtype (`torch.bfloat16`, `torch.float16`) or `None` for full precision.
+            dtype: autocast dtype (`torch.bfloat16`, `torch.float16`, or a name such as "bfloat16") or `None`
+                for full precision.
 
         Returns:
             The enhanced waveform with the input's shape (`(samples,)` when downmixed), type (numpy or torch) and
@@ -229,14 +253,14 @@ class HybridMPSENetForSpeechEnhancement(HybridMPSENetModel):
             raise AudioError(
                 f"Got shape {array.shape}: multi-channel audio must be (channels, samples); pass the transpose."
             )
-        if int(sampling_rate) <= 0:
-            raise AudioError(f"sampling_rate must be a positive number of Hz, got {sampling_rate}.")
+        sampling_rate = check_sampling_rate(sampling_rate)
+        dtype, chunk_sizes = resolve_dtype(dtype), self._chunk_sizes(chunk_seconds, overlap_seconds)
         samples = np.atleast_2d(to_float(array)).T  # (frames, channels)
         if downmix:
             samples = samples.mean(axis=1, keepdims=True)
         frames, channels = samples.shape
         norm = self._normalisation([samples], sampling_rate, channels, "The waveform")
-        pieces = self._enhance_blocks([samples], sampling_rate, channels, norm, chunk_seconds, overlap_seconds, dtype)
+        pieces = self._enhance_blocks([samples], sampling_rate, channels, norm, chunk_sizes, dtype, "The waveform")
         enhanced = _fit_length(np.concatenate(list(pieces), axis=0), frames).T
         if array.ndim == 1 or downmix:
             enhanced = enhanced[0]
@@ -250,7 +274,7 @@ class HybridMPSENetForSpeechEnhancement(HybridMPSENetModel):
         chunk_seconds: float = DEFAULT_CHUNK_SECONDS,
         overlap_seconds: float = DEFAULT_OVERLAP_SECONDS,
         downmix: bool = False,
-        dtype: torch.dtype | None = None,
+        dtype: torch.dtype | str | None = None,
         subtype: str | None = None,
         overwrite: bool = False,
         progress: bool = True,
@@ -267,8 +291,9 @@ class HybridMPSENetForSpeechEnhancement(HybridMPSENetModel):
             raise AudioError(f"{output_path}: refusing to overwrite the input file; choose another output path.")
         if output_path.exists() and not overwrite:
             raise AudioError(f"{output_path} already exists; pass overwrite=True (--overwrite) to replace it.")
+        dtype, chunk_sizes = resolve_dtype(dtype), self._chunk_sizes(chunk_seconds, overlap_seconds)
         file_format = output_format(output_path)
-        if subtype is not None and not sf.check_format(file_format, subtype):
+        if subtype is not None and not can_write(file_format, subtype):
             raise AudioError(
                 f"{output_path}: {file_format} cannot store subtype {subtype!r}; choose one of "
                 f"{', '.join(sf.available_subtypes(file_format))}."
@@ -288,7 +313,7 @@ class HybridMPSENetForSpeechEnhancement(HybridMPSENetModel):
             written = clipped = 0
             bar = tqdm(total=frames, unit="sample", unit_scale=True, desc=input_path.name, disable=not progress)
             with bar, atomic_audio_writer(output_path, rate, out_channels, subtype) as sink:
-                pieces = self._enhance_blocks(blocks(), rate, out_channels, norm, chunk_seconds, overlap_seconds, dtype)
+                pieces = self._enhance_blocks(blocks(), rate, out_channels, norm, chunk_sizes, dtype, str(input_path))
                 for piece in pieces:
                     piece = piece[: frames - written]
                     if pcm:
@@ -302,6 +327,19 @@ class HybridMPSENetForSpeechEnhancement(HybridMPSENetModel):
         if clipped:
             logger.warning("%s: %d output samples exceeded full scale and were clipped.", output_path, clipped)
         return output_path
+
+
+def resolve_dtype(dtype: torch.dtype | str | None) -> torch.dtype | None:
+    """The autocast dtype for `dtype` (`None`, a torch dtype or a name such as "bfloat16"); `None` = float32."""
+    if dtype is None or dtype == torch.float32:
+        return None
+    if dtype in (torch.bfloat16, torch.float16):
+        return dtype
+    if isinstance(dtype, str) and dtype.lower() in DTYPE_NAMES:
+        return DTYPE_NAMES[dtype.lower()]
+    raise ValueError(
+        f"dtype must be None, torch.float32/bfloat16/float16 or one of {', '.join(DTYPE_NAMES)}; got {dtype!r}."
+    )
 
 
 def _fit_length(samples: np.ndarray, frames: int) -> np.ndarray:

@@ -180,3 +180,6 @@ class HybridMPSENetFeatureExtractor(SequenceFeatureExtractor):
             )
             waveforms.append((audio[0] / float(norm_factor[i])).detach().cpu().numpy().astype(np.float32))
         return waveforms
+
+
+HybridMPSENetFeatureExtractor.register_for_auto_class("AutoFeatureExtractor")

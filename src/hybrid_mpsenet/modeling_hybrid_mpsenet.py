@@ -543,3 +543,6 @@ class HybridMPSENetModel(HybridMPSENetPreTrainedModel):
         return HybridMPSENetOutput(
             magnitude=enhanced_magnitude, phase=enhanced_phase, complex_spectrum=complex_spectrum
         )
+
+
+HybridMPSENetModel.register_for_auto_class("AutoModel")

@@ -9,8 +9,7 @@ import numpy as np
 import torch
 from transformers import Pipeline
 
-from .audio import open_audio
-from .enhancement import DEFAULT_CHUNK_SECONDS, DEFAULT_OVERLAP_SECONDS
+from .audio import DEFAULT_CHUNK_SECONDS, DEFAULT_OVERLAP_SECONDS, open_audio
 
 
 class SpeechEnhancementPipeline(Pipeline):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import multiprocessing as mp
+import os
 import resource
 import shutil
 import tempfile
@@ -54,6 +55,16 @@ def check_output_folder(path: str | Path, overwrite: bool = False) -> None:
         raise FileExistsError(f"{path} already holds a model or run folder; pass --overwrite to replace it.")
 
 
+def new_file_mode(directory: bool = False) -> int:
+    """The permission bits `open()` / `mkdir()` would give a new file (0o666) or folder (0o777) under the umask.
+
+    Temporary files and folders are created private (0o600 / 0o700); results renamed from them get these bits.
+    """
+    umask = os.umask(0)
+    os.umask(umask)
+    return (0o777 if directory else 0o666) & ~umask
+
+
 @contextlib.contextmanager
 def atomic_directory(path: str | Path) -> Iterator[Path]:
     """Yield a temporary folder beside `path`; on success it replaces `path` in one rename, on error it is removed.
@@ -64,7 +75,7 @@ def atomic_directory(path: str | Path) -> Iterator[Path]:
     path = Path(path).resolve()
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
-    tmp.chmod(0o755)  # mkdtemp makes it private; the result is an ordinary, shareable folder
+    tmp.chmod(new_file_mode(directory=True))  # mkdtemp makes it private; the result is an ordinary folder
     try:
         yield tmp
         if path.exists():
