@@ -1,4 +1,6 @@
 import logging
+import os
+import stat
 import subprocess
 import sys
 import textwrap
@@ -225,3 +227,98 @@ def test_memory_does_not_grow_with_duration(tmp_path):
     # Loading the whole 10-minute file alone would take 37 MiB as float32, its spectra several hundred more.
     print(f"peak RSS (MiB): {peaks}")
     assert peaks[10] - peaks[0.5] < 30, peaks
+
+
+def test_every_readable_format_converts_to_every_writable_one(identity, tmp_path):
+    """Each input subtype the output format cannot hold (MP3 data into WAV, DPCM into FLAC) falls back to the
+    output's default; unseekable formats (XI) are read twice from fresh handles. A format that cannot store the
+    input's rate (WVE holds only 8 kHz) is an error naming the output, never a file at the wrong speed."""
+    audio = (0.1 * np.sin(np.arange(8000) / 5)).astype(np.float32)
+    formats = [name for name in sf.available_formats() if name != "RAW"]  # RAW has no header to read back
+    for name in formats:
+        sf.write(tmp_path / f"in.{name.lower()}", audio, 16000, format=name)
+    with pytest.raises(AudioError, match="out.sd2: Sound Designer II files cannot be written safely"):
+        identity.enhance_file(tmp_path / "in.wav", tmp_path / "out.sd2", progress=False)
+    refused = set()
+    for source in formats:
+        rate = sf.info(tmp_path / f"in.{source.lower()}").samplerate  # XI stores 44.1 kHz whatever it is given
+        for target in [name for name in formats if name != "SD2"]:
+            out = tmp_path / source / f"out.{target.lower()}"
+            try:
+                identity.enhance_file(tmp_path / f"in.{source.lower()}", out, progress=False)
+            except AudioError as error:
+                assert str(error).startswith(f"{out}: cannot write {target} audio") and "stores" in str(error)
+                refused.add((rate, target))
+                continue
+            info = sf.info(out)
+            assert (info.format, info.samplerate, info.channels) == (target, rate, 1), source
+            # libsndfile's VOC reader counts one frame more in A-law files than were written
+            assert info.frames == 8000 or (target, info.subtype, info.frames) == ("VOC", "ALAW", 8001), source
+        assert not [p.name for p in (tmp_path / source).iterdir() if p.name.startswith(".")]
+    assert {(16000, "WVE"), (16000, "XI"), (44100, "WVE")} <= refused  # WVE: 8 kHz only; XI: 44.1 kHz only
+
+
+def test_write_errors_name_the_users_path_not_the_temporary_file(identity, tmp_path):
+    sf.write(tmp_path / "hi.wav", np.zeros(4000, np.float32) + 0.1, 96000)
+    sf.write(tmp_path / "three.wav", np.zeros((4000, 3), np.float32) + 0.1, 16000)
+    for name, reason in [("hi", "MPEG-1/2/2.5 only supports sample rates"), ("three", "16000 Hz, 3 channel")]:
+        with pytest.raises(AudioError, match=reason) as error:
+            identity.enhance_file(tmp_path / f"{name}.wav", tmp_path / f"{name}.mp3", progress=False)
+        assert str(error.value).startswith(str(tmp_path / f"{name}.mp3")) and "/." not in str(error.value)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["hi.wav", "three.wav"]
+
+
+def test_outputs_get_the_usual_mode_under_the_umask(identity, speech, tmp_path):
+    sf.write(tmp_path / "in.wav", speech, 16000)
+    for umask, mode in [(0o022, 0o644), (0o002, 0o664)]:
+        previous = os.umask(umask)
+        try:
+            out = identity.enhance_file(tmp_path / "in.wav", tmp_path / f"{umask:o}.wav", progress=False)
+        finally:
+            os.umask(previous)
+        assert stat.S_IMODE(out.stat().st_mode) == mode
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"sampling_rate": None}, "must be a number of Hz.*None"),
+        ({"sampling_rate": "16000"}, "must be a number of Hz.*'16000'"),
+        ({"sampling_rate": float("nan")}, "whole number of Hz.*nan"),
+        ({"sampling_rate": 16000.5}, "whole number of Hz"),
+        ({"sampling_rate": 1}, "1 Hz is outside the supported 4000-768000 Hz"),
+        ({"sampling_rate": 10**9}, "outside the supported"),
+        ({"sampling_rate": 16000, "chunk_seconds": float("nan")}, "chunk_seconds must be a finite number.*nan"),
+        ({"sampling_rate": 16000, "overlap_seconds": float("inf")}, "overlap_seconds must be a finite.*inf"),
+        ({"sampling_rate": 16000, "dtype": "int8"}, "dtype must be.*'int8'"),
+        ({"sampling_rate": 16000, "dtype": torch.int64}, "dtype must be"),
+    ],
+)
+def test_bad_arguments_say_what_was_received(model, speech, kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        model.enhance(speech, **kwargs)
+
+
+def test_dtype_names_are_accepted(model, speech):
+    expected = model.enhance(speech, 16000, dtype=torch.bfloat16)
+    np.testing.assert_array_equal(model.enhance(speech, 16000, dtype="bfloat16"), expected)
+    np.testing.assert_array_equal(model.enhance(speech, 16000, dtype="float32"), model.enhance(speech, 16000))
+
+
+def test_a_header_claiming_an_absurd_rate_is_rejected(model, tmp_path):
+    sf.write(tmp_path / "one_hz.wav", np.zeros(4000, np.int16), 1)
+    with pytest.raises(AudioError, match="one_hz.wav: the sampling rate of 1 Hz is outside"):
+        model.enhance_file(tmp_path / "one_hz.wav", tmp_path / "out.wav", progress=False)
+    assert not (tmp_path / "out.wav").exists()
+
+
+def test_non_finite_output_is_never_returned_or_written(speech, tmp_path):
+    broken = HybridMPSENetForSpeechEnhancement(tiny_config(n_fft=128, hop_length=64, win_length=128)).eval()
+    with torch.no_grad():
+        next(broken.parameters()).fill_(float("nan"))
+    with pytest.raises(AudioError, match="The waveform: the model produced non-finite samples"):
+        broken.enhance(speech, 16000)
+    sf.write(tmp_path / "in.wav", speech, 16000)
+    with pytest.raises(AudioError, match="in.wav: the model produced non-finite samples"):
+        broken.enhance_file(tmp_path / "in.wav", tmp_path / "out.wav", progress=False)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.wav"]

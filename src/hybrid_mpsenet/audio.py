@@ -108,12 +108,23 @@ def open_audio(path: str | Path) -> sf.SoundFile:
 
 
 def read_blocks(handle: sf.SoundFile, block_frames: int) -> Iterator[np.ndarray]:
-    """Yield `(frames, channels)` float32 blocks from the start of an open file."""
-    handle.seek(0)
-    try:
-        yield from handle.blocks(blocksize=block_frames, dtype="float32", always_2d=True)
-    except (sf.LibsndfileError, RuntimeError) as error:
-        raise AudioError(f"{handle.name}: reading failed at frame {handle.tell()} ({error}).") from error
+    """Yield `(frames, channels)` float32 blocks from the start of an open file.
+
+    Formats libsndfile cannot seek in (XI) are read from a fresh handle, so every pass starts at frame 0.
+    """
+    with contextlib.ExitStack() as stack:
+        source = handle
+        if handle.seekable():
+            handle.seek(0)
+        else:
+            source = stack.enter_context(sf.SoundFile(handle.name))
+        done = 0
+        try:
+            for block in source.blocks(blocksize=block_frames, frames=source.frames, dtype="float32", always_2d=True):
+                done += len(block)
+                yield block
+        except (sf.LibsndfileError, RuntimeError) as error:
+            raise AudioError(f"{handle.name}: reading failed at frame {done} ({error}).") from error
 
 
 # Extensions whose soundfile format name differs from the extension itself.
@@ -130,29 +141,37 @@ def output_format(path: str | Path) -> str:
             f"{path}: unknown audio format '.{extension.lower()}'; use one of "
             f"{', '.join('.' + f.lower() for f in sorted(formats))}."
         )
+    if name == "SD2":  # libsndfile keeps its header in a sidecar `._NAME`, which a rename would leave behind
+        raise AudioError(f"{path}: Sound Designer II files cannot be written safely; choose another format.")
     return name
 
 
 @functools.cache
-def can_write(file_format: str, subtype: str) -> bool:
-    """Whether libsndfile writes `subtype` in `file_format`.
+def write_problem(file_format: str, subtype: str, samplerate: int, channels: int) -> str | None:
+    """Why libsndfile cannot write this combination faithfully, or `None` if it can.
 
-    `sf.check_format` is not enough: it accepts pairs libsndfile only reads (MP3 data in a WAV container), so a
-    one-frame file is written to memory to find out.
+    A short silent file is written to memory and read back: `sf.check_format` accepts pairs libsndfile only reads
+    (MP3 data in a WAV container), and some formats silently store another rate (WVE 8 kHz, XI 44.1 kHz).
     """
     if not sf.check_format(file_format, subtype):
-        return False
+        return f"{file_format} cannot store {subtype} samples"
+    buffer = io.BytesIO()
     try:
-        with sf.SoundFile(io.BytesIO(), "w", 16_000, 1, subtype=subtype, format=file_format) as handle:
-            handle.write(np.zeros(1, np.float32))
-    except (sf.LibsndfileError, RuntimeError, TypeError, ValueError):
-        return False
-    return True
+        with sf.SoundFile(buffer, "w", samplerate, channels, subtype=subtype, format=file_format) as handle:
+            handle.write(np.zeros((4096, channels), np.float32))  # a whole MP3 frame / Ogg page
+        buffer.seek(0)
+        with sf.SoundFile(buffer) as stored:
+            kept = (stored.samplerate, stored.channels)
+    except (sf.LibsndfileError, RuntimeError, TypeError, ValueError) as error:
+        return getattr(error, "error_string", str(error)).removeprefix("Error : ").rstrip(".")
+    if kept != (samplerate, channels):
+        return f"the format stores {kept[0]} Hz, {kept[1]} channels instead"
+    return None
 
 
-def output_subtype(in_subtype: str, out_format: str) -> str:
+def output_subtype(in_subtype: str, out_format: str, samplerate: int, channels: int) -> str:
     """The input's subtype if the output format can store it, else the format's default."""
-    if can_write(out_format, in_subtype):
+    if write_problem(out_format, in_subtype, samplerate, channels) is None:
         return in_subtype
     return sf.default_subtype(out_format)
 
@@ -164,6 +183,13 @@ def atomic_audio_writer(
     """Yield a `SoundFile` writing to a temporary file beside `path`, renamed to `path` only on success."""
     path = Path(path)
     file_format = output_format(path)
+    subtype = subtype or sf.default_subtype(file_format)
+    problem = write_problem(file_format, subtype, samplerate, channels)
+    if problem:
+        raise AudioError(
+            f"{path}: cannot write {file_format} audio with {subtype} samples at {samplerate} Hz, {channels} "
+            f"channel(s): {problem}. Choose another output format or --subtype."
+        )
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp_name = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=path.suffix, dir=path.parent)
@@ -173,11 +199,7 @@ def atomic_audio_writer(
     tmp = Path(tmp_name)
     try:
         tmp.chmod(new_file_mode())  # mkstemp makes it private; the output is an ordinary file
-        try:
-            handle = sf.SoundFile(tmp, "w", samplerate, channels, subtype=subtype, format=file_format)
-        except (sf.LibsndfileError, RuntimeError, TypeError, ValueError) as error:
-            raise AudioError(f"{path}: cannot write {file_format} audio with subtype {subtype} ({error}).") from None
-        with handle:
+        with sf.SoundFile(tmp, "w", samplerate, channels, subtype=subtype, format=file_format) as handle:
             yield handle
         os.replace(tmp, path)
     finally:

@@ -26,7 +26,6 @@ from .audio import (
     AudioError,
     StreamResampler,
     atomic_audio_writer,
-    can_write,
     check_sampling_rate,
     from_float,
     open_audio,
@@ -293,7 +292,7 @@ class HybridMPSENetForSpeechEnhancement(HybridMPSENetModel):
             raise AudioError(f"{output_path} already exists; pass overwrite=True (--overwrite) to replace it.")
         dtype, chunk_sizes = resolve_dtype(dtype), self._chunk_sizes(chunk_seconds, overlap_seconds)
         file_format = output_format(output_path)
-        if subtype is not None and not can_write(file_format, subtype):
+        if subtype is not None and not sf.check_format(file_format, subtype):
             raise AudioError(
                 f"{output_path}: {file_format} cannot store subtype {subtype!r}; choose one of "
                 f"{', '.join(sf.available_subtypes(file_format))}."
@@ -308,7 +307,7 @@ class HybridMPSENetForSpeechEnhancement(HybridMPSENetModel):
 
             out_channels = 1 if downmix else channels
             norm = self._normalisation(blocks(), rate, out_channels, str(input_path))
-            subtype = subtype or output_subtype(source.subtype, file_format)
+            subtype = subtype or output_subtype(source.subtype, file_format, rate, out_channels)
             pcm = subtype.startswith("PCM") or subtype in ("ULAW", "ALAW")
             written = clipped = 0
             bar = tqdm(total=frames, unit="sample", unit_scale=True, desc=input_path.name, disable=not progress)
