@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from hybrid_mpsenet import PRESETS, HybridMPSENetConfig, HybridMPSENetForSpeechEnhancement
-from hybrid_mpsenet.enhancement import DEFAULT_CHUNK_SECONDS
+from hybrid_mpsenet.audio import DEFAULT_CHUNK_SECONDS
 from hybrid_mpsenet.utils import benchmark_environment, measured, run_in_fresh_process, write_json_atomic
 
 

@@ -50,11 +50,17 @@ class _Block(importlib.abc.MetaPathFinder):
         if name.split(".")[0] == "hybrid_mpsenet":
             raise ImportError("hybrid_mpsenet is hidden in this test")
 sys.meta_path.insert(0, _Block())
+for _name in {hidden!r}:
+    sys.modules[_name] = None  # as if not installed: imports fail, find_spec says None
 """
 
 
-def run_without_package(code: str, tmp_path: Path) -> subprocess.CompletedProcess:
-    """Run `code` in a fresh, offline Python where `import hybrid_mpsenet` fails: only remote code can serve."""
+def run_without_package(
+    code: str, tmp_path: Path, hidden: tuple[str, ...] = ("soundfile", "soxr", "wrapt")
+) -> subprocess.CompletedProcess:
+    """Run `code` in a fresh, offline Python where `import hybrid_mpsenet` fails: only remote code can serve.
+    The modules in `hidden` (by default the package's audio I/O dependencies, which a saved model folder's code
+    does not need) are unavailable too."""
     env = {**os.environ, "HF_MODULES_CACHE": str(tmp_path / "modules"), "HF_HUB_OFFLINE": "1"}
-    script = _HIDE_PACKAGE + textwrap.dedent(code)
+    script = _HIDE_PACKAGE.format(hidden=hidden) + textwrap.dedent(code)
     return subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, cwd=tmp_path)

@@ -7,9 +7,11 @@ import pytest
 import soundfile as sf
 import torch
 from helpers import DATA, tiny_config
+from safetensors.torch import load_file
 
-from hybrid_mpsenet import HybridMPSENetModel
+from hybrid_mpsenet import HybridMPSENetForSpeechEnhancement, HybridMPSENetModel
 from hybrid_mpsenet.cli import main
+from hybrid_mpsenet.utils import weights_sha256
 
 
 @pytest.fixture
@@ -80,7 +82,19 @@ def test_info_on_a_saved_folder_and_a_missing_one(tmp_path, capsys):
     assert main(["info", str(tmp_path / "tiny")]) == 0
     assert json.loads(capsys.readouterr().out)[str(tmp_path / "tiny")]["fusion"] == "cross_attention"
     assert main(["info", str(tmp_path / "absent")]) == 2
-    assert "hybrid-mpsenet info: error" in capsys.readouterr().err
+    assert f"hybrid-mpsenet info: error: {tmp_path / 'absent'}: no such folder" in capsys.readouterr().err
+
+
+def test_the_bundled_model_is_called_default_and_flags_go_after_the_command(tmp_path, speech, capsys):
+    bundled = HybridMPSENetForSpeechEnhancement.from_pretrained()
+    named = HybridMPSENetForSpeechEnhancement.from_pretrained("default").state_dict()
+    assert all(torch.equal(named[key], value) for key, value in bundled.state_dict().items())
+    assert main(["info", "default"]) == 0
+    assert json.loads(capsys.readouterr().out)["default"]["parameters"] == bundled.num_parameters()
+    sf.write(tmp_path / "in.wav", speech, 16000)
+    assert main(["enhance", str(tmp_path / "in.wav"), "--model", "default", "-q", "-v"]) == 0
+    captured = capsys.readouterr()
+    assert (tmp_path / "in_enhanced.wav").is_file() and "Loading weights" not in captured.err
 
 
 def test_console_script_requires_a_command():
@@ -109,4 +123,16 @@ def test_evaluate_prints_the_metric_table_and_writes_json(tmp_path, model_dir, c
     assert result["num_utterances"] == 1
     assert set(result["enhanced"]) >= {"pesq", "csig", "cbak", "covl", "stoi", "ssnr", "si_sdr"}
     assert (tmp_path / "enh" / "p232_001.wav").is_file()
+    assert result["model_sha256"] == weights_sha256(load_file(model_dir / "model.safetensors"))
     assert main(["evaluate", "--data", str(tmp_path / "nothing"), "--model", str(model_dir)]) == 2
+
+
+def test_evaluate_a_plain_clean_and_noisy_folder_pairs_files_by_name(tmp_path, model_dir, capsys):
+    for kind in ("clean", "noisy"):
+        (tmp_path / "plain" / kind).mkdir(parents=True)
+        for name in ("first", "second"):
+            (tmp_path / "plain" / kind / f"{name}.wav").write_bytes((DATA / f"p232_001_{kind}.wav").read_bytes())
+    (tmp_path / "plain" / "noisy" / "unpaired.wav").write_bytes((DATA / "p232_001_noisy.wav").read_bytes())
+    args = ["evaluate", "--data", str(tmp_path / "plain"), "--model", str(model_dir), "-q", "--workers", "0"]
+    assert main([*args, "--output", str(tmp_path / "r.json")]) == 0
+    assert json.loads((tmp_path / "r.json").read_text())["num_utterances"] == 2

@@ -190,9 +190,20 @@ def test_pipeline_on_path_array_and_list(model, speech, tmp_path):
     assert from_path["sampling_rate"] == 16000
     np.testing.assert_allclose(from_path["audio"], expected, atol=1e-4)
     np.testing.assert_allclose(enhancer(speech, sampling_rate=16000)["audio"], expected, atol=1e-5)
-    many = enhancer([speech, {"array": speech[:8000], "sampling_rate": 8000}])
+    many = enhancer([{"array": speech, "sampling_rate": 16000}, {"array": speech[:8000], "sampling_rate": 8000}])
     assert [item["audio"].shape for item in many] == [speech.shape, (8000,)]
     assert many[1]["sampling_rate"] == 8000
+    batched = enhancer([speech, speech[:4000], speech], sampling_rate=16000, batch_size=2)
+    for item, one in zip(batched, [speech, speech[:4000], speech], strict=True):
+        np.testing.assert_array_equal(item["audio"], enhancer(one, sampling_rate=16000)["audio"])
+    with pytest.raises(ValueError, match="needs its rate: pass sampling_rate"):
+        enhancer(speech)
+
+
+def test_pipeline_without_a_model_uses_the_bundled_one(speech):
+    enhancer = pipeline("speech-enhancement", device="cpu")
+    expected = HybridMPSENetForSpeechEnhancement.from_pretrained("default").enhance(speech, 16000)
+    np.testing.assert_allclose(enhancer(speech, sampling_rate=16000)["audio"], expected, atol=1e-6)
 
 
 @pytest.mark.slow

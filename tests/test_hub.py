@@ -1,10 +1,19 @@
+import http.server
+import importlib
 import json
+import socket
+import sys
+import threading
 
+import pytest
 from helpers import run_without_package
-from huggingface_hub import ModelCard
+from huggingface_hub import ModelCard, constants
+from safetensors.torch import load_file
+from transformers import dynamic_module_utils
 
 from hybrid_mpsenet.cli import main
 from hybrid_mpsenet.enhancement import DEFAULT_MODEL_DIR
+from hybrid_mpsenet.utils import weights_sha256
 
 EVALUATION = {
     "num_utterances": 10,
@@ -20,8 +29,13 @@ EVALUATION = {
 }
 
 
+def bundled_evaluation() -> dict:
+    """EVALUATION as `evaluate` writes it for the bundled model: with that model's weight fingerprint."""
+    return {**EVALUATION, "model_sha256": weights_sha256(load_file(DEFAULT_MODEL_DIR / "model.safetensors"))}
+
+
 def test_push_dry_run_writes_the_exact_upload_with_a_parsable_card(tmp_path, capsys):
-    (tmp_path / "eval.json").write_text(json.dumps(EVALUATION))
+    (tmp_path / "eval.json").write_text(json.dumps(bundled_evaluation()))
     (tmp_path / "data.md").write_text("Nine minutes of read speech.")
     args = ["push", "--model", str(DEFAULT_MODEL_DIR), "--repo-id", "org/demo", "--dry-run", str(tmp_path / "up")]
     assert (
@@ -52,8 +66,71 @@ def test_the_upload_loads_with_remote_code_without_the_package(tmp_path):
         assert out.shape == (8000,) and type(model).__name__ == "HybridMPSENetForSpeechEnhancement"
         print("remote code OK")
         """
-    result = run_without_package(code, tmp_path)
+    result = run_without_package(code, tmp_path, hidden=())
     assert result.returncode == 0, result.stderr[-3000:]
+
+
+def test_the_uploads_remote_code_needs_what_the_readme_lists(tmp_path, monkeypatch):
+    main(["push", "--model", "default", "--repo-id", "org/demo", "--dry-run", str(tmp_path / "up")])
+    files = sorted((tmp_path / "up").glob("*.py"))
+    imported = set().union(*(dynamic_module_utils.get_imports(f) for f in files))
+    third_party = {name for name in imported if name not in sys.stdlib_module_names}
+    assert third_party == {"numpy", "soundfile", "soxr", "torch", "tqdm", "transformers"}  # README, Publishing
+    real_import = importlib.import_module
+
+    def without_audio_io(name, *args):
+        if name in ("soundfile", "soxr"):
+            raise ModuleNotFoundError(f"No module named '{name}'")
+        return real_import(name, *args)
+
+    monkeypatch.setattr(dynamic_module_utils.importlib, "import_module", without_audio_io)
+    with pytest.raises(ImportError, match="Run `pip install soundfile soxr`"):
+        dynamic_module_utils.check_imports(tmp_path / "up" / "audio.py")
+
+
+def test_push_refuses_an_evaluation_of_other_weights(tmp_path, capsys):
+    (tmp_path / "other.json").write_text(json.dumps({**EVALUATION, "model_sha256": "0" * 64}))
+    (tmp_path / "old.json").write_text(json.dumps(EVALUATION))
+    for name in ("other.json", "old.json"):
+        args = ["push", "--model", "default", "--repo-id", "org/x", "--eval-results", str(tmp_path / name)]
+        assert main([*args, "--dry-run", str(tmp_path / "up")]) == 2
+        assert f"{tmp_path / name} was not produced from the model in" in capsys.readouterr().err
+    assert not (tmp_path / "up").exists()
+
+
+@pytest.fixture
+def refusing_hub():
+    """A server on 127.0.0.1 that answers every request with 401, as the Hub does without a valid token."""
+
+    class Refuse(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            self.send_response(401)
+            self.send_header("Content-Type", "application/json")
+            self.end_headers()
+            self.wfile.write(b'{"error": "Invalid credentials in Authorization header"}')
+
+        do_POST = do_PUT = do_HEAD = do_GET
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Refuse)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+
+
+def test_push_failures_are_one_line(tmp_path, capsys, monkeypatch, refusing_hub):
+    monkeypatch.setenv("HF_TOKEN", "hf_not_a_real_token")
+    args = ["push", "--model", "default", "--repo-id", "org/x", "-q"]
+    with socket.socket() as probe:  # a port nothing listens on: the network is down
+        probe.bind(("127.0.0.1", 0))
+        closed = f"http://127.0.0.1:{probe.getsockname()[1]}"
+    for endpoint, message in [(closed, "Cannot reach the Hub at"), (refusing_hub, "run `hf auth login`")]:
+        monkeypatch.setattr(constants, "ENDPOINT", endpoint)
+        assert main(args) == 2
+        err = capsys.readouterr().err
+        assert message in err and err.count("\n") == 1 and "Traceback" not in err, err
 
 
 def test_push_rejects_a_file_that_is_not_an_evaluation(tmp_path, capsys):

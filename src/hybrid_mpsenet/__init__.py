@@ -95,12 +95,13 @@ def _register_feature_extractor(module: Any) -> None:
 def _register_pipeline(module: Any) -> None:
     from transformers.pipelines import PIPELINE_REGISTRY
 
-    from .enhancement import HybridMPSENetForSpeechEnhancement
+    from .enhancement import DEFAULT_MODEL_DIR, HybridMPSENetForSpeechEnhancement
 
     PIPELINE_REGISTRY.register_pipeline(
         "speech-enhancement",
         pipeline_class=module.SpeechEnhancementPipeline,
         pt_model=HybridMPSENetForSpeechEnhancement,
+        default={"model": (str(DEFAULT_MODEL_DIR), None)},  # the bundled checkpoint: no download
         type="audio",
     )
 

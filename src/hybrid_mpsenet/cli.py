@@ -72,6 +72,24 @@ def _output_for(path: Path, relative: Path, output: str | None, suffix: str) -> 
     return Path(output) / relative
 
 
+def model_source(name: str | None) -> str | Path:
+    """What to load for `--model NAME`: the bundled checkpoint for no name or `default`, else a folder or Hub id.
+
+    Raises:
+        FileNotFoundError: `name` is a path (absolute, relative with `.`/`~`, or with more than one `/`, which no
+            Hub id has) and does not exist, instead of a Hub lookup that fails with a less useful message.
+    """
+    from .enhancement import DEFAULT_MODEL, DEFAULT_MODEL_DIR
+
+    if name is None or name == DEFAULT_MODEL:
+        return DEFAULT_MODEL_DIR
+    if Path(name).expanduser().exists():
+        return Path(name).expanduser()
+    if name.startswith(("/", ".", "~")) or name.count("/") > 1:
+        raise FileNotFoundError(f"{name}: no such folder (a Hub id has the form ORG/NAME).")
+    return name
+
+
 def _load_model(args: argparse.Namespace) -> HybridMPSENetForSpeechEnhancement:
     """The `--model` (default: bundled) on `--device`, with `--threads` applied, ready for inference."""
     import torch
@@ -81,11 +99,11 @@ def _load_model(args: argparse.Namespace) -> HybridMPSENetForSpeechEnhancement:
     if args.threads:
         torch.set_num_threads(args.threads)
     device = resolve_device(args.device)
-    return HybridMPSENetForSpeechEnhancement.from_pretrained(args.model).to(device).eval()
+    return HybridMPSENetForSpeechEnhancement.from_pretrained(model_source(args.model)).to(device).eval()
 
 
 def _add_inference_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model", help="model folder or Hub id (default: the bundled checkpoint)")
+    parser.add_argument("--model", help="model folder, Hub id, or `default` (the bundled checkpoint; the default)")
     parser.add_argument("--device", default="auto", help="auto (default), cpu, cuda, cuda:N or mps")
     parser.add_argument("--threads", type=int, help="CPU threads for PyTorch")
 
@@ -164,14 +182,14 @@ def _info(args: argparse.Namespace) -> int:
     elif args.model in PRESETS:
         info = {args.model: _describe(HybridMPSENetConfig.from_preset(args.model))}
     else:
-        info = {args.model: _describe(HybridMPSENetConfig.from_pretrained(args.model))}
+        info = {args.model: _describe(HybridMPSENetConfig.from_pretrained(model_source(args.model)))}
     print(json.dumps(info, indent=2))
     return 0
 
 
 def _evaluate(args: argparse.Namespace) -> int:
     from .evaluation import evaluate_dataset, format_table
-    from .utils import write_json_atomic
+    from .utils import weights_sha256, write_json_atomic
 
     model = _load_model(args)
     result = evaluate_dataset(
@@ -183,7 +201,8 @@ def _evaluate(args: argparse.Namespace) -> int:
         workers=args.workers,
         progress=not args.quiet,
     )
-    result["model"] = args.model or "bundled default"
+    result["model"] = args.model or "default"
+    result["model_sha256"] = weights_sha256(model.state_dict())  # `push` checks it against what it uploads
     result["data"] = args.data
     print(format_table(result))
     if args.output:
@@ -196,20 +215,21 @@ def _push(args: argparse.Namespace) -> int:
 
     from .hub import build_model_card, load_evaluation, prepare_upload, push_to_hub
 
+    model = model_source(args.model)
     card = build_model_card(
-        args.model,
+        model,
         args.repo_id,
-        load_evaluation(args.eval_results),
+        load_evaluation(args.eval_results, model),
         dataset_name=args.dataset_name,
         training_data=Path(args.training_data).read_text() if args.training_data else "Not stated.",
         limitations=Path(args.limitations).read_text() if args.limitations else "Not evaluated beyond the data above.",
     )
     if args.dry_run:
-        folder = prepare_upload(args.model, args.dry_run, card, overwrite=args.overwrite)
+        folder = prepare_upload(model, args.dry_run, card, overwrite=args.overwrite)
         print(f"Wrote the upload for {args.repo_id} to {folder}")
         return 0
     with tempfile.TemporaryDirectory() as tmp:
-        url = push_to_hub(prepare_upload(args.model, Path(tmp) / "upload", card), args.repo_id, args.private)
+        url = push_to_hub(prepare_upload(model, Path(tmp) / "upload", card), args.repo_id, args.private)
     print(f"Pushed {args.model} to {url}")
     return 0
 
@@ -245,9 +265,14 @@ COMMANDS: dict[str, tuple[str, Callable[[argparse.Namespace], int]]] = {
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="hybrid-mpsenet", description="Hybrid MP-SENet speech enhancement.")
     parser.add_argument("-v", "--verbose", action="store_true", help="log progress details")
+    parser.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    # The same flags after the command; SUPPRESS keeps a flag given before it.
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS, help="log details")
+    common.add_argument("-q", "--quiet", action="store_true", default=argparse.SUPPRESS, help="no progress bars")
     sub = parser.add_subparsers(dest="command", metavar="{" + ",".join(COMMANDS) + "}")
     for name, (help_text, _) in COMMANDS.items():
-        sub.add_parser(name, help=help_text, description=help_text)
+        sub.add_parser(name, help=help_text, description=help_text, parents=[common])
 
     enhance = sub.choices["enhance"]
     enhance.add_argument("inputs", nargs="+", metavar="INPUT", help="audio files, folders (recursive) or globs")
@@ -260,7 +285,6 @@ def build_parser() -> argparse.ArgumentParser:
     enhance.add_argument("--downmix", action="store_true", help="average multi-channel input to mono")
     enhance.add_argument("--subtype", help="output sample format, e.g. PCM_16, PCM_24, FLOAT (default: the input's)")
     enhance.add_argument("--overwrite", action="store_true", help="replace existing outputs (never inputs)")
-    enhance.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
 
     evaluate = sub.choices["evaluate"]
     evaluate.add_argument("--data", required=True, help="VoiceBank+DEMAND folder (test split), saved dataset or id")
@@ -270,19 +294,18 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--max-items", type=int, help="evaluate at most this many pairs")
     evaluate.add_argument("--workers", type=int, default=2, help="processes computing the metrics (0: in-process)")
     evaluate.add_argument("--output", help="write the results as JSON here")
-    evaluate.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
 
     train = sub.choices["train"]
     train.add_argument("--config", help="YAML file of training settings; any --name value after it overrides one")
 
     finetune = sub.choices["finetune"]
-    finetune.add_argument("--model", required=True, help="model folder or Hub id to start from")
+    finetune.add_argument("--model", required=True, help="model folder, Hub id or `default` to start from")
     finetune.add_argument("--clean", nargs="+", required=True, help="folders of clean speech")
     finetune.add_argument("--noise", nargs="+", required=True, help="folders of the new noise")
     finetune.add_argument("--config", help="YAML file of further settings; --output_dir DIR etc. also accepted")
 
     push = sub.choices["push"]
-    push.add_argument("--model", required=True, help="model folder to publish")
+    push.add_argument("--model", required=True, help="model folder to publish (or `default`)")
     push.add_argument("--repo-id", required=True, help="ORG/NAME on the Hub")
     push.add_argument("--private", action="store_true", help="create the repository private")
     push.add_argument("--eval-results", help="JSON from `hybrid-mpsenet evaluate --output` for the card")
@@ -309,7 +332,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
 
     info = sub.choices["info"]
-    info.add_argument("model", nargs="?", help="a preset name, a model folder or a Hub id (default: all presets)")
+    info.add_argument(
+        "model", nargs="?", help="a preset name, `default`, a model folder or a Hub id (default: all presets)"
+    )
     return parser
 
 
@@ -323,6 +348,12 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(message)s")
     if args.command is None:
         parser.error(f"choose a command: {', '.join(COMMANDS)}")
+    if args.quiet:  # also the loading and download bars of transformers and huggingface_hub
+        from huggingface_hub.utils import disable_progress_bars
+        from transformers.utils import logging as transformers_logging
+
+        disable_progress_bars()
+        transformers_logging.disable_progress_bar()
     try:
         return COMMANDS[args.command][1](args)
     except (ValueError, OSError) as error:  # user errors: bad arguments, files, configs

@@ -31,6 +31,8 @@ VOICEBANK_FOLDERS = {
 # MP-SENet's layout: all files in two folders, the split given by a list of ids ("p226_001|...") per line.
 MPSENET_FOLDERS = ("wavs_clean", "wavs_noisy")
 MPSENET_LISTS = {"train": "training.txt", "test": "test.txt"}
+# The plainest layout: two folders whose files are paired by name; it holds one split, whichever is asked for.
+PLAIN_FOLDERS = ("clean", "noisy")
 AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg")
 
 
@@ -92,8 +94,9 @@ def load_voicebank(
     Args:
         source: a folder in the original layout (`clean_trainset_28spk_wav`, `noisy_trainset_28spk_wav`,
             `clean_testset_wav`, `noisy_testset_wav`), a folder in MP-SENet's layout (`wavs_clean`, `wavs_noisy`,
-            `training.txt`, `test.txt`), a dataset saved with `save_to_disk`, a folder of parquet files, or a Hub
-            dataset id with audio columns.
+            `training.txt`, `test.txt`), a folder with `clean/` and `noisy/` whose files pair by name (one split,
+            returned for either), a dataset saved with `save_to_disk`, a folder of parquet files, or a Hub dataset
+            id with audio columns.
         split: `train` or `test`.
         clean_column, noisy_column: audio column names for `datasets` sources.
 
@@ -112,14 +115,16 @@ def load_voicebank(
                 raise FileNotFoundError(f"{listing}: the {split} list of MP-SENet's layout is missing.")
             ids = [line.split("|")[0].strip() for line in listing.read_text().splitlines() if line.strip()]
             return _pair_folders(*(root / name for name in MPSENET_FOLDERS), ids=ids)
+        if all((root / name).is_dir() for name in PLAIN_FOLDERS):
+            return _pair_folders(*(root / name for name in PLAIN_FOLDERS))
         if (root / "dataset_info.json").is_file() or (root / "dataset_dict.json").is_file():
             loaded = datasets.load_from_disk(str(root))
         elif any(root.rglob("*.parquet")):
             loaded = datasets.load_dataset("parquet", data_dir=str(root))
         else:
             raise ValueError(
-                f"{root}: not a VoiceBank+DEMAND folder (expected {VOICEBANK_FOLDERS[split]} or "
-                f"{MPSENET_FOLDERS} + {MPSENET_LISTS[split]}), a saved dataset, or parquet files."
+                f"{root}: not a folder of clean/noisy pairs (expected {PLAIN_FOLDERS}, {VOICEBANK_FOLDERS[split]} "
+                f"or {MPSENET_FOLDERS} + {MPSENET_LISTS[split]}), a saved dataset, or parquet files."
             )
     elif "/" in str(source) and not str(source).startswith((".", "/")):
         loaded = datasets.load_dataset(str(source))

@@ -39,6 +39,8 @@ from .modeling_hybrid_mpsenet import HybridMPSENetModel
 logger = logging.getLogger(__name__)
 
 DEFAULT_MODEL_DIR = Path(__file__).parent / "pretrained"
+# The public name of the bundled checkpoint: `from_pretrained("default")`, `--model default`, `info default`.
+DEFAULT_MODEL = "default"
 # Autocast precisions by the names the CLI and the usual shorthands give them; float32 means no autocast.
 DTYPE_NAMES = {
     "float32": None,
@@ -113,8 +115,11 @@ class HybridMPSENetForSpeechEnhancement(HybridMPSENetModel):
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path: str | Path | None = None, *args, **kwargs):
-        """Like `PreTrainedModel.from_pretrained`; with no name, the package's bundled default checkpoint."""
-        if pretrained_model_name_or_path is None:
+        """Like `PreTrainedModel.from_pretrained`; with no name or the string `"default"`, the package's bundled
+        checkpoint (offline; a local folder named `default` is reached as `"./default"` or a `Path`)."""
+        if pretrained_model_name_or_path is None or (
+            isinstance(pretrained_model_name_or_path, str) and pretrained_model_name_or_path == DEFAULT_MODEL
+        ):
             if not (DEFAULT_MODEL_DIR / "config.json").is_file():
                 raise OSError(
                     f"The bundled default checkpoint is missing from {DEFAULT_MODEL_DIR}; reinstall the package or "

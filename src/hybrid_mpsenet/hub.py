@@ -10,12 +10,15 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from huggingface_hub import EvalResult, HfApi, ModelCard, ModelCardData
+from huggingface_hub import EvalResult, HfApi, ModelCard, ModelCardData, constants
+from huggingface_hub.errors import HfHubHTTPError, LocalTokenNotFoundError
+from huggingface_hub.utils import httpx  # the Hub client's HTTP library, whichever version it is
+from safetensors.torch import load_file
 
 from .enhancement import HybridMPSENetForSpeechEnhancement
 from .evaluation import METRICS, format_table
 from .feature_extraction_hybrid_mpsenet import HybridMPSENetFeatureExtractor
-from .utils import atomic_directory, check_output_folder
+from .utils import atomic_directory, check_output_folder, weights_sha256
 
 METRIC_NAMES = {
     "pesq": "PESQ (wide band)",
@@ -151,24 +154,55 @@ def prepare_upload(model_dir: str | Path, output_dir: str | Path, card: ModelCar
 
 
 def push_to_hub(folder: str | Path, repo_id: str, private: bool = False, token: str | None = None) -> str:
-    """Upload a folder from [`prepare_upload`]; the card goes first, so the Hub never shows a generic one."""
+    """Upload a folder from [`prepare_upload`]; the card goes first, so the Hub never shows a generic one.
+
+    Raises:
+        PermissionError: no token, or one that may not write to `repo_id`.
+        OSError: the Hub cannot be reached, or refused the upload for another reason (one line, no traceback).
+    """
     folder = Path(folder)
     api = HfApi(token=token)
-    api.create_repo(repo_id, private=private, exist_ok=True)
-    api.upload_file(
-        path_or_fileobj=folder / "README.md", path_in_repo="README.md", repo_id=repo_id, commit_message="Model card"
-    )
-    commit = api.upload_folder(
-        repo_id=repo_id, folder_path=folder, ignore_patterns=["README.md"], commit_message="Weights, configs, code"
-    )
+    try:
+        api.create_repo(repo_id, private=private, exist_ok=True)
+        api.upload_file(
+            path_or_fileobj=folder / "README.md", path_in_repo="README.md", repo_id=repo_id, commit_message="Model card"
+        )
+        commit = api.upload_folder(
+            repo_id=repo_id, folder_path=folder, ignore_patterns=["README.md"], commit_message="Weights, configs, code"
+        )
+    except LocalTokenNotFoundError:
+        raise PermissionError(f"Not logged in: run `hf auth login` (or set HF_TOKEN) to push to {repo_id}.") from None
+    except HfHubHTTPError as error:
+        status = error.response.status_code if error.response is not None else None
+        if status in (401, 403):
+            raise PermissionError(
+                f"The Hub refused {repo_id} (HTTP {status}): run `hf auth login` (or set HF_TOKEN) with a token that "
+                "can write to it."
+            ) from None
+        raise OSError(f"The Hub refused the upload to {repo_id}: {str(error).splitlines()[0]}") from None
+    except httpx.TransportError as error:
+        raise OSError(
+            f"Cannot reach the Hub at {constants.ENDPOINT} ({error or type(error).__name__}); check the network."
+        ) from None
     return commit.commit_url
 
 
-def load_evaluation(path: str | Path | None) -> dict | None:
-    """The JSON written by `hybrid-mpsenet evaluate --output`, or `None`."""
+def load_evaluation(path: str | Path | None, model_dir: str | Path) -> dict | None:
+    """The JSON written by `hybrid-mpsenet evaluate --output` for the model in `model_dir`, or `None`.
+
+    Raises:
+        ValueError: not such a JSON, or one measured on other weights than `model_dir`'s (its `model_sha256`).
+    """
     if path is None:
         return None
     result = json.loads(Path(path).read_text())
     if "enhanced" not in result:
         raise ValueError(f"{path}: not an evaluation result of `hybrid-mpsenet evaluate` (no 'enhanced' entry).")
+    weights = weights_sha256(load_file(Path(model_dir) / "model.safetensors"))
+    if result.get("model_sha256") != weights:
+        measured = result.get("model_sha256") or "no model fingerprint"
+        raise ValueError(
+            f"{path} was not produced from the model in {model_dir} ({measured} vs {weights}); run "
+            f"`hybrid-mpsenet evaluate --model {model_dir} --output ...` on it and pass that file."
+        )
     return result

@@ -22,7 +22,9 @@ class SpeechEnhancementPipeline(Pipeline):
     Returns `{"audio": np.ndarray, "sampling_rate": int}` per input, the audio shaped like the input (file
     audio is `(channels, samples)` when multi-channel) and at the input's rate.
 
-    Keyword arguments at call time: `sampling_rate`, `chunk_seconds`, `overlap_seconds`, `downmix`.
+    Keyword arguments at call time: `sampling_rate` (required for arrays and tensors), `chunk_seconds`,
+    `overlap_seconds`, `downmix`. `batch_size` is accepted, but inputs are enhanced one after another: each is
+    already cut into chunks of `chunk_seconds`, and inputs of different lengths would only be padded.
     """
 
     # The model does its own feature extraction; loading no other component also avoids remote-code prompts.
@@ -62,11 +64,22 @@ class SpeechEnhancementPipeline(Pipeline):
                 raise ValueError(f"A dict input needs 'array' and 'sampling_rate' keys, got {sorted(inputs)}.")
             return {"waveform": np.asarray(inputs["array"]), "sampling_rate": int(inputs["sampling_rate"])}
         if isinstance(inputs, (np.ndarray, torch.Tensor)):
-            return {"waveform": inputs, "sampling_rate": sampling_rate or self.model.config.sampling_rate}
+            if sampling_rate is None:
+                raise ValueError(
+                    "An array or tensor input needs its rate: pass sampling_rate=<Hz>, or a dict "
+                    "{'array': ..., 'sampling_rate': ...}."
+                )
+            return {"waveform": inputs, "sampling_rate": sampling_rate}
         raise ValueError(
             f"Unsupported input of type {type(inputs).__name__}; pass a path, an array/tensor, or a dict with "
             f"'array' and 'sampling_rate'."
         )
+
+    def get_iterator(
+        self, inputs, num_workers: int, batch_size: int, preprocess_params, forward_params, postprocess_params
+    ):
+        # One input at a time (see the class docstring); transformers' padding collator has nothing to pad with.
+        return super().get_iterator(inputs, num_workers, 1, preprocess_params, forward_params, postprocess_params)
 
     def _forward(
         self,

@@ -3,15 +3,20 @@
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import multiprocessing as mp
 import os
 import resource
 import shutil
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import torch
 
 # What this package writes into a model folder (save_pretrained, the model code, a card, evaluation results) or a
 # run folder; a folder holding anything else is not replaced.
@@ -98,6 +103,19 @@ def write_json_atomic(path: str | Path, data) -> Path:
     tmp.write_text(json.dumps(data, indent=2))
     tmp.replace(path)
     return path
+
+
+def weights_sha256(state_dict: Mapping[str, torch.Tensor]) -> str:
+    """A fingerprint of a model's weights (names, dtypes, shapes, values), the same in memory and in the
+    `model.safetensors` it was saved to or loaded from; ties an evaluation to the model it measured."""
+    import torch
+
+    digest = hashlib.sha256()
+    for name in sorted(state_dict):
+        tensor = state_dict[name].detach().cpu().contiguous()
+        digest.update(f"{name}|{tensor.dtype}|{tuple(tensor.shape)}|".encode())
+        digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
 
 
 def peak_rss_gib() -> float:
