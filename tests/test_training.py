@@ -166,8 +166,29 @@ def test_train_and_finetune_commands(tmp_path, voicebank, capsys):
     )
     assert code == 0
     assert (tmp_path / "tuned" / "best" / "model.safetensors").is_file()
+    history = [json.loads(line) for line in (tmp_path / "tuned" / "history.jsonl").read_text().splitlines()]
+    assert [record["step"] for record in history] == [0, 2]  # the starting model is validated first
+    capsys.readouterr()
+    tuned = ["finetune", "--model", "default", "--clean", str(DATA), "--noise", str(DATA), "--items_per_epoch", "2"]
+    again = [*tuned, "--output_dir", str(tmp_path / "tuned"), *common, "--max_steps", "3", "--resume", "true"]
+    assert main(again) == 0
+    assert "resuming from step 2" in capsys.readouterr().out
     assert main(["train", "--output_dir", str(tmp_path / "x"), "--train_data", str(tmp_path / "none"), *common]) == 2
     assert "no such folder" in capsys.readouterr().err
+
+
+def test_finetune_help_lists_every_setting_and_errors_name_finetune(tmp_path, capsys):
+    assert main(["finetune", "-h"]) == 0
+    shown = capsys.readouterr().out
+    assert all(f"--{name} " in shown for name in TrainingArguments.__dataclass_fields__), shown
+    assert main(["finetune", "--model", "default"]) == 2
+    assert "hybrid-mpsenet finetune: error: the following arguments are required: --clean, --noise" in (
+        capsys.readouterr().err
+    )
+    (tmp_path / "settings.yaml").write_text("max_step: 10\n")
+    args = ["finetune", "--model", "default", "--clean", str(DATA), "--noise", str(DATA), "--output_dir", "x"]
+    assert main([*args, "--config", str(tmp_path / "settings.yaml")]) == 2
+    assert "unknown training settings ['max_step']; see `hybrid-mpsenet finetune -h`" in capsys.readouterr().err
 
 
 @pytest.mark.slow

@@ -234,20 +234,40 @@ def _push(args: argparse.Namespace) -> int:
     return 0
 
 
-def _train(args: argparse.Namespace) -> int:
-    from .training import parse_training_arguments, train
+TRAIN_HELP = "Every setting below can be given as --name value or in the --config YAML file."
+FINETUNE_HELP = (
+    "--model, --clean and --noise are required and set model, clean_dirs and noise_dirs; eval_at_start is on, so "
+    "the starting model is validated at step 0 and best/ is never worse than it. Every setting below can be given "
+    "as --name value or in the --config YAML file."
+)
 
+
+def _train(args: argparse.Namespace) -> int:
+    from .training import parse_training_arguments, train, training_argument_parser
+
+    if args.help:
+        return _print_help(training_argument_parser("train", TRAIN_HELP))
     best = train(parse_training_arguments(args.overrides, args.config))
     print(f"Best model: {best}")
     return 0
 
 
 def _finetune(args: argparse.Namespace) -> int:
-    from .training import parse_training_arguments, train
+    from .training import parse_training_arguments, train, training_argument_parser
 
-    argv = ["--model", args.model, "--clean_dirs", *args.clean, "--noise_dirs", *args.noise, *args.overrides]
-    best = train(parse_training_arguments(argv, args.config))
+    if args.help:
+        return _print_help(training_argument_parser("finetune", FINETUNE_HELP))
+    missing = [flag for flag in ("model", "clean", "noise") if getattr(args, flag) is None]
+    if missing:
+        raise ValueError(f"the following arguments are required: {', '.join('--' + m for m in missing)}")
+    argv = ["--model", args.model, "--clean_dirs", *args.clean, "--noise_dirs", *args.noise, "--eval_at_start", "true"]
+    best = train(parse_training_arguments([*argv, *args.overrides], args.config, command="finetune"))
     print(f"Best model: {best}")
+    return 0
+
+
+def _print_help(parser: argparse.ArgumentParser) -> int:
+    parser.print_help()
     return 0
 
 
@@ -272,7 +292,11 @@ def build_parser() -> argparse.ArgumentParser:
     common.add_argument("-q", "--quiet", action="store_true", default=argparse.SUPPRESS, help="no progress bars")
     sub = parser.add_subparsers(dest="command", metavar="{" + ",".join(COMMANDS) + "}")
     for name, (help_text, _) in COMMANDS.items():
-        sub.add_parser(name, help=help_text, description=help_text, parents=[common])
+        # train and finetune print the help of every training setting themselves (see _train, _finetune).
+        own_help = name in ("train", "finetune")
+        command = sub.add_parser(name, help=help_text, description=help_text, parents=[common], add_help=not own_help)
+        if own_help:
+            command.add_argument("-h", "--help", action="store_true", help="list every training setting")
 
     enhance = sub.choices["enhance"]
     enhance.add_argument("inputs", nargs="+", metavar="INPUT", help="audio files, folders (recursive) or globs")
@@ -299,9 +323,9 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--config", help="YAML file of training settings; any --name value after it overrides one")
 
     finetune = sub.choices["finetune"]
-    finetune.add_argument("--model", required=True, help="model folder, Hub id or `default` to start from")
-    finetune.add_argument("--clean", nargs="+", required=True, help="folders of clean speech")
-    finetune.add_argument("--noise", nargs="+", required=True, help="folders of the new noise")
+    finetune.add_argument("--model", help="model folder, Hub id or `default` to start from (required)")
+    finetune.add_argument("--clean", nargs="+", help="folders of clean speech (required)")
+    finetune.add_argument("--noise", nargs="+", help="folders of the new noise (required)")
     finetune.add_argument("--config", help="YAML file of further settings; --output_dir DIR etc. also accepted")
 
     push = sub.choices["push"]

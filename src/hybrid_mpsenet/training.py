@@ -48,18 +48,18 @@ class TrainingArguments:
     clean_dirs: list[str] | None = field(default=None, metadata={"help": "clean speech folders (mixing mode)"})
     noise_dirs: list[str] | None = field(default=None, metadata={"help": "noise folders (mixing mode)"})
     eval_fraction: float = field(default=0.1, metadata={"help": "share of clean files held out (mixing mode)"})
-    snr_low: float = -5.0
-    snr_high: float = 20.0
+    snr_low: float = field(default=-5.0, metadata={"help": "lowest SNR (dB) of the mixtures (mixing mode)"})
+    snr_high: float = field(default=20.0, metadata={"help": "highest SNR (dB) of the mixtures (mixing mode)"})
     items_per_epoch: int | None = field(default=None, metadata={"help": "mixtures per epoch (mixing mode)"})
     coloured_noise_prob: float = field(default=0.0, metadata={"help": "share of mixtures with coloured noise"})
     babble_prob: float = field(default=0.0, metadata={"help": "share of mixtures with babble of other talkers"})
     eq_prob: float = field(default=0.0, metadata={"help": "share of noises through a random equaliser"})
     reverb_prob: float = field(default=0.0, metadata={"help": "share of mixtures with speech in a simulated room"})
-    segment_seconds: float = 2.0
-    batch_size: int = 4
-    num_workers: int = 0
-    max_steps: int = 1000
-    learning_rate: float = 5e-4
+    segment_seconds: float = field(default=2.0, metadata={"help": "length of the training crops (s)"})
+    batch_size: int = field(default=4, metadata={"help": "pairs per step (per process)"})
+    num_workers: int = field(default=0, metadata={"help": "DataLoader worker processes"})
+    max_steps: int = field(default=1000, metadata={"help": "total training steps (the run ends there)"})
+    learning_rate: float = field(default=5e-4, metadata={"help": "AdamW learning rate of both networks"})
     adam_beta1: float = 0.8
     adam_beta2: float = 0.99
     lr_decay: float = field(default=0.99, metadata={"help": "ExponentialLR gamma, applied once per epoch"})
@@ -82,15 +82,19 @@ class TrainingArguments:
     weight_consistency: float = LossWeights.consistency
     weight_time: float = LossWeights.time
     weight_metric: float = LossWeights.metric
-    eval_every: int = 500
+    eval_every: int = field(default=500, metadata={"help": "validate (and maybe export best/) every N steps"})
+    eval_at_start: bool = field(
+        default=False,
+        metadata={"help": "validate the starting model at step 0 (finetune: on), so best/ is never worse than it"},
+    )
     eval_max_items: int | None = field(default=None, metadata={"help": "validate on at most this many items"})
-    save_every: int = 500
-    keep_checkpoints: int = 2
+    save_every: int = field(default=500, metadata={"help": "write a resumable checkpoint every N steps"})
+    keep_checkpoints: int = field(default=2, metadata={"help": "newest checkpoints kept on disk"})
     log_with: str | None = field(default="tensorboard", metadata={"help": "Accelerate tracker, or none"})
-    seed: int = 1234
+    seed: int = field(default=1234, metadata={"help": "seed of the model init, mixing and data order"})
     resume: bool = field(default=False, metadata={"help": "continue from the newest checkpoint in output_dir"})
     cpu: bool = field(default=False, metadata={"help": "train on CPU even when a GPU is present"})
-    progress: bool = True
+    progress: bool = field(default=True, metadata={"help": "show progress bars"})
 
     def __post_init__(self):
         if (self.train_data is None) == (self.clean_dirs is None):
@@ -135,12 +139,21 @@ class TrainingState:
         vars(self).update(state)
 
 
-def parse_training_arguments(argv: list[str], config_file: str | Path | None = None) -> TrainingArguments:
-    """[`TrainingArguments`] from an optional YAML file, overridden by `--name value` arguments in `argv`."""
-    import yaml
+def training_argument_parser(command: str = "train", description: str | None = None):
+    """The `HfArgumentParser` of [`TrainingArguments`] for `hybrid-mpsenet <command>`: its help lists every setting."""
     from transformers import HfArgumentParser
 
-    parser = HfArgumentParser(TrainingArguments, prog="hybrid-mpsenet train")
+    return HfArgumentParser(TrainingArguments, prog=f"hybrid-mpsenet {command}", description=description)
+
+
+def parse_training_arguments(
+    argv: list[str], config_file: str | Path | None = None, command: str = "train"
+) -> TrainingArguments:
+    """[`TrainingArguments`] from an optional YAML file, overridden by `--name value` arguments in `argv`; messages
+    name `hybrid-mpsenet <command>`."""
+    import yaml
+
+    parser = training_argument_parser(command)
     if config_file is not None:
         try:
             values = yaml.safe_load(Path(config_file).read_text()) or {}
@@ -148,7 +161,7 @@ def parse_training_arguments(argv: list[str], config_file: str | Path | None = N
             raise ValueError(f"{config_file}: cannot read the training config ({error}).") from error
         unknown = sorted(set(values) - set(TrainingArguments.__dataclass_fields__))
         if not isinstance(values, dict) or unknown:
-            raise ValueError(f"{config_file}: unknown training settings {unknown}; see `hybrid-mpsenet train -h`.")
+            raise ValueError(f"{config_file}: unknown training settings {unknown}; see `hybrid-mpsenet {command} -h`.")
         parser.set_defaults(**values)
         for action in parser._actions:
             if action.dest in values:
@@ -367,7 +380,7 @@ def train(args: TrainingArguments) -> Path:
     )
     if checkpoint is not None:
         run.load(checkpoint)
-        if args.progress and accelerator.is_main_process:
+        if accelerator.is_main_process:
             tqdm.write(f"resuming from step {state.step} ({checkpoint})")
         if accelerator.is_main_process:
             _truncate_history(output_dir / "history.jsonl", state.step)
@@ -385,6 +398,8 @@ def train(args: TrainingArguments) -> Path:
     )
     running: dict[str, list[float]] = {}  # training losses since the last validation, for history.jsonl
     try:
+        if args.eval_at_start and state.step == 0:
+            _validate(accelerator, args, unwrapped, eval_set, pool, state, output_dir, {})
         while state.step < args.max_steps:
             train_set.set_epoch(state.epoch)
             loader.set_epoch(state.epoch)
