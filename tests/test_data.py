@@ -135,7 +135,7 @@ def test_bad_folders_and_sources(tmp_path):
     with pytest.raises(FileNotFoundError, match="no such folder"):
         load_voicebank(tmp_path / "missing")
     (tmp_path / "random").mkdir()
-    with pytest.raises(ValueError, match="not a VoiceBank\\+DEMAND folder"):
+    with pytest.raises(ValueError, match="not a folder of clean/noisy pairs"):
         load_voicebank(tmp_path / "random")
     (tmp_path / "wavs_clean").mkdir()
     (tmp_path / "wavs_noisy").mkdir()

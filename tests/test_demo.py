@@ -31,4 +31,10 @@ def test_gradio_callback_enhances_stereo_int16_and_reports_errors():
     assert out_rate == rate and enhanced.shape == noisy.shape and len(figure.axes) >= 2
     with pytest.raises(gr.Error, match="Upload or record"):
         enhance(None)
-    assert isinstance(app.build_demo(model), gr.Blocks)
+    with pytest.raises(gr.Error, match=f"the demo takes up to {app.MAX_SECONDS} s"):
+        enhance((8000, np.zeros(8000 * (app.MAX_SECONDS + 1), np.int16)))
+    demo = app.build_demo(model, "my-model")
+    shown = [block for block in demo.blocks.values() if isinstance(block, gr.Markdown)]
+    assert any("`my-model` (" in block.value for block in shown)
+    assert any(isinstance(block, gr.Dataset) for block in demo.blocks.values())  # the example clip
+    assert app.EXAMPLE.is_file()

@@ -16,6 +16,7 @@ import numpy as np
 import soundfile as sf
 import soxr
 
+from .limits import MAX_SAMPLING_RATE, MIN_SAMPLING_RATE
 from .utils import new_file_mode
 
 logger = logging.getLogger(__name__)
@@ -26,10 +27,6 @@ CLIP_WARN_FRACTION = 1e-3
 # Chunked enhancement: chunk length and crossfade (s) unless the caller chooses.
 DEFAULT_CHUNK_SECONDS = 4.0
 DEFAULT_OVERLAP_SECONDS = 0.5
-# Sampling rates outside this range are header damage or a mistaken argument (a 1 Hz header turns 8 KB into an
-# hour of audio at the model rate), not recordings.
-MIN_SAMPLING_RATE = 4_000
-MAX_SAMPLING_RATE = 768_000
 
 
 class AudioError(ValueError):

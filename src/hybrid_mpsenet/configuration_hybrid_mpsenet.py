@@ -6,10 +6,47 @@ import math
 
 from transformers import PreTrainedConfig
 
+from .limits import MAX_SAMPLING_RATE, MIN_SAMPLING_RATE
+
 BLOCK_TYPES = ("transformer", "mamba")
 FUSION_TYPES = ("none", "cross_attention", "pointwise")
 TS_TRANSFORMER_AXES = ("time_freq", "freq_time", "batch_mixed")
 SELF_ATTENTION_KV = ("normed", "raw")
+
+# What a saved config.json must state: the keys that shape the weights or change the output. A config without one
+# of them would silently take the default (hybrid-large's) and fit the weights wrongly; dropout, Mamba init ranges
+# and kernel choices may be left out.
+ARCHITECTURE_KEYS = (
+    "sampling_rate",
+    "n_fft",
+    "hop_length",
+    "win_length",
+    "compress_factor",
+    "dense_channel",
+    "dense_depth",
+    "beta",
+    "num_attention_heads",
+    "ffn_hidden_size",
+    "num_shared_blocks",
+    "shared_block_type",
+    "num_magnitude_blocks",
+    "magnitude_block_type",
+    "num_phase_blocks",
+    "phase_block_type",
+    "branch_projection",
+    "fusion",
+    "ts_transformer_axes",
+    "self_attention_kv",
+    "mamba_d_state",
+    "mamba_d_conv",
+    "mamba_expand",
+    "mamba_dt_rank",
+    "mamba_share_time_freq",
+)
+# The dense blocks dilate by 2**i frames; beyond this depth the receptive field only adds padding.
+MAX_DENSE_DEPTH = 8
+# A frame overlap beyond this (hop 1 with a 400-sample window) multiplies the compute for no benefit.
+MAX_WINDOW_TO_HOP = 16
 
 # Architectures of the original repositories. Parameter counts: mpsenet 2,263,372; hybrid-large 5,948,492;
 # hybrid-small 2,037,836 (checked by the tests against checkpoints produced by the original code).
@@ -180,6 +217,18 @@ class HybridMPSENetConfig(PreTrainedConfig):
             )
         if win_length > n_fft:
             raise ValueError(f"win_length ({win_length}) must not exceed n_fft ({n_fft}).")
+        if not win_length / MAX_WINDOW_TO_HOP <= hop_length <= win_length:
+            raise ValueError(
+                f"hop_length ({hop_length}) must be between win_length / {MAX_WINDOW_TO_HOP} and win_length "
+                f"({win_length}): a larger hop leaves gaps the inverse STFT cannot fill, a much smaller one only "
+                "multiplies the compute."
+            )
+        if not MIN_SAMPLING_RATE <= sampling_rate <= MAX_SAMPLING_RATE:
+            raise ValueError(
+                f"sampling_rate must be between {MIN_SAMPLING_RATE} and {MAX_SAMPLING_RATE} Hz, got {sampling_rate}."
+            )
+        if dense_depth > MAX_DENSE_DEPTH:
+            raise ValueError(f"dense_depth must be at most {MAX_DENSE_DEPTH}, got {dense_depth}.")
         if n_fft % 4 != 0:
             # The encoder halves n_fft // 2 + 1 bins with a stride-2 conv and the decoders double them back:
             # that round trip is exact only for an odd bin count.
@@ -190,8 +239,8 @@ class HybridMPSENetConfig(PreTrainedConfig):
             )
         if not 0.0 < compress_factor <= 1.0:
             raise ValueError(f"compress_factor must be in (0, 1], got {compress_factor}.")
-        if beta <= 0:
-            raise ValueError(f"beta must be positive, got {beta}.")
+        if not 0 < beta < math.inf:
+            raise ValueError(f"beta must be positive and finite, got {beta}.")
         if not (0.0 <= dropout < 1.0 and 0.0 <= attention_dropout < 1.0):
             raise ValueError(f"dropout and attention_dropout must be in [0, 1), got {dropout}, {attention_dropout}.")
         if mamba_dt_rank != "auto" and (not isinstance(mamba_dt_rank, int) or mamba_dt_rank <= 0):
@@ -232,6 +281,18 @@ class HybridMPSENetConfig(PreTrainedConfig):
         self.use_mamba_kernels = use_mamba_kernels
         self.mamba_scan_chunk_size = mamba_scan_chunk_size
         super().__init__(**kwargs)
+
+    @classmethod
+    def from_dict(cls, config_dict: dict, **kwargs) -> HybridMPSENetConfig:
+        """Like `PreTrainedConfig.from_dict` (used by `from_pretrained`), but a dict that lacks any of
+        `ARCHITECTURE_KEYS` is an error naming them, not a config silently completed with defaults."""
+        missing = [key for key in ARCHITECTURE_KEYS if key not in config_dict]
+        if missing:
+            raise ValueError(
+                f"The model config lacks {', '.join(missing)}; without them the defaults would be used and the weights "
+                "would not fit. Was config.json edited or truncated? Restore it, or write it with save_pretrained."
+            )
+        return super().from_dict(config_dict, **kwargs)
 
     @classmethod
     def from_preset(cls, name: str, **overrides) -> HybridMPSENetConfig:

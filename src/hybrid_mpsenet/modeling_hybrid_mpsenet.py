@@ -441,6 +441,35 @@ class HybridMPSENetPreTrainedModel(PreTrainedModel):
     supports_gradient_checkpointing = True
     _no_split_modules = ["TSTransformerBlock", "MambaBlock"]
 
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, *args, **kwargs):
+        """Like `PreTrainedModel.from_pretrained`, but strict: this family has no task head to initialise, so a
+        checkpoint with missing, unexpected or mis-shaped tensors, or with NaN/Inf in any, is a `ValueError` that
+        names them, never a model with freshly initialised layers."""
+        want_info = kwargs.pop("output_loading_info", False)
+        model, info = super().from_pretrained(pretrained_model_name_or_path, *args, output_loading_info=True, **kwargs)
+        problems = {
+            kind: sorted(info.get(kind) or []) for kind in ("missing_keys", "unexpected_keys", "mismatched_keys")
+        }
+        problems = {kind: names for kind, names in problems.items() if names}
+        if problems:
+            listed = "; ".join(
+                f"{kind.replace('_', ' ')}: {', '.join(map(str, names[:8]))}" + (" ..." if len(names) > 8 else "")
+                for kind, names in problems.items()
+            )
+            raise ValueError(
+                f"The weights in {pretrained_model_name_or_path} do not fit its config ({listed}). Likely causes: "
+                "weights of another variant beside this config, a truncated model.safetensors, or an edited "
+                "config.json."
+            )
+        non_finite = [name for name, tensor in model.state_dict().items() if not torch.isfinite(tensor).all()]
+        if non_finite:
+            raise ValueError(
+                f"The weights in {pretrained_model_name_or_path} contain NaN or Inf in {', '.join(non_finite[:8])}; "
+                "the checkpoint is damaged (or saved from a diverged run)."
+            )
+        return (model, info) if want_info else model
+
     @torch.no_grad()
     def _init_weights(self, module: nn.Module) -> None:
         """Every layer's own `reset_parameters`: PyTorch's defaults for standard layers (as the original code uses),

@@ -31,6 +31,7 @@ OWN_FILES = {
     "feature_extraction_hybrid_mpsenet.py",
     "mamba.py",
     "spectral.py",
+    "limits.py",
     "checkpoints",
 }
 
