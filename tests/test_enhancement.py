@@ -183,6 +183,8 @@ def test_enhance_file_errors_name_the_file_and_lose_nothing(model, speech, tmp_p
 
 def test_pipeline_on_path_array_and_list(model, speech, tmp_path):
     model.save_pretrained(tmp_path / "model")
+    extractor = HybridMPSENetFeatureExtractor.from_pretrained(tmp_path / "model")  # saved along with the model
+    assert (extractor.n_fft, extractor.hop_length) == (model.config.n_fft, model.config.hop_length)
     sf.write(tmp_path / "in.wav", speech, 16000)
     enhancer = pipeline("speech-enhancement", model=str(tmp_path / "model"), device="cpu")
     expected = model.enhance(speech, 16000)

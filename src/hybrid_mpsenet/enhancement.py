@@ -34,6 +34,7 @@ from .audio import (
     read_blocks,
     to_float,
 )
+from .feature_extraction_hybrid_mpsenet import HybridMPSENetFeatureExtractor
 from .modeling_hybrid_mpsenet import HybridMPSENetModel
 
 logger = logging.getLogger(__name__)
@@ -127,6 +128,13 @@ class HybridMPSENetForSpeechEnhancement(HybridMPSENetModel):
                 )
             pretrained_model_name_or_path = DEFAULT_MODEL_DIR
         return super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
+
+    def save_pretrained(self, save_directory: str | Path, *args, **kwargs) -> None:
+        """Like `PreTrainedModel.save_pretrained`, plus the matching `preprocessor_config.json`, so the folder
+        also serves `AutoFeatureExtractor` and the pipeline."""
+        super().save_pretrained(save_directory, *args, **kwargs)
+        if kwargs.get("is_main_process", True):
+            HybridMPSENetFeatureExtractor.from_model_config(self.config).save_pretrained(save_directory)
 
     def _chunk_sizes(self, chunk_seconds: float, overlap_seconds: float) -> tuple[int, int]:
         """Chunk and overlap in samples at the model rate, as multiples of the hop."""

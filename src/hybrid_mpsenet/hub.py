@@ -17,7 +17,6 @@ from safetensors.torch import load_file
 
 from .enhancement import HybridMPSENetForSpeechEnhancement
 from .evaluation import METRICS, format_table
-from .feature_extraction_hybrid_mpsenet import HybridMPSENetFeatureExtractor
 from .utils import atomic_directory, check_output_folder, weights_sha256
 
 METRIC_NAMES = {
@@ -147,8 +146,7 @@ def prepare_upload(model_dir: str | Path, output_dir: str | Path, card: ModelCar
     check_output_folder(output_dir, overwrite)
     model = HybridMPSENetForSpeechEnhancement.from_pretrained(model_dir)
     with atomic_directory(output_dir) as tmp:
-        model.save_pretrained(tmp)  # also copies the code files named in auto_map
-        HybridMPSENetFeatureExtractor.from_model_config(model.config).save_pretrained(tmp)
+        model.save_pretrained(tmp)  # with the preprocessor config and the code in auto_map
         card.save(tmp / "README.md")
     return Path(output_dir)
 

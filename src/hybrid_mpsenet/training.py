@@ -27,7 +27,6 @@ from . import checkpointing
 from .configuration_hybrid_mpsenet import HybridMPSENetConfig
 from .data import NoiseMixingDataset, PairedSpeechDataset, collate_pairs, list_audio, load_voicebank
 from .enhancement import HybridMPSENetForSpeechEnhancement
-from .feature_extraction_hybrid_mpsenet import HybridMPSENetFeatureExtractor
 from .losses import LossWeights, MetricDiscriminator, generator_losses
 from .metrics import batch_pesq, make_pool, stoi_score
 from .utils import atomic_directory
@@ -327,7 +326,6 @@ def evaluate_model(
 def _export(model: HybridMPSENetForSpeechEnhancement, path: Path, metrics: dict) -> None:
     with atomic_directory(path) as tmp:
         model.save_pretrained(tmp)
-        HybridMPSENetFeatureExtractor.from_model_config(model.config).save_pretrained(tmp)
         (tmp / "eval_results.json").write_text(json.dumps(metrics, indent=2))
 
 
