@@ -1,6 +1,7 @@
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -10,7 +11,7 @@ from helpers import DATA, tiny_config
 from safetensors.torch import load_file
 
 from hybrid_mpsenet import HybridMPSENetForSpeechEnhancement, HybridMPSENetModel
-from hybrid_mpsenet.cli import main
+from hybrid_mpsenet.cli import collect_jobs, main
 from hybrid_mpsenet.utils import weights_sha256
 
 
@@ -136,3 +137,41 @@ def test_evaluate_a_plain_clean_and_noisy_folder_pairs_files_by_name(tmp_path, m
     args = ["evaluate", "--data", str(tmp_path / "plain"), "--model", str(model_dir), "-q", "--workers", "0"]
     assert main([*args, "--output", str(tmp_path / "r.json")]) == 0
     assert json.loads((tmp_path / "r.json").read_text())["num_utterances"] == 2
+
+
+def touch_audio(*paths):
+    for path in paths:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        sf.write(path, np.zeros(800, np.float32), 16000)
+
+
+def test_outputs_never_replace_inputs_and_own_files_are_not_inputs(tmp_path):
+    touch_audio(tmp_path / "f" / "take.wav", tmp_path / "f" / "take_enhanced.wav", tmp_path / "f" / "solo_enhanced.wav")
+    (tmp_path / "f" / ".take_enhanced.ab12cd34.wav").write_bytes(b"a temporary file of an interrupted run")
+    jobs = collect_jobs([str(tmp_path / "f")], None, "_enhanced")
+    assert [(a.name, b.name) for a, b in jobs] == [
+        ("solo_enhanced.wav", "solo_enhanced_enhanced.wav"),  # no solo.wav: a user's file, so an input
+        ("take.wav", "take_enhanced.wav"),  # take_enhanced.wav is take.wav's output, not an input
+    ]
+    touch_audio(tmp_path / "in" / "a.wav", tmp_path / "in" / "sub" / "a.wav")
+    with pytest.raises(ValueError, match="would be .*sub/a.wav, which is also an input"):
+        collect_jobs(
+            [str(tmp_path / "in" / "a.wav"), str(tmp_path / "in" / "sub" / "a.wav")], str(tmp_path / "in" / "sub"), ""
+        )
+
+
+def test_globs_mirror_the_tree_below_their_fixed_prefix_and_collisions_are_refused(tmp_path, model_dir, capsys):
+    touch_audio(tmp_path / "dup" / "a" / "x.wav", tmp_path / "dup" / "b" / "x.wav")
+    (tmp_path / "dup" / "loop").symlink_to(tmp_path / "dup")  # a symlink loop: 2 files, not 80
+    pattern, out = str(tmp_path / "dup" / "**" / "*.wav"), str(tmp_path / "out")
+    once = str(tmp_path / "dup" / "a" / "x.wav")
+    assert (
+        len(collect_jobs([pattern, pattern, once, str(tmp_path / "dup" / "a" / ".." / "a" / "x.wav")], out, "_e")) == 2
+    )
+    assert len(collect_jobs([str(tmp_path / "dup")], out, "_e")) == 2
+    assert main(["enhance", pattern, "-o", out, "--model", str(model_dir), "-q"]) == 0
+    written = sorted(str(p.relative_to(out)) for p in Path(out).rglob("*.wav"))
+    assert written == ["a/x.wav", "b/x.wav"]
+    both = [str(tmp_path / "dup" / "a" / "x.wav"), str(tmp_path / "dup" / "b" / "x.wav")]
+    assert main(["enhance", *both, "-o", str(tmp_path / "flat"), "--model", str(model_dir), "-q"]) == 2
+    assert "would both be written to" in capsys.readouterr().err and not (tmp_path / "flat").exists()

@@ -6,6 +6,7 @@ import argparse
 import glob
 import json
 import logging
+import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -45,31 +46,85 @@ def resolve_device(name: str) -> torch.device:
 
 
 def collect_jobs(inputs: list[str], output: str | None, suffix: str) -> list[tuple[Path, Path]]:
-    """(input, output) pairs for files, folders (recursive, tree mirrored under `output`) and glob patterns.
+    """(input, output) pairs for files, folders and glob patterns.
 
-    Without `output`, each result goes beside its input as `<stem><suffix><ext>`. With one input file and an
-    `output` that has an audio extension, `output` is the file itself; otherwise `output` is a folder.
+    Folders are searched recursively and globs expanded; the tree below a folder, or below a glob's fixed prefix
+    (`takes/` in `takes/**/*.wav`), is mirrored under `output`. Without `output`, each result goes beside its input
+    as `<stem><suffix><ext>`. With one input file and an `output` that has an audio extension, `output` is the file.
+
+    Rules that keep users' files safe: hidden files (our temporaries among them) and symlinked folders are not
+    searched; an input given twice is enhanced once; a file named like another input's output (`take_enhanced.wav`
+    beside `take.wav`) is that output, not an input; and a run in which an output would be one of its inputs, or
+    two inputs would share an output, is refused before anything is written.
+
+    Raises:
+        ValueError: a folder without audio, or outputs that collide with inputs or with each other.
     """
-    jobs: list[tuple[Path, Path]] = []
+    found: dict[Path, tuple[Path, Path]] = {}  # resolved input -> (input, path relative to its tree)
     for pattern in inputs:
-        matches = [Path(p) for p in sorted(glob.glob(pattern, recursive=True))] or [Path(pattern)]
-        for path in matches:
-            if path.is_dir():
-                files = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in AUDIO_SUFFIXES)
-                if not files:
-                    raise ValueError(f"{path}: no audio files found (looked for {', '.join(sorted(AUDIO_SUFFIXES))}).")
-                jobs += [(f, _output_for(f, f.relative_to(path), output, suffix)) for f in files]
-            else:
-                jobs.append((path, _output_for(path, Path(path.name), output, suffix)))
+        if glob.has_magic(pattern):
+            prefix = _fixed_prefix(pattern)
+            matches = [Path(p) for p in sorted(glob.glob(pattern, recursive=True))]
+            matches = [p for p in matches if p.is_file() and not _through_symlinked_folder(p, prefix)]
+            pairs = [(p, p.relative_to(prefix)) for p in matches] or [(Path(pattern), Path(Path(pattern).name))]
+        elif Path(pattern).is_dir():
+            pairs = [(p, p.relative_to(pattern)) for p in _audio_files_below(Path(pattern))]
+            if not pairs:
+                raise ValueError(f"{pattern}: no audio files found (looked for {', '.join(sorted(AUDIO_SUFFIXES))}).")
+        else:
+            pairs = [(Path(pattern), Path(Path(pattern).name))]
+        for path, relative in pairs:
+            found.setdefault(path.resolve(), (path, relative))
+    names = {(path.parent, path.stem + path.suffix.lower()) for path, _ in found.values()}
+    jobs = [
+        (path, Path(output) / relative if output else path.with_name(f"{path.stem}{suffix}{path.suffix}"))
+        for path, relative in found.values()
+        if not (
+            suffix
+            and path.stem.endswith(suffix)
+            and (path.parent, path.stem[: -len(suffix)] + path.suffix.lower()) in names
+        )
+    ]
     if output and len(jobs) == 1 and Path(output).suffix.lower() in AUDIO_SUFFIXES and not Path(output).is_dir():
         jobs = [(jobs[0][0], Path(output))]
+    _check_collisions(jobs, {source.resolve() for source, _ in jobs})
     return jobs
 
 
-def _output_for(path: Path, relative: Path, output: str | None, suffix: str) -> Path:
-    if output is None:
-        return path.with_name(f"{path.stem}{suffix}{path.suffix}")
-    return Path(output) / relative
+def _fixed_prefix(pattern: str) -> Path:
+    """The folders of a glob pattern before its first wildcard: `takes/**/*.wav` -> `takes`."""
+    parts = Path(pattern).parts
+    fixed = next(i for i, part in enumerate(parts) if glob.has_magic(part))
+    return Path(*parts[:fixed]) if fixed else Path(".")
+
+
+def _through_symlinked_folder(path: Path, root: Path) -> bool:
+    """Whether `path` lies below a symlinked folder under `root` (globs follow them, into loops too)."""
+    return any(parent.is_symlink() for parent in path.parents if parent != root and root in parent.parents)
+
+
+def _audio_files_below(folder: Path) -> list[Path]:
+    """Audio files below `folder`, without hidden files and folders and without following symlinked folders."""
+    files = []
+    for parent, folders, names in os.walk(folder):
+        folders[:] = sorted(name for name in folders if not name.startswith("."))
+        files += [Path(parent, name) for name in sorted(names) if not name.startswith(".")]
+    return [f for f in files if f.suffix.lower() in AUDIO_SUFFIXES]
+
+
+def _check_collisions(jobs: list[tuple[Path, Path]], inputs: set[Path]) -> None:
+    seen: dict[Path, Path] = {}
+    for source, target in jobs:
+        resolved = target.resolve()
+        if resolved in inputs and resolved != source.resolve():
+            raise ValueError(
+                f"The output for {source} would be {target}, which is also an input; choose -o or --suffix."
+            )
+        if resolved in seen:
+            raise ValueError(
+                f"{seen[resolved]} and {source} would both be written to {target}; enhance them separately."
+            )
+        seen[resolved] = source
 
 
 def model_source(name: str | None) -> str | Path:

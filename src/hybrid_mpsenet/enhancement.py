@@ -299,6 +299,10 @@ class HybridMPSENetForSpeechEnhancement(HybridMPSENetModel):
         an interrupted run never leaves a truncated output. Returns the output path.
         """
         input_path, output_path = Path(input_path), Path(output_path)
+        if output_path.is_dir():
+            raise AudioError(
+                f"{output_path} is a folder; give an output file name, e.g. {output_path / input_path.name}."
+            )
         if output_path.exists() and output_path.resolve() == input_path.resolve():
             raise AudioError(f"{output_path}: refusing to overwrite the input file; choose another output path.")
         if output_path.exists() and not overwrite:
