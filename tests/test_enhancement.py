@@ -167,7 +167,7 @@ def test_enhance_file_errors_name_the_file_and_lose_nothing(model, speech, tmp_p
         ("ok.wav", "ok.wav", "refusing to overwrite the input"),
         ("ok.wav", "blocker/out.wav", "cannot write the output here"),
         ("ok.wav", "out.xyz", "unknown audio format"),
-        ("ok.wav", ".", "is a folder; name the output file, e.g. .*ok.wav"),
+        ("ok.wav", ".", "is a folder; give an output file name, e.g. .*ok.wav"),
     ]
     for source, target, match in cases:
         with pytest.raises(AudioError, match=match):
