@@ -1,6 +1,8 @@
 import json
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -10,7 +12,7 @@ import torch
 from helpers import DATA, tiny_config
 from safetensors.torch import load_file
 
-from hybrid_mpsenet import HybridMPSENetForSpeechEnhancement, HybridMPSENetModel
+from hybrid_mpsenet import HybridMPSENetConfig, HybridMPSENetForSpeechEnhancement, HybridMPSENetModel
 from hybrid_mpsenet.cli import collect_jobs, main
 from hybrid_mpsenet.utils import weights_sha256
 
@@ -147,7 +149,7 @@ def touch_audio(*paths):
 
 def test_outputs_never_replace_inputs_and_own_files_are_not_inputs(tmp_path):
     touch_audio(tmp_path / "f" / "take.wav", tmp_path / "f" / "take_enhanced.wav", tmp_path / "f" / "solo_enhanced.wav")
-    (tmp_path / "f" / ".take_enhanced.ab12cd34.wav").write_bytes(b"a temporary file of an interrupted run")
+    (tmp_path / "f" / ".take_enhanced.partial-ab12cd34.wav").write_bytes(b"a temporary file of an interrupted run")
     jobs = collect_jobs([str(tmp_path / "f")], None, "_enhanced")
     assert [(a.name, b.name) for a, b in jobs] == [
         ("solo_enhanced.wav", "solo_enhanced_enhanced.wav"),  # no solo.wav: a user's file, so an input
@@ -175,3 +177,41 @@ def test_globs_mirror_the_tree_below_their_fixed_prefix_and_collisions_are_refus
     both = [str(tmp_path / "dup" / "a" / "x.wav"), str(tmp_path / "dup" / "b" / "x.wav")]
     assert main(["enhance", *both, "-o", str(tmp_path / "flat"), "--model", str(model_dir), "-q"]) == 2
     assert "would both be written to" in capsys.readouterr().err and not (tmp_path / "flat").exists()
+
+
+def start_slow_enhance(source: Path, tmp_path: Path, **popen) -> subprocess.Popen:
+    """`hybrid-mpsenet enhance` of 30 s of noise with a random hybrid-small (slower than real time on a CPU),
+    returned once its partial output file exists."""
+    HybridMPSENetModel(HybridMPSENetConfig.from_preset("hybrid-small")).save_pretrained(tmp_path / "slow")
+    sf.write(source, np.random.default_rng(0).standard_normal(16000 * 30).astype(np.float32) * 0.1, 16000)
+    command = [sys.executable, "-m", "hybrid_mpsenet.cli", "-q", "enhance", str(source)]
+    process = subprocess.Popen([*command, "--model", str(tmp_path / "slow")], **popen)
+    deadline = time.monotonic() + 120
+    while not list(source.parent.glob(f".{source.stem}_enhanced.partial-*.wav")):
+        assert process.poll() is None and time.monotonic() < deadline, "the run ended before writing"
+        time.sleep(0.05)
+    return process
+
+
+@pytest.mark.parametrize(
+    ("sig", "code", "word"), [(signal.SIGTERM, 143, "terminated"), (signal.SIGINT, 130, "interrupted")]
+)
+def test_termination_removes_the_partial_output_and_says_so_in_one_line(tmp_path, sig, code, word):
+    process = start_slow_enhance(tmp_path / "long.wav", tmp_path, stderr=subprocess.PIPE, text=True)
+    process.send_signal(sig)
+    _, err = process.communicate(timeout=60)
+    assert process.returncode == code
+    assert err.strip() == f"hybrid-mpsenet enhance: {word}; unfinished files were removed."
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["long.wav", "slow"]
+
+
+def test_after_kill_9_no_truncated_output_exists_and_the_leftover_is_ignored(tmp_path, model_dir):
+    folder = tmp_path / "takes"
+    folder.mkdir()
+    process = start_slow_enhance(folder / "long.wav", tmp_path, stderr=subprocess.DEVNULL)
+    process.kill()
+    process.wait()
+    assert not (folder / "long_enhanced.wav").exists()  # never a truncated file under the final name
+    assert main(["enhance", str(folder), "--model", str(model_dir), "-q"]) == 0  # the leftover is not an input
+    assert sf.info(folder / "long_enhanced.wav").frames == 16000 * 30
+    assert len(list(folder.glob(".long_enhanced.partial-*.wav"))) == 1  # hidden, clearly named, left alone

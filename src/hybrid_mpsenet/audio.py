@@ -189,7 +189,7 @@ def atomic_audio_writer(
         )
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp_name = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=path.suffix, dir=path.parent)
+        fd, tmp_name = tempfile.mkstemp(prefix=f".{path.stem}.partial-", suffix=path.suffix, dir=path.parent)
     except OSError as error:
         raise AudioError(f"{path.parent}: cannot write the output here ({error.strerror}).") from error
     os.close(fd)

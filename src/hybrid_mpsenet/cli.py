@@ -7,7 +7,9 @@ import glob
 import json
 import logging
 import os
+import signal
 import sys
+import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -417,6 +419,15 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class Terminated(BaseException):
+    """SIGTERM (timeout, docker stop, systemd) as an exception, so that `finally` blocks remove temporary files as
+    they do on Ctrl-C; a BaseException, so no `except Exception` on the way swallows it."""
+
+
+def _raise_terminated(signum: int, frame: object) -> None:
+    raise Terminated
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     # train and finetune pass unknown --name value pairs on to TrainingArguments.
@@ -433,11 +444,23 @@ def main(argv: list[str] | None = None) -> int:
 
         disable_progress_bars()
         transformers_logging.disable_progress_bar()
+    in_main_thread = threading.current_thread() is threading.main_thread()  # where signal handlers can be set
+    previous = signal.signal(signal.SIGTERM, _raise_terminated) if in_main_thread else None
+    resume = " (continue with --resume true)" if args.command in ("train", "finetune") else ""
     try:
         return COMMANDS[args.command][1](args)
     except (ValueError, OSError) as error:  # user errors: bad arguments, files, configs
         print(f"hybrid-mpsenet {args.command}: error: {error}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print(f"hybrid-mpsenet {args.command}: interrupted; unfinished files were removed{resume}.", file=sys.stderr)
+        return 130
+    except Terminated:
+        print(f"hybrid-mpsenet {args.command}: terminated; unfinished files were removed{resume}.", file=sys.stderr)
+        return 143
+    finally:
+        if in_main_thread:
+            signal.signal(signal.SIGTERM, previous)
 
 
 if __name__ == "__main__":
