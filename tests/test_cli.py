@@ -215,3 +215,32 @@ def test_after_kill_9_no_truncated_output_exists_and_the_leftover_is_ignored(tmp
     assert main(["enhance", str(folder), "--model", str(model_dir), "-q"]) == 0  # the leftover is not an input
     assert sf.info(folder / "long_enhanced.wav").frames == 16000 * 30
     assert len(list(folder.glob(".long_enhanced.partial-*.wav"))) == 1  # hidden, clearly named, left alone
+
+
+def test_evaluate_skips_and_reports_pairs_that_cannot_be_scored_fairly(tmp_path, model_dir, capsys):
+    clean, rate = sf.read(DATA / "p232_001_clean.wav", dtype="float32")
+    noisy, _ = sf.read(DATA / "p232_001_noisy.wav", dtype="float32")
+    pairs = {
+        "good": (clean, noisy),
+        "shifted": (clean, np.concatenate([np.zeros(rate // 2, np.float32), noisy[: -rate // 2]])),
+        "shorter": (clean, noisy[:-rate]),
+        "nan": (clean, np.where(np.arange(len(noisy)) == 500, np.nan, noisy).astype(np.float32)),
+        "tiny": (clean[8000:8100], noisy[8000:8100]),
+    }
+    for kind in ("clean", "noisy"):
+        (tmp_path / "d" / kind).mkdir(parents=True)
+    for name, (c, n) in pairs.items():
+        sf.write(tmp_path / "d" / "clean" / f"{name}.wav", c, rate, subtype="FLOAT")
+        sf.write(tmp_path / "d" / "noisy" / f"{name}.wav", n, rate, subtype="FLOAT")
+    (tmp_path / "d" / "clean" / "corrupt.wav").write_bytes(b"RIFF not audio")
+    (tmp_path / "d" / "noisy" / "corrupt.wav").write_bytes((DATA / "p232_001_noisy.wav").read_bytes())
+    args = ["evaluate", "--data", str(tmp_path / "d"), "--model", str(model_dir), "-q", "--workers", "0"]
+    assert main([*args, "--output", str(tmp_path / "r.json")]) == 0
+    result = json.loads((tmp_path / "r.json").read_text())
+    reasons = {pair["id"]: pair["reason"] for pair in result["skipped"]}
+    assert sorted(reasons) == ["corrupt", "nan", "shifted", "shorter"]
+    assert "shifted by +500.0 ms" in reasons["shifted"] and "differ in length by 1.000 s" in reasons["shorter"]
+    assert "NaN or Inf" in reasons["nan"] and "not readable" in reasons["corrupt"]
+    assert result["num_utterances"] == 2  # good and tiny; tiny's STOI cannot be computed: a failure, not a 0
+    assert result["enhanced"]["stoi"]["failed"] == 1 and result["enhanced"]["stoi"]["mean"] > 0.5
+    assert "SKIPPED shifted:" in capsys.readouterr().err

@@ -262,6 +262,8 @@ def _evaluate(args: argparse.Namespace) -> int:
     result["model_sha256"] = weights_sha256(model.state_dict())  # `push` checks it against what it uploads
     result["data"] = args.data
     print(format_table(result))
+    for pair in result["skipped"]:
+        print(f"SKIPPED {pair['id']}: {pair['reason']}", file=sys.stderr)
     if args.output:
         print(f"wrote {write_json_atomic(args.output, result)}")
     return 0

@@ -4,8 +4,10 @@ standard deviation over the utterances."""
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
+import numpy as np
 import soundfile as sf
 from tqdm.auto import tqdm
 
@@ -14,6 +16,12 @@ from .enhancement import HybridMPSENetForSpeechEnhancement
 from .metrics import pair_scores, parallel_map, summarise
 
 METRICS = ("pesq", "csig", "cbak", "covl", "stoi", "ssnr")
+# A clean/noisy pair is one recording twice: lengths may differ by a few resampling samples, and the noisy version
+# may not be shifted by more than a couple of samples.
+MAX_LENGTH_DIFFERENCE = 0.01
+MAX_LAG = 0.001
+
+logger = logging.getLogger(__name__)
 
 
 def evaluate_dataset(
@@ -36,26 +44,62 @@ def evaluate_dataset(
     count = min(len(pairs), max_items or len(pairs))
     rate = model.config.sampling_rate if model is not None else 16000
     references, candidates = [], {"enhanced": [], "noisy": []}
+    skipped: list[dict[str, str]] = []
     for index in tqdm(range(count), desc="enhancing", disable=not progress):
         row = pairs[index]
-        clean, noisy = decode_audio(row["clean"], rate), decode_audio(row["noisy"], rate)
-        length = min(len(clean), len(noisy))
-        clean, noisy = clean[:length], noisy[:length]
+        try:
+            clean, noisy = decode_audio(row["clean"], rate), decode_audio(row["noisy"], rate)
+            check_pair(clean, noisy, rate)
+            enhanced = model.enhance(noisy, rate) if model is not None else None
+        except ValueError as error:  # AudioError included: unreadable, non-finite, mismatched
+            skipped.append({"id": row["id"], "reason": str(error)})
+            logger.warning("Skipped the pair %s: %s", row["id"], error)
+            continue
         references.append(clean)
         if noisy_baseline:
             candidates["noisy"].append(noisy)
-        if model is not None:
-            enhanced = model.enhance(noisy, rate)
+        if enhanced is not None:
             candidates["enhanced"].append(enhanced)
             if save_enhanced is not None:
                 Path(save_enhanced).mkdir(parents=True, exist_ok=True)
                 sf.write(Path(save_enhanced) / f"{row['id']}.wav", enhanced, rate)
-    result: dict = {"num_utterances": count}
+    if not references:
+        raise ValueError(f"No pair of {data} could be evaluated: {skipped[0]['reason'] if skipped else 'none found'}")
+    result: dict = {"num_utterances": len(references), "skipped": skipped}
     for name, processed in candidates.items():
         if processed:
             pairs = list(zip(references, processed, strict=True))
             result[name] = summarise(parallel_map(pair_scores, pairs, rate, workers))
     return result
+
+
+def check_pair(clean: np.ndarray, noisy: np.ndarray, sampling_rate: int) -> None:
+    """Refuse a pair whose scores would be meaningless: non-finite samples, different lengths (more than
+    `MAX_LENGTH_DIFFERENCE` seconds), or a noisy recording shifted against the clean one (cross-correlation peak
+    more than `MAX_LAG` seconds from zero lag). Both are `(samples,)` at `sampling_rate`.
+
+    Raises:
+        ValueError: saying which of these and by how much.
+    """
+    for name, audio in (("clean", clean), ("noisy", noisy)):
+        if not np.isfinite(audio).all():
+            raise ValueError(f"the {name} file has NaN or Inf samples.")
+    difference = abs(len(clean) - len(noisy)) / sampling_rate
+    if difference > MAX_LENGTH_DIFFERENCE:
+        raise ValueError(
+            f"clean and noisy differ in length by {difference:.3f} s ({len(clean)} vs {len(noisy)} samples at "
+            f"{sampling_rate} Hz); a pair must be two versions of one recording."
+        )
+    length = min(len(clean), len(noisy))
+    size = 2 * length
+    correlation = np.fft.irfft(np.fft.rfft(noisy[:length], size) * np.conj(np.fft.rfft(clean[:length], size)), size)
+    lag = int(np.argmax(np.abs(correlation)))
+    lag = lag - size if lag > length else lag  # circular index -> signed lag
+    if abs(lag) > MAX_LAG * sampling_rate:
+        raise ValueError(
+            f"the noisy file is shifted by {1000 * lag / sampling_rate:+.1f} ms against the clean one "
+            "(cross-correlation); align the pair first."
+        )
 
 
 def format_table(result: dict) -> str:

@@ -13,6 +13,7 @@ clipped to [-10, 35] dB; wide-band PESQ at 16 kHz.
 from __future__ import annotations
 
 import logging
+import warnings
 from collections.abc import Callable, Sequence
 from concurrent.futures import Executor, ProcessPoolExecutor
 from pathlib import Path
@@ -40,13 +41,23 @@ def pesq_score(reference: np.ndarray, degraded: np.ndarray, sampling_rate: int =
         return float("nan")
 
 
+STOI_TOO_SHORT = 1e-5  # pystoi's answer when the speech is too short to score
+
+
 def stoi_score(reference: np.ndarray, degraded: np.ndarray, sampling_rate: int = 16000, extended: bool = False):
     """(E)STOI of `degraded` against `reference` (both `(samples,)`), NaN when it cannot be computed."""
     from pystoi import stoi
 
     length = min(len(reference), len(degraded))
-    value = float(stoi(reference[:length], degraded[:length], sampling_rate, extended=extended))
-    return value if np.isfinite(value) else float("nan")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # the "not enough frames" case, handled below
+        try:
+            value = float(stoi(reference[:length], degraded[:length], sampling_rate, extended=extended))
+        except (ValueError, IndexError) as error:  # numpy's AxisError on clips of a few frames
+            logger.warning("STOI failed (%d samples): %s", length, error)
+            return float("nan")
+    # pystoi returns exactly 1e-5 when fewer than 30 speech frames (~0.4 s) remain: not a score.
+    return value if np.isfinite(value) and value != STOI_TOO_SHORT else float("nan")
 
 
 def si_sdr(reference: np.ndarray, estimate: np.ndarray) -> float:
