@@ -2,6 +2,7 @@ import json
 import pickle
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -125,6 +126,35 @@ def test_resume_is_exact(tmp_path):
     # Training time accumulates across the resume (validations at steps 3 and 6).
     seconds = [json.loads(line)["train_seconds"] for line in (tmp_path / "b" / "run" / "history.jsonl").open()]
     assert len(seconds) == 2 and 0 < seconds[0] < seconds[1]
+
+
+@pytest.mark.slow
+def test_kill_9_during_training_then_resume_is_bit_identical(tmp_path):
+    """A training process killed with SIGKILL (while a checkpoint is being written, when that moment is caught)
+    leaves no incomplete checkpoint under a final name, and --resume reaches the same weights as a straight run."""
+    mixing = ["--clean_dirs", str(DATA), "--noise_dirs", str(DATA), "--items_per_epoch", "4"]
+    settings = [*mixing, "--segment_seconds", "0.5", "--batch_size", "2", "--pesq_workers", "0", "--save_every", "1"]
+    settings += ["--eval_every", "100", "--eval_max_items", "1", "--log_with", "none", "--progress", "false"]
+    settings += ["--config_overrides", CONFIG, "--max_steps", "8"]
+    assert main(["train", "--output_dir", str(tmp_path / "straight"), *settings]) == 0
+    command = [sys.executable, "-m", "hybrid_mpsenet.cli", "train", "--output_dir", str(tmp_path / "killed")]
+    process = subprocess.Popen([*command, *settings], stderr=subprocess.DEVNULL)
+    root = tmp_path / "killed" / "checkpoints"
+    deadline = time.monotonic() + 300
+    while process.poll() is None and time.monotonic() < deadline:
+        if list(root.glob(".step-*.tmp")) and list(root.glob("step-*")):  # mid-write, after a first checkpoint
+            break
+    process.kill()
+    process.wait()
+    assert list(root.glob("step-*")), "killed before the first checkpoint"
+    for checkpoint in root.glob("step-*"):  # every checkpoint under a final name is complete
+        assert (checkpoint / "trainer_state.json").is_file() and (checkpoint / "discriminator.safetensors").is_file()
+    assert main(["train", "--output_dir", str(tmp_path / "killed"), *settings, "--resume", "true"]) == 0
+    assert not list(root.glob(".step-*.tmp"))  # the interrupted write was cleaned up
+    straight = load_file(latest_checkpoint(tmp_path / "straight") / "generator" / "model.safetensors")
+    resumed = load_file(latest_checkpoint(tmp_path / "killed") / "generator" / "model.safetensors")
+    assert latest_checkpoint(tmp_path / "killed").name == "step-00000008"
+    assert all(torch.equal(straight[k], resumed[k]) for k in straight)
 
 
 def test_yaml_config_with_overrides_and_errors(tmp_path, voicebank):
