@@ -307,6 +307,8 @@ def test_failed_pesq_and_non_finite_losses_are_counted_not_fatal(tmp_path, monke
         return losses
 
     monkeypatch.setattr(training, "generator_losses", nan_on_second_call)
+    # All-silent speech is refused up front (see the next test); here it drives the loop's own PESQ-failure path.
+    monkeypatch.setattr(training, "check_audio_files", lambda *args: None)
     args = arguments(
         tmp_path,
         clean_dirs=[str(tmp_path / "silence")],
@@ -321,3 +323,26 @@ def test_failed_pesq_and_non_finite_losses_are_counted_not_fatal(tmp_path, monke
     # Silent references make every PESQ fail (2 per step); the NaN step was skipped and counted.
     assert record["failed_training_pesq"] == 6 and record["skipped_steps"] == 1
     assert latest_checkpoint(tmp_path / "run").name == "step-00000003"
+
+
+def test_bad_training_files_stop_the_run_at_step_0_naming_each(tmp_path, capsys):
+    speech, noise = tmp_path / "speech", tmp_path / "noise"
+    for folder in (speech, noise):
+        folder.mkdir()
+    for name in SPEECH:
+        (speech / name).write_bytes((DATA / name).read_bytes())
+    (noise / "tap.wav").write_bytes((DATA / "running_tap_8s.wav").read_bytes())
+    (speech / "broken.wav").write_bytes(b"RIFF not audio at all")
+    sf.write(speech / "nan.wav", np.array([0.1, np.nan] * 4000, np.float32), 16000, subtype="FLOAT")
+    common = ["--output_dir", str(tmp_path / "run"), "--config_overrides", CONFIG, "--log_with", "none"]
+    args = ["train", *common, "--clean_dirs", str(speech), "--noise_dirs", str(noise), "--progress", "false"]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert "2 clean speech file(s) cannot be used" in err
+    assert f"{speech / 'broken.wav'}: unreadable" in err and f"{speech / 'nan.wav'}: NaN or Inf samples" in err
+    assert not (tmp_path / "run" / "checkpoints").exists()
+    (speech / "broken.wav").unlink()
+    (speech / "nan.wav").unlink()
+    sf.write(noise / "tap.wav", np.zeros(16000, np.float32), 16000)
+    assert main(args) == 2
+    assert "Every noise file is silent" in capsys.readouterr().err

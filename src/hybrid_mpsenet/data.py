@@ -18,6 +18,7 @@ import scipy.signal
 import soundfile as sf
 import soxr
 import torch
+from tqdm.auto import tqdm
 
 from .audio import AudioError, to_float
 
@@ -163,6 +164,35 @@ def list_audio(folders: str | Path | Sequence[str | Path]) -> list[Path]:
     if not files:
         raise ValueError(f"No audio files ({', '.join(AUDIO_EXTENSIONS)}) found under {[str(f) for f in folders]}.")
     return files
+
+
+def check_audio_files(paths: Sequence[str | Path], role: str, progress: bool = True) -> None:
+    """Read every file once before training starts, so that a bad one stops the run at step 0, named, instead of
+    when it is first drawn (and again after each resume).
+
+    Raises:
+        ValueError: listing each unreadable, empty or non-finite file, or saying that every file is silent.
+    """
+    bad, silent = [], []
+    for path in tqdm(paths, desc=f"checking {role}", unit="file", disable=not progress):
+        try:
+            audio, _ = sf.read(path, dtype="float32", always_2d=True)
+        except (sf.LibsndfileError, RuntimeError, TypeError) as error:
+            bad.append(f"{path}: unreadable ({error})")
+            continue
+        if audio.size == 0:
+            bad.append(f"{path}: no samples")
+        elif not np.isfinite(audio).all():
+            bad.append(f"{path}: NaN or Inf samples")
+        elif not audio.any():
+            silent.append(str(path))
+    if bad:
+        listed = "\n  ".join(bad[:20]) + (f"\n  ... and {len(bad) - 20} more" if len(bad) > 20 else "")
+        raise ValueError(f"{len(bad)} {role} file(s) cannot be used; fix or remove them:\n  {listed}")
+    if silent and len(silent) == len(paths):
+        raise ValueError(f"Every {role} file is silent ({len(paths)} files, e.g. {silent[0]}); nothing to learn from.")
+    if silent:
+        logger.warning("%d %s file(s) are silent and add nothing, e.g. %s", len(silent), role, silent[:3])
 
 
 def mix_at_snr(clean: np.ndarray, noise: np.ndarray, snr_db: float) -> np.ndarray:

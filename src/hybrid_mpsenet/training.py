@@ -25,7 +25,14 @@ from tqdm.auto import tqdm
 
 from . import checkpointing
 from .configuration_hybrid_mpsenet import HybridMPSENetConfig
-from .data import NoiseMixingDataset, PairedSpeechDataset, collate_pairs, list_audio, load_voicebank
+from .data import (
+    NoiseMixingDataset,
+    PairedSpeechDataset,
+    check_audio_files,
+    collate_pairs,
+    list_audio,
+    load_voicebank,
+)
 from .enhancement import HybridMPSENetForSpeechEnhancement
 from .losses import LossWeights, MetricDiscriminator, generator_losses
 from .metrics import batch_pesq, make_pool, stoi_score
@@ -173,13 +180,18 @@ def build_datasets(args: TrainingArguments, sampling_rate: int):
     """(train, validation) torch datasets for pairs or for mixing mode."""
     segment = int(args.segment_seconds * sampling_rate)
     if args.train_data is not None:
-        train = PairedSpeechDataset(
-            load_voicebank(args.train_data, "train"), sampling_rate, segment, args.seed, normalise=True
-        )
-        evaluation = PairedSpeechDataset(load_voicebank(args.eval_data or args.train_data, "test"), sampling_rate)
-        return train, evaluation
+        pairs = load_voicebank(args.train_data, "train")
+        held_out = load_voicebank(args.eval_data or args.train_data, "test")
+        for split, name in ((pairs, "training"), (held_out, "validation")):
+            for column in ("clean", "noisy"):
+                if getattr(split.features[column], "dtype", None) == "string":  # paths; Audio cells decode later
+                    check_audio_files(split[column], f"{name} {column}", args.progress)
+        train = PairedSpeechDataset(pairs, sampling_rate, segment, args.seed, normalise=True)
+        return train, PairedSpeechDataset(held_out, sampling_rate)
     clean = list_audio(args.clean_dirs)
     noise = list_audio(args.noise_dirs)
+    check_audio_files(clean, "clean speech", args.progress)
+    check_audio_files(noise, "noise", args.progress)
     order = np.random.default_rng(args.seed).permutation(len(clean))
     held_out = max(1, int(round(args.eval_fraction * len(clean)))) if len(clean) > 1 else 0
     train_files = [clean[i] for i in sorted(order[held_out:])]
