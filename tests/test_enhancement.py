@@ -319,6 +319,20 @@ def test_dtype_names_are_accepted(model, speech):
     np.testing.assert_array_equal(model.enhance(speech, 16000, dtype="float32"), model.enhance(speech, 16000))
 
 
+def test_a_truncated_file_is_enhanced_with_a_warning(identity, speech, tmp_path, caplog):
+    sf.write(tmp_path / "whole.wav", speech, 16000)
+    data = (tmp_path / "whole.wav").read_bytes()
+    (tmp_path / "cut.wav").write_bytes(data[: len(data) // 2])
+    with caplog.at_level(logging.WARNING):
+        out = identity.enhance_file(tmp_path / "cut.wav", tmp_path / "out.wav", progress=False)
+    assert "cut.wav looks truncated" in caplog.text
+    assert sf.info(out).frames == sf.info(tmp_path / "cut.wav").frames > 0
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        identity.enhance_file(tmp_path / "whole.wav", tmp_path / "out2.wav", progress=False)
+    assert "truncated" not in caplog.text
+
+
 def test_a_header_claiming_an_absurd_rate_is_rejected(model, tmp_path):
     sf.write(tmp_path / "one_hz.wav", np.zeros(4000, np.int16), 1)
     with pytest.raises(AudioError, match="one_hz.wav: the sampling rate of 1 Hz is outside"):

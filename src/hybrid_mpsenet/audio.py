@@ -101,6 +101,12 @@ def open_audio(path: str | Path) -> sf.SoundFile:
     except AudioError:
         handle.close()
         raise
+    if "(should be" in handle.extra_info:  # libsndfile's note when a chunk size disagrees with the file length
+        logger.warning(
+            "%s looks truncated (its header promises more data than the file holds); using the %d frames present.",
+            path,
+            handle.frames,
+        )
     return handle
 
 
