@@ -4,6 +4,7 @@ import json
 import socket
 import sys
 import threading
+from pathlib import Path
 
 import pytest
 from helpers import run_without_package
@@ -146,3 +147,21 @@ def test_push_rejects_a_file_that_is_not_an_evaluation(tmp_path, capsys):
     ]
     assert main([*args, "--dry-run", str(tmp_path / "up")]) == 2
     assert "not an evaluation result" in capsys.readouterr().err
+
+
+def test_convert_and_push_dry_run_never_delete_a_users_folder(tmp_path, capsys, monkeypatch):
+    fixtures = Path(__file__).parent / "fixtures" / "training_step"
+    home = tmp_path / "home"
+    home.mkdir()
+    (home / "important.txt").write_text("precious")
+    convert = ["convert", str(fixtures / "g_00000000"), "--config", str(fixtures / "config.json"), "--overwrite"]
+    push = ["push", "--model", "default", "--repo-id", "org/x", "--overwrite", "--dry-run"]
+    for command in ([*convert[:2], str(home), *convert[2:]], [*push, str(home)]):
+        assert main(command) == 2
+        assert "did not write (important.txt)" in capsys.readouterr().err
+        assert [p.name for p in home.iterdir()] == ["important.txt"] and (
+            home / "important.txt"
+        ).read_text() == "precious"
+    monkeypatch.chdir(home)
+    assert main([*convert[:2], ".", *convert[2:]]) == 2  # the current folder is a folder like any other
+    assert [p.name for p in home.iterdir()] == ["important.txt"]
