@@ -244,3 +244,23 @@ def test_evaluate_skips_and_reports_pairs_that_cannot_be_scored_fairly(tmp_path,
     assert result["num_utterances"] == 2  # good and tiny; tiny's STOI cannot be computed: a failure, not a 0
     assert result["enhanced"]["stoi"]["failed"] == 1 and result["enhanced"]["stoi"]["mean"] > 0.5
     assert "SKIPPED shifted:" in capsys.readouterr().err
+
+
+def test_a_folder_of_200_files_with_5_corrupt_writes_195_and_reports_5(tmp_path, model_dir, capsys):
+    source = tmp_path / "many"
+    source.mkdir()
+    rng = np.random.default_rng(0)
+    corrupt = {f"take_{i:03d}.wav" for i in (3, 50, 99, 150, 199)}
+    for i in range(200):
+        name = f"take_{i:03d}.wav"
+        if name in corrupt:
+            (source / name).write_bytes(b"RIFF\x00\x00\x00\x00WAVEbroken")
+        else:
+            sf.write(source / name, (0.1 * rng.standard_normal(800)).astype(np.float32), 16000)
+    assert main(["enhance", str(source), "-o", str(tmp_path / "out"), "--model", str(model_dir), "-q"]) == 1
+    err = capsys.readouterr().err
+    assert {line.split(": ")[0].removeprefix("FAILED ") for line in err.splitlines() if line.startswith("FAILED")} == {
+        str(source / name) for name in corrupt
+    }
+    assert "5 of 200 files failed." in err
+    assert len(list((tmp_path / "out").glob("*.wav"))) == 195
