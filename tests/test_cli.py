@@ -264,3 +264,11 @@ def test_a_folder_of_200_files_with_5_corrupt_writes_195_and_reports_5(tmp_path,
     }
     assert "5 of 200 files failed." in err
     assert len(list((tmp_path / "out").glob("*.wav"))) == 195
+
+
+def test_importing_the_package_and_the_cli_loads_neither_torch_nor_transformers():
+    code = "import sys, hybrid_mpsenet, hybrid_mpsenet.cli; print(sorted({'torch', 'transformers'} & set(sys.modules)))"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert result.stdout.strip() == "[]"  # so `--help` is instant (scripts/benchmark_startup.py times it)
+    help_text = subprocess.run([sys.executable, "-m", "hybrid_mpsenet.cli", "--help"], capture_output=True, text=True)
+    assert help_text.returncode == 0 and "finetune" in help_text.stdout
