@@ -178,6 +178,9 @@ def test_train_and_finetune_commands(tmp_path, voicebank, capsys):
     common += ["--max_steps", "2", "--batch_size", "2", "--eval_max_items", "1"]
     assert main(["train", "--output_dir", str(tmp_path / "base"), "--train_data", str(voicebank), *common]) == 0
     assert "Best model:" in capsys.readouterr().out
+    quiet = [arg for arg in common if arg not in ("--progress", "false")]
+    assert main(["train", "-q", "--output_dir", str(tmp_path / "q"), "--train_data", str(voicebank), *quiet]) == 0
+    assert "training:" not in capsys.readouterr().err  # -q turns the progress bars off
     code = main(
         [
             "finetune",

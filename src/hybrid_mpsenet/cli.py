@@ -306,7 +306,7 @@ def _train(args: argparse.Namespace) -> int:
 
     if args.help:
         return _print_help(training_argument_parser("train", TRAIN_HELP))
-    best = train(parse_training_arguments(args.overrides, args.config))
+    best = train(parse_training_arguments([*args.overrides, *_quiet(args)], args.config))
     print(f"Best model: {best}")
     return 0
 
@@ -320,9 +320,14 @@ def _finetune(args: argparse.Namespace) -> int:
     if missing:
         raise ValueError(f"the following arguments are required: {', '.join('--' + m for m in missing)}")
     argv = ["--model", args.model, "--clean_dirs", *args.clean, "--noise_dirs", *args.noise, "--eval_at_start", "true"]
-    best = train(parse_training_arguments([*argv, *args.overrides], args.config, command="finetune"))
+    best = train(parse_training_arguments([*argv, *args.overrides, *_quiet(args)], args.config, command="finetune"))
     print(f"Best model: {best}")
     return 0
+
+
+def _quiet(args: argparse.Namespace) -> list[str]:
+    """`-q` for train and finetune: `--progress false`, unless --progress is given explicitly."""
+    return ["--progress", "false"] if args.quiet and "--progress" not in args.overrides else []
 
 
 def _print_help(parser: argparse.ArgumentParser) -> int:

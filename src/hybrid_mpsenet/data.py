@@ -154,12 +154,16 @@ def _from_datasets(loaded, split: str, clean_column: str, noisy_column: str) -> 
 
 
 def list_audio(folders: str | Path | Sequence[str | Path]) -> list[Path]:
-    """All audio files under one or more folders (recursive), sorted; an error if there are none."""
+    """All audio files under one or more folders (recursive), sorted, plus any audio files named directly; an error
+    if there are none."""
     folders = [folders] if isinstance(folders, (str, Path)) else list(folders)
     files = []
     for folder in map(Path, folders):
+        if folder.is_file() and folder.suffix.lower() in AUDIO_EXTENSIONS:
+            files.append(folder)
+            continue
         if not folder.is_dir():
-            raise FileNotFoundError(f"{folder}: folder not found.")
+            raise FileNotFoundError(f"{folder}: no such folder or audio file.")
         files += sorted(p for p in folder.rglob("*") if p.suffix.lower() in AUDIO_EXTENSIONS)
     if not files:
         raise ValueError(f"No audio files ({', '.join(AUDIO_EXTENSIONS)}) found under {[str(f) for f in folders]}.")
