@@ -1,0 +1,77 @@
+"""Training checkpoints survive what goes wrong around them: a failing validation, a full disk, damaged random
+states, and settings that would keep none."""
+
+import errno
+
+import pytest
+from helpers import DATA, tiny_config
+
+import hybrid_mpsenet.training as training
+from hybrid_mpsenet.training import TrainingArguments, latest_checkpoint, train
+
+CONFIG = tiny_config(n_fft=128, hop_length=64, win_length=128).to_json_string(use_diff=True)
+
+
+def arguments(tmp_path, **overrides) -> TrainingArguments:
+    values = dict(
+        output_dir=str(tmp_path / "run"),
+        config_overrides=CONFIG,
+        clean_dirs=[str(DATA)],
+        noise_dirs=[str(DATA)],
+        items_per_epoch=4,
+        segment_seconds=0.5,
+        batch_size=2,
+        pesq_workers=0,
+        log_with="none",
+        progress=False,
+        eval_max_items=1,
+        max_steps=2,
+        save_every=2,
+        eval_every=2,
+    )
+    values.update(overrides)
+    return TrainingArguments(**values)
+
+
+def test_a_failing_validation_does_not_lose_the_checkpoint_of_its_step(tmp_path, monkeypatch):
+    def broken(*args, **kwargs):
+        raise RuntimeError("validation crashed")
+
+    monkeypatch.setattr(training, "evaluate_model", broken)
+    with pytest.raises(RuntimeError, match="validation crashed"):
+        train(arguments(tmp_path))
+    assert latest_checkpoint(tmp_path / "run").name == "step-00000002"
+    monkeypatch.undo()
+    train(arguments(tmp_path, max_steps=4, resume=True))
+    assert latest_checkpoint(tmp_path / "run").name == "step-00000004"
+
+
+def test_a_full_disk_says_what_happened_and_where_and_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
+    train(arguments(tmp_path))
+    real = training.checkpointing.save_optimizers
+
+    def disk_full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(training.checkpointing, "save_optimizers", disk_full)
+    with pytest.raises(
+        OSError, match="step 4 .* failed .*No space left.*newest complete checkpoint is .*step-00000002"
+    ):
+        train(arguments(tmp_path, max_steps=4, resume=True))
+    assert [p.name for p in (tmp_path / "run" / "checkpoints").iterdir()] == ["step-00000002"]  # no leftover
+    monkeypatch.setattr(training.checkpointing, "save_optimizers", real)
+    train(arguments(tmp_path, max_steps=4, resume=True))
+    assert latest_checkpoint(tmp_path / "run").name == "step-00000004"
+
+
+def test_a_damaged_random_state_is_an_error_not_a_silently_inexact_resume(tmp_path):
+    train(arguments(tmp_path))
+    (latest_checkpoint(tmp_path / "run") / "rng_state_0.safetensors").write_bytes(b"not a safetensors file")
+    with pytest.raises(ValueError, match="rng_state_0.safetensors"):
+        train(arguments(tmp_path, max_steps=4, resume=True))
+
+
+@pytest.mark.parametrize("name", ["keep_checkpoints", "save_every", "eval_every", "max_steps"])
+def test_settings_that_would_keep_or_do_nothing_are_refused(tmp_path, name):
+    with pytest.raises(ValueError, match=f"{name} must be positive, got 0"):
+        arguments(tmp_path, **{name: 0})
