@@ -35,6 +35,25 @@ def tiny_config(**overrides) -> HybridMPSENetConfig:
     return HybridMPSENetConfig(**values)
 
 
+def training_arguments(tmp_path: Path, **overrides):
+    """`TrainingArguments` for a few seconds of CPU training of the tiny model in `tmp_path / "run"`."""
+    from hybrid_mpsenet.training import TrainingArguments
+
+    config = tiny_config(n_fft=128, hop_length=64, win_length=128).to_json_string(use_diff=True)
+    values = dict(
+        output_dir=str(tmp_path / "run"),
+        config_overrides=config,
+        batch_size=2,
+        segment_seconds=0.5,
+        pesq_workers=0,
+        log_with="none",
+        progress=False,
+        eval_max_items=1,
+    )
+    values.update(overrides)
+    return TrainingArguments(**values)
+
+
 def fast_config(**overrides) -> HybridMPSENetConfig:
     """The cheapest model per second of audio (one TS-Transformer block, coarse STFT): long-audio tests."""
     values = {"n_fft": 256, "hop_length": 128, "win_length": 256, "fusion": "none"}

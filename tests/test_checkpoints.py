@@ -4,33 +4,17 @@ states, and settings that would keep none."""
 import errno
 
 import pytest
-from helpers import DATA, tiny_config
+from helpers import DATA, training_arguments
 
 import hybrid_mpsenet.training as training
 from hybrid_mpsenet.training import TrainingArguments, latest_checkpoint, train
 
-CONFIG = tiny_config(n_fft=128, hop_length=64, win_length=128).to_json_string(use_diff=True)
+MIXING = dict(clean_dirs=[str(DATA)], noise_dirs=[str(DATA)], items_per_epoch=4, max_steps=2, save_every=2)
 
 
 def arguments(tmp_path, **overrides) -> TrainingArguments:
-    values = dict(
-        output_dir=str(tmp_path / "run"),
-        config_overrides=CONFIG,
-        clean_dirs=[str(DATA)],
-        noise_dirs=[str(DATA)],
-        items_per_epoch=4,
-        segment_seconds=0.5,
-        batch_size=2,
-        pesq_workers=0,
-        log_with="none",
-        progress=False,
-        eval_max_items=1,
-        max_steps=2,
-        save_every=2,
-        eval_every=2,
-    )
-    values.update(overrides)
-    return TrainingArguments(**values)
+    """Two steps of mixing-mode training, checkpointed and validated at step 2 (unless overridden)."""
+    return training_arguments(tmp_path, **{**MIXING, "eval_every": 2, **overrides})
 
 
 def test_a_failing_validation_does_not_lose_the_checkpoint_of_its_step(tmp_path, monkeypatch):

@@ -9,6 +9,7 @@ import pytest
 import soundfile as sf
 import torch
 from helpers import DATA, tiny_config
+from helpers import training_arguments as arguments
 from safetensors.torch import load_file
 
 from hybrid_mpsenet import HybridMPSENetForSpeechEnhancement
@@ -40,21 +41,6 @@ def voicebank(tmp_path_factory):
     (root / "training.txt").write_text("".join(f"{i}|\n" for i in ids))
     (root / "test.txt").write_text(f"{ids[0]}|\n")
     return root
-
-
-def arguments(tmp_path, **overrides):
-    values = dict(
-        output_dir=str(tmp_path / "run"),
-        config_overrides=CONFIG,
-        batch_size=2,
-        segment_seconds=0.5,
-        pesq_workers=0,
-        log_with="none",
-        progress=False,
-        eval_max_items=1,
-    )
-    values.update(overrides)
-    return TrainingArguments(**values)
 
 
 @pytest.mark.slow
