@@ -25,7 +25,7 @@ import numpy as np
 import soxr
 
 from hybrid_mpsenet.data import decode_audio, load_voicebank
-from hybrid_mpsenet.metrics import pair_scores, parallel_map, summarise
+from hybrid_mpsenet.metrics import correlation_lag, pair_scores, parallel_map, summarise
 from hybrid_mpsenet.utils import benchmark_environment, measured, run_in_fresh_process, write_json_atomic
 
 RATE = 16_000
@@ -90,9 +90,7 @@ class DeepFilterNet3:
         upsampled = soxr.resample(audio, RATE, DFN_RATE, quality="VHQ").astype(np.float32)
         output = self._stream(upsampled)
         if self.delay is None:  # the runtime's fixed latency, found once by cross-correlation with the input
-            size = 2 * len(output)
-            correlation = np.fft.irfft(np.fft.rfft(output, size) * np.conj(np.fft.rfft(upsampled, size)), size)
-            self.delay = int(np.argmax(np.abs(correlation[: DFN_RATE // 10])))
+            self.delay = correlation_lag(output, upsampled)
         aligned = output[self.delay : self.delay + len(upsampled)]
         return soxr.resample(aligned, DFN_RATE, RATE, quality="VHQ")[: len(audio)].astype(np.float32)
 

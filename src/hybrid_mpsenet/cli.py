@@ -77,15 +77,14 @@ def collect_jobs(inputs: list[str], output: str | None, suffix: str) -> list[tup
             pairs = [(Path(pattern), Path(Path(pattern).name))]
         for path, relative in pairs:
             found.setdefault(path.resolve(), (path, relative))
-    names = {(path.parent, path.stem + path.suffix.lower()) for path, _ in found.values()}
+    # The names the inputs' outputs would have beside them (extension case aside): such files are outputs, not inputs.
+    outputs = (
+        {(path.parent, f"{path.stem}{suffix}{path.suffix.lower()}") for path, _ in found.values()} if suffix else ()
+    )
     jobs = [
         (path, Path(output) / relative if output else path.with_name(f"{path.stem}{suffix}{path.suffix}"))
         for path, relative in found.values()
-        if not (
-            suffix
-            and path.stem.endswith(suffix)
-            and (path.parent, path.stem[: -len(suffix)] + path.suffix.lower()) in names
-        )
+        if (path.parent, path.stem + path.suffix.lower()) not in outputs
     ]
     if output and len(jobs) == 1 and Path(output).suffix.lower() in AUDIO_SUFFIXES and not Path(output).is_dir():
         jobs = [(jobs[0][0], Path(output))]
@@ -136,10 +135,11 @@ def model_source(name: str | None) -> str | Path:
         FileNotFoundError: `name` is a path (absolute, relative with `.`/`~`, or with more than one `/`, which no
             Hub id has) and does not exist, instead of a Hub lookup that fails with a less useful message.
     """
-    from .enhancement import DEFAULT_MODEL, DEFAULT_MODEL_DIR
+    from .enhancement import model_location
 
-    if name is None or name == DEFAULT_MODEL:
-        return DEFAULT_MODEL_DIR
+    source = model_location(name)
+    if isinstance(source, Path):  # the bundled checkpoint
+        return source
     if Path(name).expanduser().exists():
         return Path(name).expanduser()
     if name.startswith(("/", ".", "~")) or name.count("/") > 1:

@@ -118,16 +118,7 @@ class HybridMPSENetForSpeechEnhancement(HybridMPSENetModel):
     def from_pretrained(cls, pretrained_model_name_or_path: str | Path | None = None, *args, **kwargs):
         """Like `PreTrainedModel.from_pretrained`; with no name or the string `"default"`, the package's bundled
         checkpoint (offline; a local folder named `default` is reached as `"./default"` or a `Path`)."""
-        if pretrained_model_name_or_path is None or (
-            isinstance(pretrained_model_name_or_path, str) and pretrained_model_name_or_path == DEFAULT_MODEL
-        ):
-            if not (DEFAULT_MODEL_DIR / "config.json").is_file():
-                raise OSError(
-                    f"The bundled default checkpoint is missing from {DEFAULT_MODEL_DIR}; reinstall the package or "
-                    f"pass a model folder or Hub id."
-                )
-            pretrained_model_name_or_path = DEFAULT_MODEL_DIR
-        return super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
+        return super().from_pretrained(model_location(pretrained_model_name_or_path), *args, **kwargs)
 
     def save_pretrained(self, save_directory: str | Path, *args, **kwargs) -> None:
         """Like `PreTrainedModel.save_pretrained`, plus the matching `preprocessor_config.json`, so the folder
@@ -343,6 +334,22 @@ class HybridMPSENetForSpeechEnhancement(HybridMPSENetModel):
         if clipped:
             logger.warning("%s: %d output samples exceeded full scale and were clipped.", output_path, clipped)
         return output_path
+
+
+def model_location(name: str | Path | None) -> str | Path:
+    """`name` itself (a folder or Hub id), or the bundled checkpoint's folder for no name or the string `"default"`.
+
+    Raises:
+        OSError: the bundled checkpoint is missing from the installation.
+    """
+    if name is not None and not (isinstance(name, str) and name == DEFAULT_MODEL):
+        return name
+    if not (DEFAULT_MODEL_DIR / "config.json").is_file():
+        raise OSError(
+            f"The bundled default checkpoint is missing from {DEFAULT_MODEL_DIR}; reinstall the package or pass a "
+            "model folder or Hub id."
+        )
+    return DEFAULT_MODEL_DIR
 
 
 def resolve_dtype(dtype: torch.dtype | str | None) -> torch.dtype | None:

@@ -13,7 +13,7 @@ from tqdm.auto import tqdm
 
 from .data import decode_audio, load_voicebank
 from .enhancement import HybridMPSENetForSpeechEnhancement
-from .metrics import pair_scores, parallel_map, summarise
+from .metrics import correlation_lag, pair_scores, parallel_map, summarise
 
 METRICS = ("pesq", "csig", "cbak", "covl", "stoi", "ssnr")
 # A clean/noisy pair is one recording twice: lengths may differ by a few resampling samples, and the noisy version
@@ -91,10 +91,7 @@ def check_pair(clean: np.ndarray, noisy: np.ndarray, sampling_rate: int) -> None
             f"{sampling_rate} Hz); a pair must be two versions of one recording."
         )
     length = min(len(clean), len(noisy))
-    size = 2 * length
-    correlation = np.fft.irfft(np.fft.rfft(noisy[:length], size) * np.conj(np.fft.rfft(clean[:length], size)), size)
-    lag = int(np.argmax(np.abs(correlation)))
-    lag = lag - size if lag > length else lag  # circular index -> signed lag
+    lag = correlation_lag(noisy[:length], clean[:length])
     if abs(lag) > MAX_LAG * sampling_rate:
         raise ValueError(
             f"the noisy file is shifted by {1000 * lag / sampling_rate:+.1f} ms against the clean one "

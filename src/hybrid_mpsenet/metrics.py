@@ -60,6 +60,15 @@ def stoi_score(reference: np.ndarray, degraded: np.ndarray, sampling_rate: int =
     return value if np.isfinite(value) and value != STOI_TOO_SHORT else float("nan")
 
 
+def correlation_lag(signal: np.ndarray, reference: np.ndarray) -> int:
+    """The signed lag in samples at which `signal` best matches `reference` (both `(samples,)`, any lengths): the
+    peak of their absolute cross-correlation; positive when `signal` is late."""
+    size = len(signal) + len(reference)  # no circular wrap-around
+    correlation = np.fft.irfft(np.fft.rfft(signal, size) * np.conj(np.fft.rfft(reference, size)), size)
+    lag = int(np.argmax(np.abs(correlation)))
+    return lag - size if lag >= len(signal) else lag  # indices past the signal are negative lags
+
+
 def si_sdr(reference: np.ndarray, estimate: np.ndarray) -> float:
     """Scale-invariant signal-to-distortion ratio in dB (Le Roux et al., 2019); both `(samples,)`."""
     length = min(len(reference), len(estimate))

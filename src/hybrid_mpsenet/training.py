@@ -392,7 +392,6 @@ def train(args: TrainingArguments) -> Path:
         run.load(checkpoint)
         if accelerator.is_main_process:
             tqdm.write(f"resuming from step {state.step} ({checkpoint})")
-        if accelerator.is_main_process:
             _truncate_history(output_dir / "history.jsonl", state.step)
     if args.log_with is not None:
         accelerator.init_trackers("hybrid-mpsenet", config={k: str(v) for k, v in asdict(args).items()})
