@@ -192,3 +192,66 @@ def test_forward_rejects_wrong_shapes():
         model(torch.zeros(1, 20, 5), torch.zeros(1, 20, 5))
     with pytest.raises(ValueError, match=r"\(batch, freq, time\)"):
         model(torch.zeros(33, 5), torch.zeros(33, 5))
+
+
+PLAIN = {"num_magnitude_blocks": 0, "num_phase_blocks": 0, "fusion": "none", "branch_projection": False}
+
+
+@pytest.mark.parametrize(
+    "changes",
+    [
+        {"num_magnitude_blocks": 1, "magnitude_block_type": "mamba", "mamba_axes": "time"},
+        {"num_magnitude_blocks": 1, "num_phase_blocks": 1, "fusion": "cross_attention", "branch_projection": True},
+        {"num_shared_blocks": 2, "num_phase_blocks": 2, "phase_block_type": "mamba", "dropout": 0.1},
+    ],
+)
+def test_grow_adds_blocks_that_start_as_identities_and_learn(changes, speech):
+    model = HybridMPSENetModel(tiny_config(**PLAIN)).eval()
+    extractor = HybridMPSENetFeatureExtractor.from_model_config(model.config)
+    grown = model.grow(**changes).eval()
+    assert all(getattr(grown.config, key) == value for key, value in changes.items())
+    assert grown.num_parameters() > model.num_parameters()
+    features = extractor(speech[:4000], sampling_rate=16000)
+    with torch.no_grad():
+        before, after = model(**features), grown(**features)
+    torch.testing.assert_close(after.complex_spectrum, before.complex_spectrum, rtol=1e-5, atol=1e-6)
+    old = set(model.state_dict())
+    grown.train()
+    grown(**features).magnitude.sum().backward()
+    added = {name: p for name, p in grown.named_parameters() if name not in old}
+    assert added and any(p.grad is not None and p.grad.abs().sum() > 0 for p in added.values())
+    for name, tensor in model.state_dict().items():
+        torch.testing.assert_close(grown.state_dict()[name], tensor)
+
+
+@pytest.mark.parametrize(
+    "base, changes, message",
+    [
+        (PLAIN, {"dense_channel": 16, "num_attention_heads": 2}, "reshaped: encoder"),
+        (PLAIN, {"num_shared_blocks": 0}, "dropped: shared_blocks.0"),
+        (PLAIN, {"ts_transformer_axes": "freq_time"}, "changes what the existing weights compute"),
+        (PLAIN, {"num_shared_block": 2}, "Unknown config settings"),
+        ({}, {"mamba_axes": "time"}, "dropped: magnitude_blocks.0.mamba_f"),
+        ({**PLAIN, "num_magnitude_blocks": 1, "mamba_axes": "time"}, {"mamba_axes": "time_freq"}, "inside existing"),
+        (PLAIN, {"ffn_hidden_size": 16}, "reshaped: shared_blocks.0"),
+    ],
+)
+def test_grow_refuses_changes_to_existing_layers(base, changes, message):
+    model = HybridMPSENetModel(tiny_config(**base))
+    with pytest.raises(ValueError, match=message):
+        model.grow(**changes)
+
+
+def test_time_only_mamba_block_has_no_frequency_pass():
+    config = tiny_config(mamba_axes="time")
+    model = HybridMPSENetModel(config)
+    names = list(model.state_dict())
+    assert any(".mamba_t." in name for name in names) and not any(".mamba_f." in name for name in names)
+    block = model.magnitude_blocks[0].eval()
+    x = torch.randn(1, 8, 6, 5)
+    y = x.clone()
+    y[0, :, 3, 1] += torch.randn(8)  # only frame 3 of bin 1: a time-only pass leaves the other bins alone
+    with torch.no_grad():
+        changed = (block(x) - block(y)).abs().amax(dim=(0, 1))
+    assert changed[:3].max() == 0 and changed[3:, 1].min() > 0
+    assert changed[:, [0, 2, 3, 4]].max() == 0

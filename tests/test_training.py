@@ -196,6 +196,27 @@ def test_train_and_finetune_commands(tmp_path, voicebank, capsys):
     assert "no such folder" in capsys.readouterr().err
 
 
+@pytest.mark.slow
+def test_finetune_with_config_overrides_grows_the_model_from_where_it_was(tmp_path, voicebank):
+    base = train(arguments(tmp_path / "base", train_data=str(voicebank), max_steps=1, discriminator=False))
+    speech = [str(DATA / name) for name in (*SPEECH, "p232_001_clean.wav")]
+    mixing = dict(clean_dirs=speech, noise_dirs=[str(DATA / "running_tap_8s.wav")], items_per_epoch=2)
+    mixing["eval_at_start"] = True
+    mixing.update(model=str(base), max_steps=1, discriminator=False, eval_seed=7, seed=8)
+    kept = train(arguments(tmp_path / "kept", **{**mixing, "config_overrides": None}))
+    grown = train(arguments(tmp_path / "grown", **{**mixing, "config_overrides": '{"num_magnitude_blocks": 2}'}))
+    assert HybridMPSENetForSpeechEnhancement.from_pretrained(grown).config.num_magnitude_blocks == 2
+    assert HybridMPSENetForSpeechEnhancement.from_pretrained(kept).config.num_magnitude_blocks == 1
+    first = [json.loads((path.parent / "history.jsonl").read_text().splitlines()[0]) for path in (kept, grown)]
+    assert first[0]["step"] == first[1]["step"] == 0
+    for metric in ("pesq", "stoi"):  # the grown model starts where the model it grew from was
+        assert np.isfinite(first[0][metric]) and first[0][metric] == pytest.approx(first[1][metric], abs=1e-6)
+    with pytest.raises(ValueError, match="config_overrides must be a JSON dict"):
+        train(arguments(tmp_path / "bad", **{**mixing, "config_overrides": "[1]"}))
+    with pytest.raises(ValueError, match="cannot keep the existing weights"):
+        train(arguments(tmp_path / "bad", **{**mixing, "config_overrides": '{"dense_channel": 4}'}))
+
+
 def test_finetune_help_lists_every_setting_and_errors_name_finetune(tmp_path, capsys):
     assert main(["finetune", "-h"]) == 0
     shown = capsys.readouterr().out

@@ -12,10 +12,13 @@ BLOCK_TYPES = ("transformer", "mamba")
 FUSION_TYPES = ("none", "cross_attention", "pointwise")
 TS_TRANSFORMER_AXES = ("time_freq", "freq_time", "batch_mixed")
 SELF_ATTENTION_KV = ("normed", "raw")
+MAMBA_AXES = ("time_freq", "time")
 
 # What a saved config.json must state: the keys that shape the weights or change the output. A config without one
 # of them would silently take the default (hybrid-large's) and fit the weights wrongly; dropout, Mamba init ranges
-# and kernel choices may be left out.
+# and kernel choices may be left out. `mamba_axes` came later and may be missing from older configs, whose Mamba
+# blocks all ran along time and frequency (its default); a config that drops it from a time-only model fails the
+# strict weight check instead.
 ARCHITECTURE_KEYS = (
     "sampling_rate",
     "n_fft",
@@ -131,6 +134,9 @@ class HybridMPSENetConfig(PreTrainedConfig):
             defaults to 2), mamba_dt_rank (`int` or `"auto"`): Mamba sizes, as in `mamba_ssm.Mamba`.
         mamba_dt_min, mamba_dt_max, mamba_dt_init_floor (`float`): initial range of the Mamba step size.
         mamba_share_time_freq (`bool`): one Mamba for the time and the frequency pass of a block.
+        mamba_axes (`str`, defaults to `"time_freq"`): the passes of every Mamba block: `"time_freq"` (along time,
+            then along frequency, as the original hybrids) or `"time"` (along time only: half the cost, the
+            cheap choice for CPU inference, where the frequency pass costs as much as the time pass).
         use_mamba_kernels (`bool`, defaults to True): use `mamba_ssm`/`causal_conv1d` CUDA kernels when installed
             and the input is on CUDA; the pure-PyTorch scan is used otherwise.
         mamba_scan_chunk_size (`int`, defaults to 16): time steps per chunk of the pure-PyTorch scan.
@@ -170,6 +176,7 @@ class HybridMPSENetConfig(PreTrainedConfig):
         mamba_dt_max: float = 0.1,
         mamba_dt_init_floor: float = 1e-4,
         mamba_share_time_freq: bool = False,
+        mamba_axes: str = "time_freq",
         use_mamba_kernels: bool = True,
         mamba_scan_chunk_size: int = 16,
         **kwargs,
@@ -210,6 +217,8 @@ class HybridMPSENetConfig(PreTrainedConfig):
             raise ValueError(f"ts_transformer_axes must be one of {TS_TRANSFORMER_AXES}, got {ts_transformer_axes!r}.")
         if self_attention_kv not in SELF_ATTENTION_KV:
             raise ValueError(f"self_attention_kv must be one of {SELF_ATTENTION_KV}, got {self_attention_kv!r}.")
+        if mamba_axes not in MAMBA_AXES:
+            raise ValueError(f"mamba_axes must be one of {MAMBA_AXES}, got {mamba_axes!r}.")
         if fusion != "none" and (num_magnitude_blocks == 0) != (num_phase_blocks == 0):
             raise ValueError(
                 f"fusion={fusion!r} needs both a magnitude and a phase branch, got num_magnitude_blocks="
@@ -278,6 +287,7 @@ class HybridMPSENetConfig(PreTrainedConfig):
         self.mamba_dt_max = mamba_dt_max
         self.mamba_dt_init_floor = mamba_dt_init_floor
         self.mamba_share_time_freq = mamba_share_time_freq
+        self.mamba_axes = mamba_axes
         self.use_mamba_kernels = use_mamba_kernels
         self.mamba_scan_chunk_size = mamba_scan_chunk_size
         super().__init__(**kwargs)

@@ -8,6 +8,7 @@ batches are handled with a `frame_mask` that masks statistics, attention keys an
 
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass
 
 import torch
@@ -361,8 +362,9 @@ class TSTransformerBlock(GradientCheckpointingLayer):
 
 
 class MambaBlock(GradientCheckpointingLayer):
-    """Pre-norm unidirectional Mamba along time, then along frequency, each with a residual (one LayerNorm shared
-    by both passes). `(batch, C, time, freq)` in and out; causal in time, so right padding never leaks back."""
+    """Pre-norm unidirectional Mamba along time, then along frequency (or along time only, `mamba_axes="time"`),
+    each pass with a residual (one LayerNorm shared by the passes). `(batch, C, time, freq)` in and out; causal in
+    time, so right padding never leaks back."""
 
     def __init__(self, config: HybridMPSENetConfig):
         super().__init__()
@@ -382,19 +384,23 @@ class MambaBlock(GradientCheckpointingLayer):
                 chunk_size=config.mamba_scan_chunk_size,
             )
 
+        self.axes = ("time", "freq") if config.mamba_axes == "time_freq" else ("time",)
         if config.mamba_share_time_freq:
             self.mamba = make_mamba()
         else:
             self.mamba_t = make_mamba()
-            self.mamba_f = make_mamba()
+            if "freq" in self.axes:
+                self.mamba_f = make_mamba()
         self.dropout = nn.Dropout(config.dropout)
 
-    def forward(self, x: torch.Tensor, frame_mask: torch.Tensor | None = None) -> torch.Tensor:
+    def mambas(self) -> list[Mamba]:
+        """The Mamba of each pass, in the order of `self.axes`."""
         if hasattr(self, "mamba"):
-            passes = ((self.mamba, "time"), (self.mamba, "freq"))
-        else:
-            passes = ((self.mamba_t, "time"), (self.mamba_f, "freq"))
-        for mamba, axis in passes:
+            return [self.mamba] * len(self.axes)
+        return [self.mamba_t, self.mamba_f] if "freq" in self.axes else [self.mamba_t]
+
+    def forward(self, x: torch.Tensor, frame_mask: torch.Tensor | None = None) -> torch.Tensor:
+        for mamba, axis in zip(self.mambas(), self.axes, strict=True):
             shape = x.shape
             sequences = _to_sequences(x, axis)
             x = _from_sequences(self.dropout(mamba(self.norm(sequences)) + sequences), axis, shape)
@@ -427,6 +433,46 @@ class BranchFusion(nn.Module):
         new_mag = mag + self.phase_to_magnitude(mag, context=pha, **kwargs)
         new_pha = pha + self.magnitude_to_phase(pha, context=mag, **kwargs)
         return (x.reshape(b, t, f, c).permute(0, 3, 1, 2) for x in (new_mag, new_pha))
+
+
+@torch.no_grad()
+def _start_as_identity(module: nn.Module) -> None:
+    """Make an added layer of [`HybridMPSENetModel.grow`] pass its residual stream through unchanged."""
+    if isinstance(module, MambaBlock):
+        for mamba in module.mambas():
+            mamba.out_proj.weight.zero_()
+    elif isinstance(module, nn.Conv2d):  # a 1x1 branch projection
+        module.weight.copy_(torch.eye(module.out_channels, dtype=module.weight.dtype)[:, :, None, None])
+        module.bias.zero_()
+    else:  # the Transformer blocks of a TS-Transformer or a fusion are residual branches that end in a LayerNorm
+        for block in module.modules():
+            if isinstance(block, TransformerBlock):
+                block.norm3.weight.zero_()
+                block.norm3.bias.zero_()
+
+
+@torch.no_grad()
+def _check_same_output(model: nn.Module, grown: nn.Module, changes: dict) -> None:
+    """Raise unless `grown` enhances a random spectrum exactly as `model` does (both in eval mode)."""
+    bins = model.config.num_freq_bins
+    generator = torch.Generator().manual_seed(0)
+    magnitude = torch.rand(1, bins, 24, generator=generator)
+    phase = (torch.rand(1, bins, 24, generator=generator) * 2 - 1) * torch.pi
+    modes = model.training, grown.training
+    model.eval()
+    grown.eval()
+    try:
+        before = model(magnitude, phase).complex_spectrum
+        after = grown(magnitude, phase).complex_spectrum
+    finally:
+        model.train(modes[0])
+        grown.train(modes[1])
+    error = (after - before).abs().max().item()
+    if not error <= 1e-5 * before.abs().max().item():
+        raise ValueError(
+            f"grow({', '.join(sorted(changes))}) changes what the existing weights compute (largest difference "
+            f"{error:.3g}); keep the settings of the existing layers (axes, attention keys and values) as they are."
+        )
 
 
 def _make_blocks(config: HybridMPSENetConfig, count: int, kind: str) -> nn.ModuleList:
@@ -502,6 +548,54 @@ class HybridMPSENetModel(HybridMPSENetPreTrainedModel):
         self.phase_decoder = PhaseDecoder(config)
         self.register_buffer("window", torch.hann_window(config.win_length), persistent=False)
         self.post_init()
+
+    def grow(self, **changes) -> HybridMPSENetModel:
+        """A new model of this class with the config `changes` (more blocks, a fusion, a branch projection), whose
+        added layers start as identities, so that it computes exactly what this model computes.
+
+        Blocks are appended to their group (a group's block type may change while it has none), `fusion` may go
+        from `"none"` to another mode, and settings that shape no weight (dropout, Mamba init ranges, the kernel
+        choice) may change. A change that would alter or drop the existing weights, or change what they compute,
+        is a `ValueError`. An added Transformer block or fusion starts with its final LayerNorm at zero, an added
+        Mamba with a zero output projection, an added branch projection as the identity: the residuals pass
+        through unchanged, and training then shapes the new layers from there.
+        """
+        signature = inspect.signature(type(self.config).__init__).parameters
+        unknown = sorted(set(changes) - set(signature))
+        if unknown:
+            raise ValueError(f"Unknown config settings {unknown}; see HybridMPSENetConfig.")
+        config = type(self.config).from_dict({**self.config.to_dict(), **changes})
+        grown = type(self)(config)
+        old_state = self.state_dict()
+        new_state = grown.state_dict()
+        dropped = [name for name in old_state if name not in new_state]
+        reshaped = [name for name in old_state if name in new_state and new_state[name].shape != old_state[name].shape]
+        if dropped or reshaped:
+            raise ValueError(
+                f"grow({', '.join(sorted(changes))}) cannot keep the existing weights: "
+                + "; ".join(
+                    f"{kind}: {', '.join(names[:6])}"
+                    for kind, names in (("dropped", dropped), ("reshaped", reshaped))
+                    if names
+                )
+                + ". Only blocks, a fusion and branch projections can be added."
+            )
+        grown.load_state_dict(old_state, strict=False)
+        added = set(new_state) - set(old_state)
+        for name, module in grown.named_modules():
+            is_layer = isinstance(module, (TSTransformerBlock, MambaBlock, BranchFusion))
+            if is_layer or name in ("magnitude_projection", "phase_projection"):
+                keys = {f"{name}.{key}" for key in module.state_dict()}
+                if keys <= added:
+                    _start_as_identity(module)
+                    added -= keys
+        if added:
+            raise ValueError(
+                f"grow({', '.join(sorted(changes))}) would add weights inside existing layers "
+                f"({', '.join(sorted(added)[:6])}); only whole blocks, a fusion and branch projections can be added."
+            )
+        _check_same_output(self, grown, changes)
+        return grown
 
     def spectrum(self, waveform: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """`(batch, samples)` -> compressed magnitude, phase `(batch, freq, frames)` and complex `(..., 2)`."""

@@ -47,7 +47,13 @@ class TrainingArguments:
 
     output_dir: str = field(metadata={"help": "run folder: checkpoints/, best/ (the exported model), logs/"})
     preset: str = field(default="hybrid-small", metadata={"help": "architecture preset for a new model"})
-    config_overrides: str | None = field(default=None, metadata={"help": "JSON dict of config values to change"})
+    config_overrides: str | None = field(
+        default=None,
+        metadata={
+            "help": "JSON dict of config values: of the --preset for a new model, or, with --model, blocks (or a "
+            "fusion) to add to that model, starting as identities (HybridMPSENetModel.grow)"
+        },
+    )
     model: str | None = field(default=None, metadata={"help": "start from this model folder or Hub id"})
     train_data: str | None = field(default=None, metadata={"help": "VoiceBank+DEMAND folder, saved dataset or id"})
     eval_data: str | None = field(default=None, metadata={"help": "pairs for validation (default: train_data test)"})
@@ -98,6 +104,13 @@ class TrainingArguments:
     keep_checkpoints: int = field(default=2, metadata={"help": "newest checkpoints kept on disk"})
     log_with: str | None = field(default="tensorboard", metadata={"help": "Accelerate tracker, or none"})
     seed: int = field(default=1234, metadata={"help": "seed of the model init, mixing and data order"})
+    eval_seed: int | None = field(
+        default=None,
+        metadata={
+            "help": "seed of the held-out clean files and the validation mixtures (default: seed); keep it when a "
+            "later stage changes seed, so that it validates on the same files and never trains on them"
+        },
+    )
     resume: bool = field(default=False, metadata={"help": "continue from the newest checkpoint in output_dir"})
     cpu: bool = field(default=False, metadata={"help": "train on CPU even when a GPU is present"})
     progress: bool = field(default=True, metadata={"help": "show progress bars"})
@@ -192,7 +205,8 @@ def build_datasets(args: TrainingArguments, sampling_rate: int):
     noise = list_audio(args.noise_dirs)
     check_audio_files(clean, "clean speech", args.progress)
     check_audio_files(noise, "noise", args.progress)
-    order = np.random.default_rng(args.seed).permutation(len(clean))
+    eval_seed = args.seed if args.eval_seed is None else args.eval_seed
+    order = np.random.default_rng(eval_seed).permutation(len(clean))
     held_out = max(1, int(round(args.eval_fraction * len(clean)))) if len(clean) > 1 else 0
     train_files = [clean[i] for i in sorted(order[held_out:])]
     eval_files = [clean[i] for i in sorted(order[:held_out])] or train_files
@@ -211,19 +225,25 @@ def build_datasets(args: TrainingArguments, sampling_rate: int):
         reverb_prob=args.reverb_prob,
         normalise=True,
     )
-    evaluation = NoiseMixingDataset(eval_files, noise, sampling_rate, None, snr, seed=args.seed + 1)
+    evaluation = NoiseMixingDataset(eval_files, noise, sampling_rate, None, snr, seed=eval_seed + 1)
     return train, evaluation
 
 
 def build_model(args: TrainingArguments, checkpoint: Path | None = None) -> HybridMPSENetForSpeechEnhancement:
-    """The generator: the architecture of `checkpoint` when resuming (its weights are loaded later), else `--model`,
-    else a new model of `--preset`."""
+    """The generator: the architecture of `checkpoint` when resuming (its weights are loaded later), else `--model`
+    (grown by `config_overrides`), else a new model of `--preset` with `config_overrides`."""
     if checkpoint is not None:
         return HybridMPSENetForSpeechEnhancement(checkpointing.read_generator_config(checkpoint))
+    try:
+        overrides = json.loads(args.config_overrides or "{}")
+    except json.JSONDecodeError as error:
+        raise ValueError(f"config_overrides is not a JSON dict: {error}.") from error
+    if not isinstance(overrides, dict):
+        raise ValueError(f"config_overrides must be a JSON dict, got {args.config_overrides!r}.")
     if args.model is not None:
-        return HybridMPSENetForSpeechEnhancement.from_pretrained(args.model)
-    config = HybridMPSENetConfig.from_preset(args.preset, **json.loads(args.config_overrides or "{}"))
-    return HybridMPSENetForSpeechEnhancement(config)
+        model = HybridMPSENetForSpeechEnhancement.from_pretrained(args.model)
+        return model.grow(**overrides) if overrides else model
+    return HybridMPSENetForSpeechEnhancement(HybridMPSENetConfig.from_preset(args.preset, **overrides))
 
 
 def build_optimizers(args: TrainingArguments, model: torch.nn.Module, discriminator: torch.nn.Module):
