@@ -242,7 +242,9 @@ def build_model(args: TrainingArguments, checkpoint: Path | None = None) -> Hybr
         raise ValueError(f"config_overrides must be a JSON dict, got {args.config_overrides!r}.")
     if args.model is not None:
         model = HybridMPSENetForSpeechEnhancement.from_pretrained(args.model)
-        return model.grow(**overrides) if overrides else model
+        # Settings that restate the model's own (a whole saved config, say) change nothing.
+        changes = {key: value for key, value in overrides.items() if getattr(model.config, key, None) != value}
+        return model.grow(**changes) if changes else model
     return HybridMPSENetForSpeechEnhancement(HybridMPSENetConfig.from_preset(args.preset, **overrides))
 
 
