@@ -19,7 +19,7 @@ def run_script(name, *args):
 
 def test_compare_runs_reads_pesq_within_the_common_training_time(tmp_path):
     for run, history in {
-        "fast": [(100, 200.0, 1.5), (200, 400.0, 1.6), (300, 600.0, 1.7)],
+        "fast": [(100, 200.0, 1.5), (200, 400.0, 1.6), (250, 480.0, 1.58), (300, 600.0, 1.7)],
         "slow": [(100, 500.0, 1.55), (200, 1000.0, 1.65)],
     }.items():
         (tmp_path / run).mkdir()
@@ -31,7 +31,8 @@ def test_compare_runs_reads_pesq_within_the_common_training_time(tmp_path):
     # By default: the earliest time at which every run has a validation (500 s, the slow run's first).
     assert result["budget_s"] == 500.0
     within = {run["run"]: run["within_budget"]["pesq"] for run in result["runs"]}
-    assert within == {"fast": 1.6, "slow": 1.55}
+    assert within == {"fast": 1.6, "slow": 1.55}  # the best within the budget, not the last (1.58)
+    assert {run["run"]: run["best"]["step"] for run in result["runs"]} == {"fast": 300, "slow": 200}
     assert all(run["parameters"] > 0 for run in result["runs"])
 
 
