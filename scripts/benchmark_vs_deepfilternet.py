@@ -27,13 +27,7 @@ from pathlib import Path
 import numpy as np
 import soxr
 
-from hybrid_mpsenet.utils import (
-    benchmark_environment,
-    measured,
-    return_large_allocations_to_the_os,
-    run_in_fresh_process,
-    write_json_atomic,
-)
+from hybrid_mpsenet.utils import benchmark_environment, measured, run_in_fresh_process, write_json_atomic
 
 RATE = 16_000
 DFN_RATE = 48_000
@@ -45,7 +39,6 @@ def run_ours(model: str, noisy: list[np.ndarray], threads: int) -> dict:
 
     from hybrid_mpsenet import HybridMPSENetForSpeechEnhancement
 
-    return_large_allocations_to_the_os()  # as the CLI's enhance does
     torch.set_num_threads(threads)
     enhancer = HybridMPSENetForSpeechEnhancement.from_pretrained(model).eval()
     enhancer.enhance(noisy[0][:RATE], RATE)  # warm-up

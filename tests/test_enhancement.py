@@ -1,6 +1,5 @@
 import logging
 import os
-import platform
 import stat
 import subprocess
 import sys
@@ -351,31 +350,3 @@ def test_non_finite_output_is_never_returned_or_written(speech, tmp_path):
     with pytest.raises(AudioError, match="in.wav: the model produced non-finite samples"):
         broken.enhance_file(tmp_path / "in.wav", tmp_path / "out.wav", progress=False)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["in.wav"]
-
-
-_HEAP_PROBE = """
-import sys
-import numpy as np
-from hybrid_mpsenet.utils import return_large_allocations_to_the_os
-if sys.argv[1] == "on":
-    assert return_large_allocations_to_the_os()
-def resident():
-    return int(open("/proc/self/statm").read().split()[1]) * 4096
-big = np.ones(16 << 20, np.uint8)
-del big  # glibc now serves allocations up to 16 MiB from its heap
-base = resident()
-activations = np.ones(8 << 20, np.uint8)
-kept = np.ones(64 << 10, np.uint8)  # allocated after it: the heap cannot shrink past it
-del activations
-print((resident() - base) / 2**20)
-"""
-
-
-@pytest.mark.skipif(not sys.platform.startswith("linux") or platform.libc_ver()[0] != "glibc", reason="a glibc setting")
-def test_large_allocations_return_to_the_os_when_freed():
-    def growth(mode: str) -> float:
-        done = subprocess.run([sys.executable, "-c", _HEAP_PROBE, mode], capture_output=True, text=True, check=True)
-        return float(done.stdout)
-
-    assert growth("off") > 4  # the freed 8 MiB stay resident in glibc's heap by default
-    assert growth("on") < 1

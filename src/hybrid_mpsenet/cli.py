@@ -18,7 +18,6 @@ import soundfile as sf
 from tqdm.auto import tqdm
 
 from .audio import DEFAULT_CHUNK_SECONDS, DEFAULT_OVERLAP_SECONDS, FORMAT_ALIASES, AudioError
-from .utils import return_large_allocations_to_the_os
 
 # torch and transformers are imported by the commands that need them, so `--help` and argument errors are instant.
 if TYPE_CHECKING:
@@ -154,7 +153,6 @@ def _load_model(args: argparse.Namespace) -> HybridMPSENetForSpeechEnhancement:
 
     from .enhancement import HybridMPSENetForSpeechEnhancement
 
-    return_large_allocations_to_the_os()
     if args.threads:
         torch.set_num_threads(args.threads)
     device = resolve_device(args.device)

@@ -163,31 +163,6 @@ def measured(device: str) -> Iterator[dict]:
         result["peak_cuda_gib"] = torch.cuda.max_memory_allocated() / 2**30
 
 
-# glibc's M_MMAP_THRESHOLD option of mallopt(3), and the allocation size from which it is set to use mmap.
-_M_MMAP_THRESHOLD = -3
-MMAP_THRESHOLD_BYTES = 1 << 20
-
-
-def return_large_allocations_to_the_os() -> bool:
-    """Serve this process's allocations of 1 MiB and more with mmap, so that their memory returns to the operating
-    system when freed (glibc; elsewhere nothing changes). glibc otherwise raises that threshold after each large
-    free and serves later activations from the heap, where chunks of changing sizes fragment it: enhancing the 10
-    VoiceBank files in a row then grows the peak RSS from 589 to 755 MiB instead of staying at 531 MiB. The
-    `enhance` and `evaluate` commands call this; it changes the whole process, so the library never does on its
-    own. Returns whether the setting took effect."""
-    import ctypes
-    import ctypes.util
-
-    name = ctypes.util.find_library("c")
-    try:
-        libc = ctypes.CDLL(name) if name else None
-    except OSError:
-        return False
-    if libc is None or not hasattr(libc, "mallopt") or not hasattr(libc, "gnu_get_libc_version"):
-        return False
-    return bool(libc.mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD_BYTES))
-
-
 def run_in_fresh_process(target: Callable[..., dict], *args) -> dict:
     """`target(*args)` in a spawned process, so peak-memory readings belong to that call alone (benchmarks).
 
