@@ -196,6 +196,23 @@ def test_train_and_finetune_commands(tmp_path, voicebank, capsys):
     assert "no such folder" in capsys.readouterr().err
 
 
+def test_eval_seed_keeps_the_held_out_files_and_mixtures_when_the_seed_changes(tmp_path):
+    from hybrid_mpsenet.training import build_datasets
+
+    speech = [str(DATA / name) for name in (*SPEECH, "p232_001_clean.wav", "p232_001_noisy.wav")]
+    mixing = dict(clean_dirs=speech, noise_dirs=[str(DATA / "running_tap_8s.wav")], eval_fraction=0.5)
+
+    def split(**seeds):
+        train_set, eval_set = build_datasets(arguments(tmp_path, **mixing, **seeds), 16000)
+        return train_set.clean_files, eval_set.clean_files, eval_set[0]["noisy"]
+
+    first, later = split(seed=1), split(seed=2, eval_seed=1)
+    assert first[0] == later[0] and first[1] == later[1] and np.array_equal(first[2], later[2])
+    assert not set(later[0]) & set(later[1])  # never trains on what it validates on
+    moved = [split(seed=2, eval_seed=value)[1] for value in range(2, 8)]
+    assert any(files != first[1] for files in moved)
+
+
 @pytest.mark.slow
 def test_finetune_with_config_overrides_grows_the_model_from_where_it_was(tmp_path, voicebank):
     base = train(arguments(tmp_path / "base", train_data=str(voicebank), max_steps=1, discriminator=False))
