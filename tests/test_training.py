@@ -220,7 +220,7 @@ def test_finetune_with_config_overrides_grows_the_model_from_where_it_was(tmp_pa
     mixing = dict(clean_dirs=speech, noise_dirs=[str(DATA / "running_tap_8s.wav")], items_per_epoch=2)
     mixing["eval_at_start"] = True
     mixing.update(model=str(base), max_steps=1, discriminator=False, eval_seed=7, seed=8)
-    kept = train(arguments(tmp_path / "kept", **{**mixing, "config_overrides": None}))
+    kept = train(arguments(tmp_path / "kept", **{**mixing, "config_overrides": "{}"}))  # the plain twin
     grown = train(arguments(tmp_path / "grown", **{**mixing, "config_overrides": '{"num_magnitude_blocks": 2}'}))
     assert HybridMPSENetForSpeechEnhancement.from_pretrained(grown).config.num_magnitude_blocks == 2
     assert HybridMPSENetForSpeechEnhancement.from_pretrained(kept).config.num_magnitude_blocks == 1

@@ -120,10 +120,10 @@ class DenseBlock(nn.Module):
         return x
 
     def _forward_in_place(self, x: torch.Tensor, frame_mask: torch.Tensor | None) -> torch.Tensor:
-        """The same computation without gradients, in a third of the memory: every layer's output is written into
-        one zero-margined buffer (newest channels first, as the concatenation orders them) whose margins are the
-        layers' padding, instead of concatenating and padding copies. At full resolution this is the network's
-        peak memory. Autograd cannot take it: later writes would change what earlier layers saved."""
+        """The same computation without gradients and without the concatenated and padded copies: every layer's
+        output is written into one zero-margined buffer (newest channels first, as the concatenation orders them)
+        whose margins are the layers' padding. At full resolution this block sets the network's peak memory.
+        Autograd cannot take it: later writes would change what earlier layers saved."""
         b, c, t, f = x.shape
         depth = len(self.layers)
         reach = 2 ** (depth - 1)  # the longest causal time padding
