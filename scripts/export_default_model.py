@@ -13,7 +13,7 @@ import shutil
 from pathlib import Path
 
 from hybrid_mpsenet import HybridMPSENetForSpeechEnhancement
-from hybrid_mpsenet.enhancement import DEFAULT_MODEL_DIR
+from hybrid_mpsenet.inference import DEFAULT_MODEL_DIR
 from hybrid_mpsenet.utils import atomic_directory
 
 FILES = ("config.json", "model.safetensors", "preprocessor_config.json")

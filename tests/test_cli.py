@@ -272,3 +272,15 @@ def test_importing_the_package_and_the_cli_loads_neither_torch_nor_transformers(
     assert result.stdout.strip() == "[]"  # so `--help` is instant (scripts/benchmark_startup.py times it)
     help_text = subprocess.run([sys.executable, "-m", "hybrid_mpsenet.cli", "--help"], capture_output=True, text=True)
     assert help_text.returncode == 0 and "finetune" in help_text.stdout
+
+
+def test_enhancing_does_not_import_transformers_model_classes(tmp_path):
+    """`enhance` runs on the lean model: PreTrainedModel's import (about 130 MiB of memory) is never paid."""
+    code = (
+        "import sys; from hybrid_mpsenet.cli import main; "
+        f"code = main(['enhance', {str(DATA / 'p232_001_noisy.wav')!r}, '-o', {str(tmp_path)!r}, '-q']); "
+        "print(code, 'transformers.modeling_utils' in sys.modules)"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert result.stdout.split()[-2:] == ["0", "False"], result.stderr[-2000:]
+    assert (tmp_path / "p232_001_noisy.wav").exists()

@@ -13,7 +13,7 @@ from safetensors.torch import load_file
 from transformers import dynamic_module_utils
 
 from hybrid_mpsenet.cli import main
-from hybrid_mpsenet.enhancement import DEFAULT_MODEL_DIR
+from hybrid_mpsenet.inference import DEFAULT_MODEL_DIR
 from hybrid_mpsenet.utils import weights_sha256
 
 EVALUATION = {
@@ -76,7 +76,7 @@ def test_the_uploads_remote_code_needs_what_the_readme_lists(tmp_path, monkeypat
     files = sorted((tmp_path / "up").glob("*.py"))
     imported = set().union(*(dynamic_module_utils.get_imports(f) for f in files))
     third_party = {name for name in imported if name not in sys.stdlib_module_names}
-    assert third_party == {"numpy", "soundfile", "soxr", "torch", "tqdm", "transformers"}  # README, Publishing
+    assert third_party == {"numpy", "safetensors", "soundfile", "soxr", "torch", "tqdm", "transformers"}  # README
     real_import = importlib.import_module
 
     def without_audio_io(name, *args):

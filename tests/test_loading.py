@@ -11,7 +11,13 @@ from helpers import tiny_config
 from safetensors.torch import load_file, save_file
 from transformers import AutoModel
 
-from hybrid_mpsenet import HybridMPSENetConfig, HybridMPSENetForSpeechEnhancement, HybridMPSENetModel
+from hybrid_mpsenet import (
+    HybridMPSENetConfig,
+    HybridMPSENetEnhancer,
+    HybridMPSENetForSpeechEnhancement,
+    HybridMPSENetModel,
+    HybridMPSENetNetwork,
+)
 from hybrid_mpsenet.cli import main
 
 
@@ -45,7 +51,7 @@ def enhance_with(folder, tmp_path, speech, capsys) -> str:
 
 def test_a_missing_tensor_is_an_error_naming_it(saved, tmp_path, speech, capsys):
     edit_weights(saved, lambda weights: weights.pop("phase_decoder.real_conv.weight"))
-    for cls in (HybridMPSENetModel, HybridMPSENetForSpeechEnhancement):
+    for cls in (HybridMPSENetModel, HybridMPSENetForSpeechEnhancement, HybridMPSENetNetwork):
         with pytest.raises(ValueError, match="missing keys: phase_decoder.real_conv.weight.*truncated"):
             cls.from_pretrained(saved)
     assert "missing keys: phase_decoder.real_conv.weight" in enhance_with(saved, tmp_path, speech, capsys)
@@ -55,14 +61,21 @@ def test_weights_of_another_variant_are_an_error(tmp_path):
     HybridMPSENetModel(tiny_config(num_shared_blocks=2)).save_pretrained(tmp_path / "two")
     HybridMPSENetModel(tiny_config(num_shared_blocks=1)).save_pretrained(tmp_path / "one")
     (tmp_path / "one" / "model.safetensors").write_bytes((tmp_path / "two" / "model.safetensors").read_bytes())
-    with pytest.raises(ValueError, match="unexpected keys: shared_blocks.1.*another variant"):
-        HybridMPSENetModel.from_pretrained(tmp_path / "one")
+    for cls in (HybridMPSENetModel, HybridMPSENetNetwork):
+        with pytest.raises(ValueError, match="unexpected keys: shared_blocks.1.*another variant"):
+            cls.from_pretrained(tmp_path / "one")
 
 
 def test_a_mis_shaped_tensor_is_an_error(saved):
     edit_weights(saved, lambda weights: weights.update(window=torch.ones(64)))
     with pytest.raises((ValueError, RuntimeError), match="window"):
         HybridMPSENetModel.from_pretrained(saved)
+    edit_weights(saved, lambda weights: weights.pop("window"))
+    edit_weights(saved, lambda weights: weights.update({"mask_decoder.output_conv.bias": torch.zeros(3)}))
+    mismatch = r"mismatched keys: mask_decoder.output_conv.bias \(\[3\] in the checkpoint, \[1\] here"
+    for cls in (HybridMPSENetModel, HybridMPSENetNetwork):
+        with pytest.raises(ValueError, match=mismatch):
+            cls.from_pretrained(saved)
 
 
 @pytest.mark.parametrize("key", ["num_shared_blocks", "n_fft", "fusion"])
@@ -78,8 +91,9 @@ def test_non_finite_weights_are_rejected_with_the_tensor_name(saved, tmp_path, s
         weights["encoder.input_conv.conv.weight"][0, 0, 0, 0] = float("nan")
 
     edit_weights(saved, poison)
-    with pytest.raises(ValueError, match="NaN or Inf in encoder.input_conv.conv.weight"):
-        HybridMPSENetForSpeechEnhancement.from_pretrained(saved)
+    for cls in (HybridMPSENetForSpeechEnhancement, HybridMPSENetEnhancer):
+        with pytest.raises(ValueError, match="NaN or Inf in encoder.input_conv.conv.weight"):
+            cls.from_pretrained(saved)
     assert "NaN or Inf in encoder.input_conv.conv.weight" in enhance_with(saved, tmp_path, speech, capsys)
 
 
@@ -122,3 +136,22 @@ def test_a_foreign_auto_map_never_runs_code_in_our_loading_path(saved, tmp_path,
     assert main(["enhance", str(tmp_path / "in.wav"), "--model", str(saved), "-q"]) == 0
     assert np.isfinite(sf.read(tmp_path / "in_enhanced.wav")[0]).all()
     assert not marker.exists()
+
+
+def test_the_lean_model_computes_what_the_transformers_model_computes(tmp_path, speech):
+    """Every block kind, both branches and the fusion: same parameters, same outputs, also from sharded weights."""
+    model = HybridMPSENetForSpeechEnhancement(tiny_config()).eval()
+    model.save_pretrained(tmp_path / "one")
+    model.save_pretrained(tmp_path / "sharded", max_shard_size="20KB")
+    assert (tmp_path / "sharded" / "model.safetensors.index.json").exists()
+    expected = model.enhance(speech, 16000)
+    for folder in ("one", "sharded"):
+        lean = HybridMPSENetEnhancer.from_pretrained(tmp_path / folder)
+        assert not lean.training and lean.state_dict().keys() == model.state_dict().keys()
+        np.testing.assert_array_equal(lean.enhance(speech, 16000), expected)
+
+
+def test_the_lean_model_refuses_a_folder_without_weights(saved):
+    (saved / "model.safetensors").unlink()
+    with pytest.raises(OSError, match="model.safetensors"):
+        HybridMPSENetNetwork.from_pretrained(saved)

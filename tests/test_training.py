@@ -15,7 +15,7 @@ from safetensors.torch import load_file
 from hybrid_mpsenet import HybridMPSENetForSpeechEnhancement
 from hybrid_mpsenet.cli import main
 from hybrid_mpsenet.data import decode_audio, mix_at_snr
-from hybrid_mpsenet.enhancement import DEFAULT_MODEL_DIR
+from hybrid_mpsenet.inference import DEFAULT_MODEL_DIR
 from hybrid_mpsenet.metrics import pesq_score
 from hybrid_mpsenet.training import TrainingArguments, latest_checkpoint, parse_training_arguments, train
 

@@ -24,7 +24,9 @@ _EXPORTS = {
     "HybridMPSENetFeatureExtractor": "feature_extraction_hybrid_mpsenet",
     "HybridMPSENetForSpeechEnhancement": "enhancement",
     "HybridMPSENetModel": "modeling_hybrid_mpsenet",
-    "HybridMPSENetOutput": "modeling_hybrid_mpsenet",
+    "HybridMPSENetEnhancer": "inference",
+    "HybridMPSENetNetwork": "network",
+    "HybridMPSENetOutput": "network",
     "HybridMPSENetPreTrainedModel": "modeling_hybrid_mpsenet",
     "Mamba": "mamba",
     "SpeechEnhancementPipeline": "pipeline",
@@ -39,8 +41,10 @@ if TYPE_CHECKING:  # static analysers see the names; at run time __getattr__ loa
     from .convert import convert_original_checkpoint
     from .enhancement import HybridMPSENetForSpeechEnhancement
     from .feature_extraction_hybrid_mpsenet import HybridMPSENetFeatureExtractor
+    from .inference import HybridMPSENetEnhancer
     from .mamba import Mamba, selective_scan, selective_scan_reference
-    from .modeling_hybrid_mpsenet import HybridMPSENetModel, HybridMPSENetOutput, HybridMPSENetPreTrainedModel
+    from .modeling_hybrid_mpsenet import HybridMPSENetModel, HybridMPSENetPreTrainedModel
+    from .network import HybridMPSENetNetwork, HybridMPSENetOutput
     from .pipeline import SpeechEnhancementPipeline
 
 
@@ -95,7 +99,8 @@ def _register_feature_extractor(module: Any) -> None:
 def _register_pipeline(module: Any) -> None:
     from transformers.pipelines import PIPELINE_REGISTRY
 
-    from .enhancement import DEFAULT_MODEL_DIR, HybridMPSENetForSpeechEnhancement
+    from .enhancement import HybridMPSENetForSpeechEnhancement
+    from .inference import DEFAULT_MODEL_DIR
 
     PIPELINE_REGISTRY.register_pipeline(
         "speech-enhancement",

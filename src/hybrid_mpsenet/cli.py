@@ -24,7 +24,7 @@ if TYPE_CHECKING:
     import torch
 
     from .configuration_hybrid_mpsenet import HybridMPSENetConfig
-    from .enhancement import HybridMPSENetForSpeechEnhancement
+    from .inference import HybridMPSENetEnhancer
 
 AUDIO_SUFFIXES = {f".{name.lower()}" for name in [*sf.available_formats(), *FORMAT_ALIASES]}
 
@@ -135,7 +135,7 @@ def model_source(name: str | None) -> str | Path:
         FileNotFoundError: `name` is a path (absolute, relative with `.`/`~`, or with more than one `/`, which no
             Hub id has) and does not exist, instead of a Hub lookup that fails with a less useful message.
     """
-    from .enhancement import model_location
+    from .inference import model_location
 
     source = model_location(name)
     if isinstance(source, Path):  # the bundled checkpoint
@@ -147,16 +147,17 @@ def model_source(name: str | None) -> str | Path:
     return name
 
 
-def _load_model(args: argparse.Namespace) -> HybridMPSENetForSpeechEnhancement:
-    """The `--model` (default: bundled) on `--device`, with `--threads` applied, ready for inference."""
+def _load_model(args: argparse.Namespace) -> HybridMPSENetEnhancer:
+    """The `--model` (default: bundled) on `--device`, with `--threads` applied, ready for inference. It is the lean
+    model class: enhancing does not import transformers' model classes."""
     import torch
 
-    from .enhancement import HybridMPSENetForSpeechEnhancement
+    from .inference import HybridMPSENetEnhancer
 
     if args.threads:
         torch.set_num_threads(args.threads)
     device = resolve_device(args.device)
-    return HybridMPSENetForSpeechEnhancement.from_pretrained(model_source(args.model)).to(device).eval()
+    return HybridMPSENetEnhancer.from_pretrained(model_source(args.model)).to(device).eval()
 
 
 def _add_inference_arguments(parser: argparse.ArgumentParser) -> None:

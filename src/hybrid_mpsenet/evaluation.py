@@ -12,7 +12,7 @@ import soundfile as sf
 from tqdm.auto import tqdm
 
 from .data import decode_audio, load_voicebank
-from .enhancement import HybridMPSENetForSpeechEnhancement
+from .inference import WaveformEnhancementMixin
 from .metrics import correlation_lag, pair_scores, parallel_map, summarise
 
 METRICS = ("pesq", "csig", "cbak", "covl", "stoi", "ssnr")
@@ -26,7 +26,7 @@ logger = logging.getLogger(__name__)
 
 def evaluate_dataset(
     data: str | Path,
-    model: HybridMPSENetForSpeechEnhancement | None = None,
+    model: WaveformEnhancementMixin | None = None,
     noisy_baseline: bool = False,
     save_enhanced: str | Path | None = None,
     max_items: int | None = None,

@@ -28,6 +28,7 @@ OWN_FILES = {
     "README.md",
     "configuration_hybrid_mpsenet.py",
     "modeling_hybrid_mpsenet.py",
+    "network.py",
     "feature_extraction_hybrid_mpsenet.py",
     "mamba.py",
     "spectral.py",
