@@ -18,25 +18,32 @@ CLIENT = textwrap.dedent(
     from huggingface_hub import hf_hub_download
     from transformers import AutoFeatureExtractor, AutoModel
     import hybrid_mpsenet
-    from hybrid_mpsenet import HybridMPSENetForSpeechEnhancement
+    from hybrid_mpsenet import HybridMPSENetEnhancer, HybridMPSENetForSpeechEnhancement
+
+    def lean_parameters(**kwargs):
+        model = HybridMPSENetEnhancer.from_pretrained("org/demo", **kwargs)
+        return sum(p.numel() for p in model.parameters())
 
     step = sys.argv[1]
     if step == "online":
         model = HybridMPSENetForSpeechEnhancement.from_pretrained("org/demo")
         print("params", model.num_parameters())
+        print("lean", lean_parameters(revision="v1"))
         print("auto", type(AutoModel.from_pretrained("org/demo")).__name__)
         print("extractor", type(AutoFeatureExtractor.from_pretrained("org/demo")).__name__)
         print("card-main", open(hf_hub_download("org/demo", "README.md")).read().strip())
         print("card-v1", open(hf_hub_download("org/demo", "README.md", revision="v1")).read().strip())
         for repo, revision in (("org/absent", "main"), ("org/demo", "no-such-branch")):
-            try:
-                HybridMPSENetForSpeechEnhancement.from_pretrained(repo, revision=revision)
-            except OSError as error:
-                print("error", repo, revision, str(error).splitlines()[0])
+            for cls in (HybridMPSENetForSpeechEnhancement, HybridMPSENetEnhancer):
+                try:
+                    cls.from_pretrained(repo, revision=revision)
+                except OSError as error:
+                    print("error", repo, revision, str(error).splitlines()[0])
     else:
         try:
             model = HybridMPSENetForSpeechEnhancement.from_pretrained("org/demo")
             print("cached", model.num_parameters())
+            print("lean-cached", lean_parameters())
         except OSError as error:
             print("error", str(error).splitlines()[0])
     """
@@ -72,13 +79,15 @@ def test_download_from_a_local_hub_revisions_cache_and_offline(tmp_path):
     env.pop("HF_HUB_OFFLINE", None)
     with HubServer(tmp_path) as server:
         out = run_client("online", {**env, "HF_ENDPOINT": server.endpoint})
-    assert f"params {model.num_parameters()}" in out
+    assert f"params {model.num_parameters()}" in out and f"lean {model.num_parameters()}" in out
     assert "auto HybridMPSENetModel" in out and "extractor HybridMPSENetFeatureExtractor" in out
     assert "card-main second card" in out and "card-v1 first card" in out
-    assert "error org/absent main org/absent is not a local folder and is not a valid model identifier" in out
-    assert "error org/demo no-such-branch no-such-branch is not a valid git identifier" in out
+    absent = "error org/absent main org/absent is not a local folder and is not a valid model identifier"
+    assert out.count(absent) == 2, out
+    assert out.count("error org/demo no-such-branch no-such-branch is not a valid git identifier") == 2, out
     # The server is gone: with HF_HUB_OFFLINE=1, and also with the network simply unreachable, the cache serves.
-    assert f"cached {model.num_parameters()}" in run_client("offline", {**env, "HF_HUB_OFFLINE": "1"})
+    offline = run_client("offline", {**env, "HF_HUB_OFFLINE": "1"})
+    assert f"cached {model.num_parameters()}" in offline and f"lean-cached {model.num_parameters()}" in offline
     unreachable = run_client("offline", {**env, "HF_ENDPOINT": server.endpoint, "HF_HUB_ETAG_TIMEOUT": "2"})
     assert f"cached {model.num_parameters()}" in unreachable
     # Nothing cached and no network: a clear error, not a hang.

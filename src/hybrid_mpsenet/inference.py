@@ -355,8 +355,9 @@ def _fit_length(samples: np.ndarray, frames: int) -> np.ndarray:
 
 class HybridMPSENetEnhancer(WaveformEnhancementMixin, HybridMPSENetNetwork):
     """[`HybridMPSENetForSpeechEnhancement`] without transformers' model classes: the same `enhance` and
-    `enhance_file`, the same outputs, from the same checkpoints, in a process about 130 MiB smaller (PyTorch,
-    the config class and the network only). `hybrid-mpsenet enhance` runs on it.
+    `enhance_file`, the same outputs, from the same checkpoints, in a process 84–127 MiB smaller (PyTorch, the
+    config class and the network only; the saving depends on which optional packages transformers finds).
+    `hybrid-mpsenet enhance` runs on it.
 
     Example:
         ```python

@@ -3,9 +3,10 @@ around a configurable stack of TS-Transformer and Mamba blocks, with optional ma
 cross-attention.
 
 Nothing here imports transformers' model classes (`PreTrainedModel` brings in distributed, compiler and optional
-integration modules, about 130 MiB of a process's memory), so [`HybridMPSENetNetwork`] serves inference in a lean
-process: `hybrid-mpsenet enhance` runs on it. [`HybridMPSENetModel`] in `modeling_hybrid_mpsenet` has the same layers
-and forward pass ([`HybridMPSENetLayers`]) with transformers' loading, saving and training machinery.
+integration modules: 127 MiB of a process's memory with the development extras installed, 84 MiB without), so
+[`HybridMPSENetNetwork`] serves inference in a lean process: `hybrid-mpsenet enhance` runs on it.
+[`HybridMPSENetModel`] in `modeling_hybrid_mpsenet` has the same layers and forward pass ([`HybridMPSENetLayers`])
+with transformers' loading, saving and training machinery.
 
 Feature maps inside the network are `(batch, channels, time, freq)`. Every sequence module is batch-first and runs
 along the axis its name says, so an item's output never depends on the other items of a batch; right-padded
