@@ -165,3 +165,11 @@ def test_convert_and_push_dry_run_never_delete_a_users_folder(tmp_path, capsys, 
     monkeypatch.chdir(home)
     assert main([*convert[:2], ".", *convert[2:]]) == 2  # the current folder is a folder like any other
     assert [p.name for p in home.iterdir()] == ["important.txt"]
+
+
+def test_push_dry_run_overwrite_replaces_its_own_upload_folder(tmp_path):
+    """Every file of an upload, the copied model code included, counts as the package's own."""
+    push = ["push", "--model", "default", "--repo-id", "org/x", "--dry-run", str(tmp_path / "up")]
+    assert main(push) == 0
+    assert main([*push, "--overwrite"]) == 0
+    assert (tmp_path / "up" / "inference.py").exists() and (tmp_path / "up" / "model.safetensors").exists()
