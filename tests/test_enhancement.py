@@ -173,7 +173,7 @@ def test_enhance_file_errors_name_the_file_and_lose_nothing(model, speech, tmp_p
         with pytest.raises(AudioError, match=match):
             model.enhance_file(tmp_path / source, tmp_path / target, progress=False)
     model.enhance_file(tmp_path / "ok.wav", tmp_path / "out.wav", progress=False)
-    with pytest.raises(AudioError, match="already exists"):
+    with pytest.raises(FileExistsError, match="already exists"):
         model.enhance_file(tmp_path / "ok.wav", tmp_path / "out.wav", progress=False)
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
         ["ok.wav", "corrupt.wav", "empty.wav", "zero.wav", "nan.wav", "blocker", "out.wav"]

@@ -188,8 +188,12 @@ def test_train_and_finetune_commands(tmp_path, voicebank, capsys):
     history = [json.loads(line) for line in (tmp_path / "tuned" / "history.jsonl").read_text().splitlines()]
     assert [record["step"] for record in history] == [0, 2]  # the starting model is validated first
     capsys.readouterr()
-    tuned = ["finetune", "--model", "default", "--clean", str(DATA), "--noise", str(DATA), "--items_per_epoch", "2"]
+    base = str(tmp_path / "base" / "best")
+    tuned = ["finetune", "--model", base, "--clean", str(DATA), "--noise", str(DATA), "--items_per_epoch", "2"]
     again = [*tuned, "--output_dir", str(tmp_path / "tuned"), *common, "--max_steps", "3", "--resume", "true"]
+    other_model = ["--model" if arg == "--model" else "default" if arg == base else arg for arg in again]
+    assert main(other_model) == 2  # --resume continues the run's own model: another --model is refused, not ignored
+    assert "model" in (err := capsys.readouterr().err) and "changed since it started" in err
     assert main(again) == 0
     assert "resuming from step 2" in capsys.readouterr().out
     assert main(["train", "--output_dir", str(tmp_path / "x"), "--train_data", str(tmp_path / "none"), *common]) == 2
@@ -366,7 +370,7 @@ def test_bad_training_files_stop_the_run_at_step_0_naming_each(tmp_path, capsys)
     assert main(args) == 2
     err = capsys.readouterr().err
     assert "2 clean speech file(s) cannot be used" in err
-    assert f"{speech / 'broken.wav'}: unreadable" in err and f"{speech / 'nan.wav'}: NaN or Inf samples" in err
+    assert f"{speech / 'broken.wav'}: not readable" in err and f"{speech / 'nan.wav'}: NaN or Inf samples" in err
     assert not (tmp_path / "run" / "checkpoints").exists()
     (speech / "broken.wav").unlink()
     (speech / "nan.wav").unlink()

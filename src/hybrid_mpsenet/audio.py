@@ -8,6 +8,7 @@ import io
 import logging
 import math
 import os
+import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,7 +18,7 @@ import soundfile as sf
 import soxr
 
 from .limits import MAX_SAMPLING_RATE, MIN_SAMPLING_RATE
-from .utils import new_file_mode
+from .ownership import WRITTEN_BY, new_file_mode, publish_file, temporary_name
 
 logger = logging.getLogger(__name__)
 
@@ -91,7 +92,7 @@ def open_audio(path: str | Path) -> sf.SoundFile:
     if not path.is_file():
         raise AudioError(f"{path}: no such file.")
     try:
-        handle = sf.SoundFile(path)
+        handle = sf.SoundFile(os.fsencode(path))  # bytes: soundfile cannot encode names that are not UTF-8
     except (sf.LibsndfileError, RuntimeError, TypeError) as error:
         raise AudioError(f"{path}: not a readable audio file ({error}).") from error
     if handle.frames == 0:
@@ -121,18 +122,30 @@ def read_blocks(handle: sf.SoundFile, block_frames: int) -> Iterator[np.ndarray]
         if handle.seekable():
             handle.seek(0)
         else:
-            source = stack.enter_context(sf.SoundFile(handle.name))
+            source = stack.enter_context(sf.SoundFile(handle.name))  # the same (bytes) name
         done = 0
         try:
             for block in source.blocks(blocksize=block_frames, frames=source.frames, dtype="float32", always_2d=True):
                 done += len(block)
                 yield block
         except (sf.LibsndfileError, RuntimeError) as error:
-            raise AudioError(f"{handle.name}: reading failed at frame {done} ({error}).") from error
+            raise AudioError(f"{os.fsdecode(handle.name)}: reading failed at frame {done} ({error}).") from error
 
 
 # Extensions whose soundfile format name differs from the extension itself.
 FORMAT_ALIASES = {"AIF": "AIFF", "OGA": "OGG", "OPUS": "OGG"}
+# Extensions that fix the subtype too: `.opus` is Opus in an Ogg container, not Vorbis.
+EXTENSION_SUBTYPES = {"OPUS": "OPUS"}
+# What the encoders accept, checked before libsndfile is asked: outside these the encoders crash the process
+# (libvorbis at 256 kHz and above) or fail obscurely, so they are refused by these bounds instead of probed.
+ENCODER_RATES = {
+    "VORBIS": range(8_000, 192_001),
+    "OPUS": (8_000, 12_000, 16_000, 24_000, 48_000),
+}
+ENCODER_CHANNELS = {"VORBIS": 255, "OPUS": 255}
+# Subtypes that store samples beyond full scale; every other output is clipped to [-1, 1] first (LAME aborts on
+# huge floats, integer PCM wraps).
+FLOAT_SUBTYPES = ("FLOAT", "DOUBLE")
 
 
 def output_format(path: str | Path) -> str:
@@ -150,21 +163,36 @@ def output_format(path: str | Path) -> str:
     return name
 
 
+def default_subtype(path: str | Path) -> str:
+    """The subtype an output named `path` gets when neither the input's nor the caller's applies."""
+    extension = Path(path).suffix.lstrip(".").upper()
+    file_format = output_format(path)
+    return EXTENSION_SUBTYPES.get(extension) or sf.default_subtype(file_format) or "PCM_16"
+
+
 @functools.cache
 def write_problem(file_format: str, subtype: str, samplerate: int, channels: int) -> str | None:
     """Why libsndfile cannot write this combination faithfully, or `None` if it can.
 
-    A short silent file is written to memory and read back: `sf.check_format` accepts pairs libsndfile only reads
-    (MP3 data in a WAV container), and some formats silently store another rate (WVE 8 kHz, XI 44.1 kHz).
+    Encoder bounds are checked first (some encoders crash natively outside them); then a short silent file is
+    written to memory and read back: `sf.check_format` accepts pairs libsndfile only reads (MP3 data in a WAV
+    container), and some formats silently store another rate (WVE 8 kHz, XI 44.1 kHz).
     """
     if not sf.check_format(file_format, subtype):
         return f"{file_format} cannot store {subtype} samples"
+    if subtype in ENCODER_RATES and samplerate not in ENCODER_RATES[subtype]:
+        rates = ENCODER_RATES[subtype]
+        allowed = f"{rates.start}-{rates.stop - 1} Hz" if isinstance(rates, range) else ", ".join(map(str, rates))
+        return f"the {subtype} encoder takes only {allowed}"
+    if channels > ENCODER_CHANNELS.get(subtype, channels):
+        return f"the {subtype} encoder takes at most {ENCODER_CHANNELS[subtype]} channels"
     buffer = io.BytesIO()
+    raw = {"samplerate": samplerate, "channels": channels, "subtype": subtype} if file_format == "RAW" else {}
     try:
         with sf.SoundFile(buffer, "w", samplerate, channels, subtype=subtype, format=file_format) as handle:
             handle.write(np.zeros((4096, channels), np.float32))  # a whole MP3 frame / Ogg page
         buffer.seek(0)
-        with sf.SoundFile(buffer) as stored:
+        with sf.SoundFile(buffer, format=file_format if raw else None, **raw) as stored:
             kept = (stored.samplerate, stored.channels)
     except (sf.LibsndfileError, RuntimeError, TypeError, ValueError) as error:
         return getattr(error, "error_string", str(error)).removeprefix("Error : ").rstrip(".")
@@ -173,21 +201,48 @@ def write_problem(file_format: str, subtype: str, samplerate: int, channels: int
     return None
 
 
-def output_subtype(in_subtype: str, out_format: str, samplerate: int, channels: int) -> str:
-    """The input's subtype if the output format can store it, else the format's default."""
-    if write_problem(out_format, in_subtype, samplerate, channels) is None:
+def output_subtype(in_subtype: str, path: str | Path, samplerate: int, channels: int) -> str:
+    """The input's subtype if the output `path`'s format can store it (and its extension does not fix one), else
+    the extension's default."""
+    extension = Path(path).suffix.lstrip(".").upper()
+    if (
+        extension not in EXTENSION_SUBTYPES
+        and write_problem(output_format(path), in_subtype, samplerate, channels) is None
+    ):
         return in_subtype
-    return sf.default_subtype(out_format)
+    return default_subtype(path)
+
+
+def audio_is_ours(path: Path) -> bool:
+    """Whether the audio file `path` carries this package's `software` tag (see [`atomic_audio_writer`])."""
+    try:
+        with sf.SoundFile(os.fsencode(path)) as handle:
+            return handle.software.startswith(WRITTEN_BY)
+    except (sf.LibsndfileError, RuntimeError, TypeError):
+        return False
+
+
+def check_output_audio(path: str | Path, overwrite: bool) -> None:
+    """Refuse early (before any work) an output path that exists and may not be replaced; see [`ownership`]."""
+    from .ownership import check_replaceable_file
+
+    path = Path(path)
+    if path.exists() or path.is_symlink():
+        check_replaceable_file(path, overwrite, audio_is_ours, "output")
 
 
 @contextlib.contextmanager
 def atomic_audio_writer(
-    path: str | Path, samplerate: int, channels: int, subtype: str | None = None
+    path: str | Path, samplerate: int, channels: int, subtype: str | None = None, overwrite: bool = False
 ) -> Iterator[sf.SoundFile]:
-    """Yield a `SoundFile` writing to a temporary file beside `path`, renamed to `path` only on success."""
+    """Yield a `SoundFile` writing to a temporary file beside `path`, moved to `path` only on success.
+
+    The file is tagged (`software`: hybrid-mpsenet) where the format holds tags. A new `path` is created
+    exclusively; an existing one is replaced only with `overwrite` and if it carries the tag (see [`ownership`]).
+    """
     path = Path(path)
     file_format = output_format(path)
-    subtype = subtype or sf.default_subtype(file_format)
+    subtype = subtype or default_subtype(path)
     problem = write_problem(file_format, subtype, samplerate, channels)
     if problem:
         raise AudioError(
@@ -196,15 +251,26 @@ def atomic_audio_writer(
         )
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp_name = tempfile.mkstemp(prefix=f".{path.stem}.partial-", suffix=path.suffix, dir=path.parent)
+        fd, tmp_name = tempfile.mkstemp(prefix=temporary_name(path, "partial"), suffix=path.suffix, dir=path.parent)
     except OSError as error:
         raise AudioError(f"{path.parent}: cannot write the output here ({error.strerror}).") from error
     os.close(fd)
     tmp = Path(tmp_name)
     try:
         tmp.chmod(new_file_mode())  # mkstemp makes it private; the output is an ordinary file
-        with sf.SoundFile(tmp, "w", samplerate, channels, subtype=subtype, format=file_format) as handle:
-            yield handle
-        os.replace(tmp, path)
+        try:
+            with sf.SoundFile(
+                os.fsencode(tmp), "w", samplerate, channels, subtype=subtype, format=file_format
+            ) as handle:
+                with contextlib.suppress(RuntimeError):  # formats without tags (AU, W64, RAW, MP3) cannot carry it
+                    handle.software = WRITTEN_BY
+                yield handle
+        except (sf.LibsndfileError, RuntimeError) as error:
+            free = shutil.disk_usage(path.parent).free
+            raise AudioError(
+                f"{path}: writing failed ({error}); {free // 2**20} MiB are free on that disk, so it may be full "
+                "or not writable. Nothing was replaced."
+            ) from error
+        publish_file(tmp, path, overwrite, audio_is_ours, "output")
     finally:
         tmp.unlink(missing_ok=True)

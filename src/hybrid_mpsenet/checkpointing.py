@@ -17,8 +17,11 @@ It is written into a hidden temporary folder beside its final name and renamed w
 from __future__ import annotations
 
 import json
+import pickle
 import random
 import shutil
+import time
+import uuid
 from pathlib import Path
 
 import numpy as np
@@ -27,6 +30,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_model, save_file, save_model
 
 from .configuration_hybrid_mpsenet import HybridMPSENetConfig
+from .ownership import WRITTEN_BY, OwnershipError, RunLock, check_replaceable_folder
 from .utils import write_json_atomic
 
 GENERATOR = "generator"
@@ -108,7 +112,7 @@ def _read(path: Path, what: str):
             return torch.load(path, map_location="cpu", weights_only=True)
         with safe_open(str(path), "pt") as handle:
             return {key: handle.get_tensor(key) for key in handle.keys()}, handle.metadata() or {}
-    except (OSError, ValueError, RuntimeError, SafetensorError, json.JSONDecodeError) as error:
+    except (OSError, ValueError, RuntimeError, SafetensorError, pickle.UnpicklingError, EOFError) as error:
         raise CheckpointError(f"{path}: cannot read the {what} ({error}).") from error
 
 
@@ -176,3 +180,100 @@ def load_rng_state(folder: Path, rank: int, loader_generator: torch.Generator) -
         random.setstate((version, tuple(internal), gauss))
     except (KeyError, TypeError, ValueError, RuntimeError) as error:
         raise CheckpointError(f"{path}: damaged random state ({error!r}); resume would not be exact.") from error
+
+
+# A run folder: its identity (written when the run starts, kept by resumes) and the entries training writes.
+RUN_IDENTITY = "run.json"
+RUN_ENTRIES = {"checkpoints", "best", "logs", "history.jsonl", RUN_IDENTITY, RunLock.NAME}
+# Settings that decide the model: a resumed run continues its checkpoint's model, so a change is refused.
+MODEL_SETTINGS = ("model", "preset", "config_overrides")
+# Settings a checkpoint restores (optimiser and schedule states): a change has no effect, which is said.
+RESTORED_SETTINGS = ("learning_rate", "adam_beta1", "adam_beta2", "lr_decay")
+
+
+def write_run_identity(folder: str | Path, arguments: dict | None, identity: dict | None = None) -> None:
+    """`run.json`: who wrote the run folder, its id and start time (kept from `identity` on resume) and the
+    settings of its newest start (`None` for a run converted from the original code)."""
+    identity = dict(identity or {"run_id": uuid.uuid4().hex, "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
+    identity.update(written_by=WRITTEN_BY, arguments=arguments)
+    write_json_atomic(Path(folder) / RUN_IDENTITY, identity)
+
+
+def read_run_identity(folder: str | Path) -> dict | None:
+    """The `run.json` of a run folder, or `None` if it has none (or one this package did not write)."""
+    try:
+        identity = json.loads((Path(folder) / RUN_IDENTITY).read_text())
+    except (OSError, ValueError):
+        return None
+    return identity if isinstance(identity, dict) and identity.get("written_by") == WRITTEN_BY else None
+
+
+def claim_run_folder(folder: str | Path, arguments: dict, resume: bool) -> tuple[RunLock, list[str]]:
+    """Claim `folder` for a training run before anything is written, or refuse with the choice spelled out.
+
+    A new run needs an absent or empty folder; `resume` needs a run folder of this package (its `run.json`, or a
+    folder holding only what training writes, from before run identities) whose model settings are unchanged.
+    `best/` must hold only the model this package exported. The folder is locked (`run.lock`) against a second
+    training.
+
+    Returns:
+        The held lock (release it when the run ends) and warnings to show: settings the checkpoint overrides, a
+        stale lock taken over.
+
+    Raises:
+        OwnershipError: naming the folder, what is in the way and what to do.
+    """
+    folder = Path(folder)
+    if folder.exists() and not folder.is_dir():
+        raise OwnershipError(f"{folder} exists and is not a folder; choose another --output_dir.")
+    entries = sorted(p.name for p in folder.iterdir()) if folder.is_dir() else []
+    identity = read_run_identity(folder)
+    warnings = []
+    # A run that stopped before writing anything (a bad file at start-up, say) left only its identity: start anew.
+    if identity is not None and set(entries) <= {RUN_IDENTITY, RunLock.NAME, "logs"}:
+        entries, identity = [], None
+    if entries and not resume:
+        if identity is not None or (folder / "checkpoints").is_dir():
+            raise OwnershipError(
+                f"{folder} holds a training run already. Continue it with --resume true, or start a new run in a new "
+                "--output_dir."
+            )
+        raise OwnershipError(
+            f"{folder} is not empty ({', '.join(entries[:5])}); a new run needs a new or empty --output_dir."
+        )
+    if entries and identity is None:
+        foreign = [name for name in entries if name not in RUN_ENTRIES]
+        if foreign or not (folder / "checkpoints").is_dir():
+            raise OwnershipError(
+                f"{folder} is not a run folder of this package (it holds {', '.join((foreign or entries)[:5])}); "
+                "choose the run's own folder or a new one."
+            )
+    if identity is not None and identity.get("arguments") and list_checkpoints(folder / "checkpoints"):
+        before = identity["arguments"]
+        changed = [name for name in MODEL_SETTINGS if before.get(name) != arguments.get(name)]
+        if changed:
+            listed = ", ".join(f"{name} {before.get(name)!r} -> {arguments.get(name)!r}" for name in changed)
+            raise OwnershipError(
+                f"{folder}: --resume continues the run's own model, but {listed} changed since it started. Restore "
+                "those settings, or start a new run (a new --output_dir, --model pointing at this run's best/)."
+            )
+        for name in RESTORED_SETTINGS:
+            if before.get(name) != arguments.get(name):
+                warnings.append(
+                    f"{name} {arguments.get(name)!r} differs from the run's {before.get(name)!r}; the checkpoint's "
+                    "optimiser and schedule continue unchanged."
+                )
+    best = folder / "best"
+    if best.exists():
+        check_replaceable_folder(best, overwrite=True, what="best model")
+    lock = RunLock(folder).acquire()
+    if lock.taken_over is not None:
+        warnings.append(
+            f"took over {lock.path}, left by a training that no longer runs (pid {lock.taken_over.get('pid')})."
+        )
+    try:
+        write_run_identity(folder, arguments, identity)
+    except OSError:
+        lock.release()
+        raise
+    return lock, warnings

@@ -39,7 +39,12 @@ def resolve_device(name: str) -> torch.device:
         if torch.backends.mps.is_available():
             return torch.device("mps")
         return torch.device("cpu")
-    device = torch.device(name)
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ValueError(f"--device {name}: unknown device; use auto, cpu, cuda, cuda:N or mps.") from None
+    if device.type not in ("cpu", "cuda", "mps"):
+        raise ValueError(f"--device {name}: this package runs on auto, cpu, cuda, cuda:N or mps.")
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ValueError("--device cuda was requested but no CUDA GPU is available.")
     if device.type == "mps" and not torch.backends.mps.is_available():
@@ -47,44 +52,56 @@ def resolve_device(name: str) -> torch.device:
     return device
 
 
-def collect_jobs(inputs: list[str], output: str | None, suffix: str) -> list[tuple[Path, Path]]:
+def collect_jobs(inputs: list[str], output: str | None, suffix: str, patterns: bool = False) -> list[tuple[Path, Path]]:
     """(input, output) pairs for files, folders and glob patterns.
 
+    An input that names an existing file or folder is taken literally (`Interview [2019].wav` is that file), unless
+    `patterns` (`--glob`) says every input is a pattern; an input that names nothing and has wildcards is a glob.
     Folders are searched recursively and globs expanded; the tree below a folder, or below a glob's fixed prefix
     (`takes/` in `takes/**/*.wav`), is mirrored under `output`. Without `output`, each result goes beside its input
     as `<stem><suffix><ext>`. With one input file and an `output` that has an audio extension, `output` is the file.
 
     Rules that keep users' files safe: hidden files (our temporaries among them) and symlinked folders are not
-    searched; an input given twice is enhanced once; a file named like another input's output (`take_enhanced.wav`
-    beside `take.wav`) is that output, not an input; and a run in which an output would be one of its inputs, or
-    two inputs would share an output, is refused before anything is written.
+    searched (so a symlink loop cannot make a search endless); an input given twice is enhanced once; a file found
+    in a folder or by a glob and named like another input's output (`take_enhanced.wav` beside `take.wav`) is that
+    output, not an input, while a file named explicitly is always an input; and a run in which an output would be
+    one of its inputs, or two inputs would share an output, is refused before anything is written.
 
     Raises:
         ValueError: a folder without audio, or outputs that collide with inputs or with each other.
     """
-    found: dict[Path, tuple[Path, Path]] = {}  # resolved input -> (input, path relative to its tree)
+    found: dict[Path, tuple[Path, Path, bool]] = {}  # resolved input -> (input, path relative to its tree, explicit)
     for pattern in inputs:
-        if glob.has_magic(pattern):
+        literal = Path(pattern)
+        if (patterns or not (literal.exists() or literal.is_symlink())) and glob.has_magic(pattern):
             prefix = _fixed_prefix(pattern)
-            matches = [Path(p) for p in sorted(glob.glob(pattern, recursive=True))]
-            matches = [p for p in matches if p.is_file() and not _through_symlinked_folder(p, prefix)]
-            pairs = [(p, p.relative_to(prefix)) for p in matches] or [(Path(pattern), Path(Path(pattern).name))]
-        elif Path(pattern).is_dir():
-            pairs = [(p, p.relative_to(pattern)) for p in _audio_files_below(Path(pattern))]
+            rest = Path(pattern).relative_to(prefix) if prefix != Path(".") else Path(pattern)
+            matches = sorted(prefix.glob(str(rest)))
+            matches = [
+                p
+                for p in matches
+                if p.is_file()
+                and not any(part.startswith(".") for part in p.relative_to(prefix).parts)
+                and not _through_symlinked_folder(p, prefix)
+            ]
+            pairs = [(p, p.relative_to(prefix), False) for p in matches] or [(literal, Path(literal.name), True)]
+        elif literal.is_dir():
+            pairs = [(p, p.relative_to(literal), False) for p in _audio_files_below(literal)]
             if not pairs:
                 raise ValueError(f"{pattern}: no audio files found (looked for {', '.join(sorted(AUDIO_SUFFIXES))}).")
         else:
-            pairs = [(Path(pattern), Path(Path(pattern).name))]
-        for path, relative in pairs:
-            found.setdefault(path.resolve(), (path, relative))
+            pairs = [(literal, Path(literal.name), True)]
+        for path, relative, explicit in pairs:
+            previous = found.get(path.resolve())
+            found[path.resolve()] = (path, relative, explicit or bool(previous and previous[2]))
     # The names the inputs' outputs would have beside them (extension case aside): such files are outputs, not inputs.
     outputs = (
-        {(path.parent, f"{path.stem}{suffix}{path.suffix.lower()}") for path, _ in found.values()} if suffix else ()
+        {(path.parent, f"{path.stem}{suffix}{path.suffix.lower()}") for path, _, _ in found.values()} if suffix else ()
     )
     jobs = [
         (path, Path(output) / relative if output else path.with_name(f"{path.stem}{suffix}{path.suffix}"))
-        for path, relative in found.values()
-        if (path.parent, path.stem + path.suffix.lower()) not in outputs
+        for path, relative, explicit in found.values()
+        if explicit or (path.parent, path.stem + path.suffix.lower()) not in outputs
     ]
     if output and len(jobs) == 1 and Path(output).suffix.lower() in AUDIO_SUFFIXES and not Path(output).is_dir():
         jobs = [(jobs[0][0], Path(output))]
@@ -95,7 +112,7 @@ def collect_jobs(inputs: list[str], output: str | None, suffix: str) -> list[tup
 def _fixed_prefix(pattern: str) -> Path:
     """The folders of a glob pattern before its first wildcard: `takes/**/*.wav` -> `takes`."""
     parts = Path(pattern).parts
-    fixed = next(i for i, part in enumerate(parts) if glob.has_magic(part))
+    fixed = next((i for i, part in enumerate(parts) if glob.has_magic(part)), len(parts))
     return Path(*parts[:fixed]) if fixed else Path(".")
 
 
@@ -154,7 +171,9 @@ def _load_model(args: argparse.Namespace) -> HybridMPSENetEnhancer:
 
     from .inference import HybridMPSENetEnhancer
 
-    if args.threads:
+    if args.threads is not None:
+        if args.threads < 1:
+            raise ValueError(f"--threads must be a positive number of CPU threads, got {args.threads}.")
         torch.set_num_threads(args.threads)
     device = resolve_device(args.device)
     return HybridMPSENetEnhancer.from_pretrained(model_source(args.model)).to(device).eval()
@@ -167,7 +186,7 @@ def _add_inference_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _enhance(args: argparse.Namespace) -> int:
-    jobs = collect_jobs(args.inputs, args.output, args.suffix)
+    jobs = collect_jobs(args.inputs, args.output, args.suffix, args.glob)
     model = _load_model(args)
     failures = 0
     for source, target in tqdm(jobs, desc="files", unit="file", disable=len(jobs) < 2 or args.quiet):
@@ -247,8 +266,12 @@ def _info(args: argparse.Namespace) -> int:
 
 def _evaluate(args: argparse.Namespace) -> int:
     from .evaluation import evaluate_dataset, format_table
-    from .utils import weights_sha256, write_json_atomic
+    from .ownership import check_replaceable_file, json_is_ours, write_json
+    from .utils import weights_sha256
 
+    if args.output and (Path(args.output).exists() or Path(args.output).is_symlink()):
+        # Refused before the evaluation, not after it: a reference file or someone's JSON is never replaced.
+        check_replaceable_file(Path(args.output), args.overwrite, json_is_ours, "result")
     model = _load_model(args)
     result = evaluate_dataset(
         args.data,
@@ -258,6 +281,7 @@ def _evaluate(args: argparse.Namespace) -> int:
         max_items=args.max_items,
         workers=args.workers,
         progress=not args.quiet,
+        overwrite=args.overwrite,
     )
     result["model"] = args.model or "default"
     result["model_sha256"] = weights_sha256(model.state_dict())  # `push` checks it against what it uploads
@@ -266,15 +290,23 @@ def _evaluate(args: argparse.Namespace) -> int:
     for pair in result["skipped"]:
         print(f"SKIPPED {pair['id']}: {pair['reason']}", file=sys.stderr)
     if args.output:
-        print(f"wrote {write_json_atomic(args.output, result)}")
+        print(f"wrote {write_json(args.output, result, overwrite=args.overwrite)}")
     return 0
 
 
 def _push(args: argparse.Namespace) -> int:
     import tempfile
 
+    from huggingface_hub.utils import HFValidationError, validate_repo_id
+
     from .hub import build_model_card, load_evaluation, prepare_upload, push_to_hub
 
+    try:
+        validate_repo_id(args.repo_id)
+        if args.repo_id.count("/") != 1:
+            raise HFValidationError("it must have the form ORG/NAME")
+    except HFValidationError as error:
+        raise ValueError(f"--repo-id {args.repo_id!r} is not a Hub repository id: {error}") from None
     model = model_source(args.model)
     card = build_model_card(
         model,
@@ -373,7 +405,12 @@ def build_parser() -> argparse.ArgumentParser:
     enhance.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"], help="autocast")
     enhance.add_argument("--downmix", action="store_true", help="average multi-channel input to mono")
     enhance.add_argument("--subtype", help="output sample format, e.g. PCM_16, PCM_24, FLOAT (default: the input's)")
-    enhance.add_argument("--overwrite", action="store_true", help="replace existing outputs (never inputs)")
+    enhance.add_argument(
+        "--overwrite", action="store_true", help="replace outputs this package wrote before (never inputs or others)"
+    )
+    enhance.add_argument(
+        "--glob", action="store_true", help="treat every INPUT as a glob pattern, even one naming an existing file"
+    )
 
     evaluate = sub.choices["evaluate"]
     evaluate.add_argument("--data", required=True, help="VoiceBank+DEMAND folder (test split), saved dataset or id")
@@ -383,6 +420,9 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--max-items", type=int, help="evaluate at most this many pairs")
     evaluate.add_argument("--workers", type=int, default=2, help="processes computing the metrics (0: in-process)")
     evaluate.add_argument("--output", help="write the results as JSON here")
+    evaluate.add_argument(
+        "--overwrite", action="store_true", help="replace results and enhanced files this package wrote before"
+    )
 
     train = sub.choices["train"]
     train.add_argument("--config", help="YAML file of training settings; any --name value after it overrides one")
@@ -438,6 +478,9 @@ def _raise_terminated(signum: int, frame: object) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
+    for stream in (sys.stdout, sys.stderr):  # file names that are not UTF-8 are printed escaped, not fatal
+        if hasattr(stream, "reconfigure"):
+            stream.reconfigure(errors="backslashreplace")
     # train and finetune pass unknown --name value pairs on to TrainingArguments.
     args, overrides = parser.parse_known_args(argv)
     if overrides and args.command not in ("train", "finetune"):

@@ -6,6 +6,7 @@ import math
 
 from transformers import PreTrainedConfig
 
+from . import limits
 from .limits import MAX_SAMPLING_RATE, MIN_SAMPLING_RATE
 
 BLOCK_TYPES = ("transformer", "mamba")
@@ -238,6 +239,19 @@ class HybridMPSENetConfig(PreTrainedConfig):
             )
         if dense_depth > MAX_DENSE_DEPTH:
             raise ValueError(f"dense_depth must be at most {MAX_DENSE_DEPTH}, got {dense_depth}.")
+        for name, value, bound in (
+            ("dense_channel", dense_channel, limits.MAX_DENSE_CHANNEL),
+            ("num_shared_blocks", num_shared_blocks, limits.MAX_BLOCKS_PER_GROUP),
+            ("num_magnitude_blocks", num_magnitude_blocks, limits.MAX_BLOCKS_PER_GROUP),
+            ("num_phase_blocks", num_phase_blocks, limits.MAX_BLOCKS_PER_GROUP),
+            ("ffn_hidden_size", ffn_hidden_size, limits.MAX_FFN_HIDDEN_SIZE),
+            ("n_fft", n_fft, limits.MAX_N_FFT),
+            ("mamba_d_state", mamba_d_state, limits.MAX_MAMBA_D_STATE),
+            ("mamba_d_conv", mamba_d_conv, limits.MAX_MAMBA_D_CONV),
+            ("mamba_expand", mamba_expand, limits.MAX_MAMBA_EXPAND),
+        ):
+            if value > bound:
+                raise ValueError(f"{name} must be at most {bound}, got {value}; is the config damaged or mistyped?")
         if n_fft % 4 != 0:
             # The encoder halves n_fft // 2 + 1 bins with a stride-2 conv and the decoders double them back:
             # that round trip is exact only for an odd bin count.
@@ -246,6 +260,23 @@ class HybridMPSENetConfig(PreTrainedConfig):
             raise ValueError(
                 f"dense_channel ({dense_channel}) must be divisible by num_attention_heads ({num_attention_heads})."
             )
+        for name, value in {
+            "compress_factor": compress_factor,
+            "beta": beta,
+            "dropout": dropout,
+            "attention_dropout": attention_dropout,
+            "mamba_dt_min": mamba_dt_min,
+            "mamba_dt_max": mamba_dt_max,
+            "mamba_dt_init_floor": mamba_dt_init_floor,
+        }.items():
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise ValueError(f"{name} must be a number, got {value!r}.")
+        for name, value in {
+            "branch_projection": branch_projection,
+            "mamba_share_time_freq": mamba_share_time_freq,
+        }.items():
+            if not isinstance(value, bool):
+                raise ValueError(f"{name} must be true or false, got {value!r}.")
         if not 0.0 < compress_factor <= 1.0:
             raise ValueError(f"compress_factor must be in (0, 1], got {compress_factor}.")
         if not 0 < beta < math.inf:
@@ -293,9 +324,23 @@ class HybridMPSENetConfig(PreTrainedConfig):
         super().__init__(**kwargs)
 
     @classmethod
+    def _dict_from_json_file(cls, json_file) -> dict:
+        """transformers' reader of `config.json`, refusing a file whose JSON is not an object (`null`, `42`) with a
+        message naming it instead of a `TypeError` deep inside transformers."""
+        config_dict = super()._dict_from_json_file(json_file)
+        if not isinstance(config_dict, dict):
+            raise ValueError(
+                f"{json_file}: a model config is a JSON object of settings, got {str(config_dict)[:40]!r}; the file is "
+                "damaged. Restore it, or write it with save_pretrained."
+            )
+        return config_dict
+
+    @classmethod
     def from_dict(cls, config_dict: dict, **kwargs) -> HybridMPSENetConfig:
         """Like `PreTrainedConfig.from_dict` (used by `from_pretrained`), but a dict that lacks any of
         `ARCHITECTURE_KEYS` is an error naming them, not a config silently completed with defaults."""
+        if not isinstance(config_dict, dict):
+            raise ValueError(f"A model config is a dict of settings, got {type(config_dict).__name__}.")
         missing = [key for key in ARCHITECTURE_KEYS if key not in config_dict]
         if missing:
             raise ValueError(

@@ -16,7 +16,8 @@ from .configuration_hybrid_mpsenet import PRESETS, HybridMPSENetConfig
 from .feature_extraction_hybrid_mpsenet import HybridMPSENetFeatureExtractor
 from .losses import MetricDiscriminator
 from .modeling_hybrid_mpsenet import HybridMPSENetModel
-from .utils import atomic_directory, check_output_folder
+from .ownership import check_replaceable_folder
+from .utils import atomic_directory
 
 logger = logging.getLogger(__name__)
 
@@ -189,14 +190,14 @@ def convert_original_checkpoint(
         config_json: the original `config.json` (STFT settings, channels); the presets' values when omitted.
         variant: `"auto"` (from the keys), `"mpsenet"`, `"hybrid-large"` or `"hybrid-small"`.
         output_dir: if given, a `save_pretrained` folder (safetensors, config, preprocessor config) is written there
-            atomically. An existing model folder is replaced only with `overwrite`; any other non-empty folder is
-            refused.
+            atomically. An existing model folder this package wrote (unchanged) is replaced only with `overwrite`;
+            any other non-empty folder is refused (see [`ownership`]).
 
     Raises:
         ValueError: unreadable checkpoint, unknown variant, or keys that do not fit the variant (listed).
     """
     if output_dir is not None:
-        check_output_folder(output_dir, overwrite)
+        check_replaceable_folder(output_dir, overwrite, "model folder")
     model, variant = _convert_generator(load_original_state_dict(checkpoint), config_json, variant)
     if output_dir is not None:
         with atomic_directory(output_dir) as tmp:
@@ -259,13 +260,13 @@ def convert_original_training_state(
         batch_mixed: reproduce the original's mixing of batch items in its Transformers
             (`ts_transformer_axes="batch_mixed"`) for a bit-exact continuation; by default the converted generator is
             batch-invariant (`"freq_time"`).
-        overwrite: replace an existing run folder written by this package.
+        overwrite: replace an existing run folder this package wrote and nothing has changed since.
 
     Raises:
         ValueError: unreadable files, or states that do not fit each other (the mismatching keys are named). Nothing
             is written then.
     """
-    check_output_folder(output_dir, overwrite)
+    check_replaceable_folder(output_dir, overwrite, "run folder")
     axes = {"ts_transformer_axes": "batch_mixed"} if batch_mixed else {}
     generator_state = load_original_state_dict(generator_checkpoint)
     generator, _ = _convert_generator(generator_state, config_json, variant, **axes)
@@ -307,7 +308,8 @@ def convert_original_training_state(
     step = int(training["steps"]) + 1
     counters = {"step": step, "epoch": int(training["epoch"]), "batch_in_epoch": 0, "best_pesq": -math.inf,
                 "skipped_steps": 0, "failed_pesq": 0, "train_seconds": 0.0}  # fmt: skip
-    with atomic_directory(output_dir) as tmp:
+    with atomic_directory(output_dir, "run") as tmp:
+        checkpointing.write_run_identity(tmp, None)
         folder = tmp / "checkpoints" / checkpointing.checkpoint_name(step)
         folder.mkdir(parents=True)
         checkpointing.save_weights(folder, generator, discriminator, discriminator.dim)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import io
 import logging
+import os
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -20,7 +21,7 @@ import soxr
 import torch
 from tqdm.auto import tqdm
 
-from .audio import AudioError, to_float
+from .audio import AudioError, check_sampling_rate, to_float
 
 logger = logging.getLogger(__name__)
 
@@ -37,9 +38,10 @@ PLAIN_FOLDERS = ("clean", "noisy")
 AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg")
 
 
-def decode_audio(value, sampling_rate: int) -> np.ndarray:
-    """Mono float32 samples `(samples,)` at `sampling_rate` from a path, or a `{"bytes", "path"}` or
-    `{"array", "sampling_rate"}` dict (the `datasets.Audio` cell formats); channels are averaged."""
+def decode_audio(value, sampling_rate: int | None) -> np.ndarray:
+    """Mono float32 samples `(samples,)` at `sampling_rate` (`None`: the file's own) from a path, or a
+    `{"bytes", "path"}` or `{"array", "sampling_rate"}` dict (the `datasets.Audio` cell formats); channels are
+    averaged. Rates outside 4-768 kHz (header damage) are an [`AudioError`]."""
     if isinstance(value, dict) and value.get("array") is not None:
         audio, rate = to_float(np.asarray(value["array"])), int(value["sampling_rate"])
         audio = audio.mean(axis=0) if audio.ndim == 2 else audio  # datasets arrays are (channels, samples)
@@ -47,12 +49,20 @@ def decode_audio(value, sampling_rate: int) -> np.ndarray:
         source = value
         if isinstance(value, dict):
             source = io.BytesIO(value["bytes"]) if value.get("bytes") else value.get("path")
+        name = value if isinstance(value, str) else "audio cell"
+        if isinstance(source, (str, Path)):
+            if not Path(source).is_file():  # a FIFO or device would block the read
+                raise AudioError(f"{source}: not a regular file.")
+            source = os.fsencode(source)  # names that are not UTF-8 included
         try:
-            audio, rate = sf.read(source, dtype="float32", always_2d=True)
+            with sf.SoundFile(source) as handle:
+                check_sampling_rate(handle.samplerate, f"{name}: the sampling rate")
+                audio, rate = handle.read(dtype="float32", always_2d=True), handle.samplerate
         except (sf.LibsndfileError, RuntimeError, TypeError) as error:
-            raise AudioError(f"{value if isinstance(value, str) else 'audio cell'}: not readable ({error}).") from error
+            raise AudioError(f"{name}: not readable ({error}).") from error
         audio = audio.mean(axis=1)
-    if rate != sampling_rate:
+    rate = check_sampling_rate(rate, "the sampling rate of an audio cell")
+    if sampling_rate is not None and rate != sampling_rate:
         audio = soxr.resample(audio, rate, sampling_rate, quality="VHQ")
     return np.ascontiguousarray(audio, dtype=np.float32)
 
@@ -162,9 +172,12 @@ def list_audio(folders: str | Path | Sequence[str | Path]) -> list[Path]:
         if folder.is_file() and folder.suffix.lower() in AUDIO_EXTENSIONS:
             files.append(folder)
             continue
+        if folder.exists() and not folder.is_dir():
+            raise ValueError(f"{folder}: not a folder or a regular audio file ({', '.join(AUDIO_EXTENSIONS)}).")
         if not folder.is_dir():
             raise FileNotFoundError(f"{folder}: no such folder or audio file.")
-        files += sorted(p for p in folder.rglob("*") if p.suffix.lower() in AUDIO_EXTENSIONS)
+        # Regular files only: a FIFO or device named like audio would block the start-up check.
+        files += sorted(p for p in folder.rglob("*") if p.suffix.lower() in AUDIO_EXTENSIONS and p.is_file())
     if not files:
         raise ValueError(f"No audio files ({', '.join(AUDIO_EXTENSIONS)}) found under {[str(f) for f in folders]}.")
     return files
@@ -180,9 +193,9 @@ def check_audio_files(paths: Sequence[str | Path], role: str, progress: bool = T
     bad, silent = [], []
     for path in tqdm(paths, desc=f"checking {role}", unit="file", disable=not progress):
         try:
-            audio, _ = sf.read(path, dtype="float32", always_2d=True)
-        except (sf.LibsndfileError, RuntimeError, TypeError) as error:
-            bad.append(f"{path}: unreadable ({error})")
+            audio = decode_audio(str(path), None)
+        except AudioError as error:
+            bad.append(str(error))
             continue
         if audio.size == 0:
             bad.append(f"{path}: no samples")

@@ -8,12 +8,13 @@ import logging
 from pathlib import Path
 
 import numpy as np
-import soundfile as sf
 from tqdm.auto import tqdm
 
+from .audio import atomic_audio_writer, check_output_audio
 from .data import decode_audio, load_voicebank
 from .inference import WaveformEnhancementMixin
 from .metrics import correlation_lag, pair_scores, parallel_map, summarise
+from .ownership import OwnershipError, inside
 
 METRICS = ("pesq", "csig", "cbak", "covl", "stoi", "ssnr")
 # A clean/noisy pair is one recording twice: lengths may differ by a few resampling samples, and the noisy version
@@ -32,16 +33,26 @@ def evaluate_dataset(
     max_items: int | None = None,
     workers: int = 2,
     progress: bool = True,
+    overwrite: bool = False,
 ) -> dict:
     """Enhance the test split of `data` (see [`load_voicebank`]) and score it.
 
+    With `save_enhanced`, each enhanced pair is written to `save_enhanced/<id>.wav`. Every such path is checked
+    before anything is enhanced: it must stay inside the folder, must not be one of the evaluated files, and may
+    replace only an output this package wrote before, with `overwrite` (see [`ownership`]).
+
     Returns `{"num_utterances", "enhanced": summary, "noisy": summary}` (each present when computed), where a
     summary maps every metric to its mean, std and failure count.
+
+    Raises:
+        ValueError: nothing to evaluate, or an id that would write outside `save_enhanced`.
+        FileExistsError: an output that would replace an input or a file this package did not write.
     """
     if model is None and not noisy_baseline:
         raise ValueError("Nothing to evaluate: give a model, or ask for the noisy baseline.")
     pairs = load_voicebank(data, "test")
     count = min(len(pairs), max_items or len(pairs))
+    targets = _enhanced_paths(pairs, count, save_enhanced, overwrite) if save_enhanced is not None and model else {}
     rate = model.config.sampling_rate if model is not None else 16000
     references, candidates = [], {"enhanced": [], "noisy": []}
     skipped: list[dict[str, str]] = []
@@ -60,9 +71,9 @@ def evaluate_dataset(
             candidates["noisy"].append(noisy)
         if enhanced is not None:
             candidates["enhanced"].append(enhanced)
-            if save_enhanced is not None:
-                Path(save_enhanced).mkdir(parents=True, exist_ok=True)
-                sf.write(Path(save_enhanced) / f"{row['id']}.wav", enhanced, rate)
+            if targets:
+                with atomic_audio_writer(targets[index], rate, 1, "FLOAT", overwrite) as sink:
+                    sink.write(enhanced)
     if not references:
         raise ValueError(f"No pair of {data} could be evaluated: {skipped[0]['reason'] if skipped else 'none found'}")
     result: dict = {"num_utterances": len(references), "skipped": skipped}
@@ -71,6 +82,36 @@ def evaluate_dataset(
             pairs = list(zip(references, processed, strict=True))
             result[name] = summarise(parallel_map(pair_scores, pairs, rate, workers))
     return result
+
+
+def input_paths(pairs, count: int) -> set[Path]:
+    """The resolved files behind the first `count` rows' clean and noisy cells (path strings or Audio dicts)."""
+    paths = set()
+    for index in range(count):
+        for column in ("clean", "noisy"):
+            cell = pairs[index][column]
+            name = cell.get("path") if isinstance(cell, dict) else cell
+            if isinstance(name, str) and name:
+                paths.add(Path(name).resolve())
+    return paths
+
+
+def _enhanced_paths(pairs, count: int, folder: str | Path, overwrite: bool) -> dict[int, Path]:
+    """`folder/<id>.wav` for each of the first `count` rows, checked before anything is written."""
+    inputs = input_paths(pairs, count)
+    targets, seen = {}, {}
+    for index in range(count):
+        row_id = str(pairs[index]["id"])
+        path = inside(folder, f"{row_id}.wav")
+        resolved = path.resolve()
+        if resolved in inputs:
+            raise OwnershipError(f"--save-enhanced would write {path} over an evaluated input; choose another folder.")
+        if resolved in seen:
+            raise ValueError(f"The ids {seen[resolved]!r} and {row_id!r} would both be saved as {path}.")
+        seen[resolved] = row_id
+        check_output_audio(path, overwrite)
+        targets[index] = path
+    return targets
 
 
 def check_pair(clean: np.ndarray, noisy: np.ndarray, sampling_rate: int) -> None:

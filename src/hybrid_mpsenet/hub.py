@@ -8,6 +8,7 @@ and the model code, so the repository also loads with `trust_remote_code=True` w
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 from huggingface_hub import EvalResult, HfApi, ModelCard, ModelCardData, constants
@@ -17,7 +18,8 @@ from safetensors.torch import load_file
 
 from .enhancement import HybridMPSENetForSpeechEnhancement
 from .evaluation import METRICS, format_table
-from .utils import atomic_directory, check_output_folder, weights_sha256
+from .ownership import check_replaceable_folder
+from .utils import atomic_directory, weights_sha256
 
 METRIC_NAMES = {
     "pesq": "PESQ (wide band)",
@@ -102,6 +104,8 @@ def build_model_card(
     if evaluation is not None:
         for metric in METRICS:
             value = evaluation["enhanced"][metric]["mean"]
+            if not isinstance(value, (int, float)) or not math.isfinite(value):
+                continue  # a metric that failed on every utterance is left out, never published as NaN
             results.append(
                 EvalResult(
                     task_type="audio-to-audio",
@@ -142,10 +146,11 @@ def build_model_card(
 def prepare_upload(model_dir: str | Path, output_dir: str | Path, card: ModelCard, overwrite: bool = False) -> Path:
     """Write the folder `push_to_hub` uploads: safetensors, config, preprocessor config, model code, README.md.
 
-    An existing `output_dir` is replaced only if it holds nothing but such files and `overwrite` is set."""
-    check_output_folder(output_dir, overwrite)
+    An existing `output_dir` is replaced only if it is an upload or model folder this package wrote, unchanged,
+    and `overwrite` is set (see [`ownership`])."""
+    check_replaceable_folder(output_dir, overwrite, "upload folder")
     model = HybridMPSENetForSpeechEnhancement.from_pretrained(model_dir)
-    with atomic_directory(output_dir) as tmp:
+    with atomic_directory(output_dir, "upload") as tmp:
         model.save_pretrained(tmp)  # with the preprocessor config and the code in auto_map
         card.save(tmp / "README.md")
     return Path(output_dir)

@@ -25,9 +25,11 @@ from .audio import (
     CLIP_WARN_FRACTION,
     DEFAULT_CHUNK_SECONDS,
     DEFAULT_OVERLAP_SECONDS,
+    FLOAT_SUBTYPES,
     AudioError,
     StreamResampler,
     atomic_audio_writer,
+    check_output_audio,
     check_sampling_rate,
     from_float,
     open_audio,
@@ -54,8 +56,13 @@ DTYPE_NAMES = {
     "fp16": torch.float16,
     "half": torch.float16,
 }
-# Files are read in blocks of this many seconds; with the chunk size it bounds the memory of `enhance_file`.
+# Files are read in blocks of this many seconds (fewer for many channels: at most READ_BLOCK_SAMPLES samples in
+# all); with the chunk size and the channel group it bounds the memory of `enhance_file` whatever the file.
 READ_BLOCK_SECONDS = 5.0
+READ_BLOCK_SAMPLES = 2**22
+# Channels enhanced together as one batch: the network's memory grows with it (about 28 MB per channel for a
+# 2-s chunk of the default model), so a 1024-channel file runs in groups.
+CHANNEL_GROUP = 8
 # Beyond this many channels a 2-D array is more likely (samples, channels) than (channels, samples).
 MAX_CHANNELS = 32
 
@@ -135,6 +142,13 @@ class WaveformEnhancementMixin:
         Returns:
             `(channels, samples)` float32 enhanced audio.
         """
+        if segment.shape[0] > CHANNEL_GROUP:
+            return np.concatenate(
+                [
+                    self.enhance_segment(segment[i : i + CHANNEL_GROUP], dtype)
+                    for i in range(0, len(segment), CHANNEL_GROUP)
+                ]
+            )
         length = segment.shape[-1]
         minimum = self.config.n_fft // 2 + 1
         waveform = torch.from_numpy(np.ascontiguousarray(segment, dtype=np.float32)).to(self.device)
@@ -155,7 +169,9 @@ class WaveformEnhancementMixin:
         for block in blocks:
             if not np.isfinite(block).all():
                 raise AudioError(f"{name} contains NaN or Inf samples; repair or drop it before enhancing.")
-            clipped += np.count_nonzero(np.abs(block) >= CLIP_LEVEL)
+            # Full scale is 1.0: a float sample beyond it is loud, not clipped.
+            magnitude = np.abs(block)
+            clipped += np.count_nonzero((magnitude >= CLIP_LEVEL) & (magnitude <= 1.0))
             count += block.shape[0]
             energy += np.square(resample(block), dtype=np.float64).sum(axis=0)
         energy += np.square(resample(np.zeros((0, channels), np.float32), last=True), dtype=np.float64).sum(axis=0)
@@ -277,8 +293,7 @@ class WaveformEnhancementMixin:
             )
         if output_path.exists() and output_path.resolve() == input_path.resolve():
             raise AudioError(f"{output_path}: refusing to overwrite the input file; choose another output path.")
-        if output_path.exists() and not overwrite:
-            raise AudioError(f"{output_path} already exists; pass overwrite=True (--overwrite) to replace it.")
+        check_output_audio(output_path, overwrite)
         dtype, chunk_sizes = resolve_dtype(dtype), self._chunk_sizes(chunk_seconds, overlap_seconds)
         file_format = output_format(output_path)
         if subtype is not None and not sf.check_format(file_format, subtype):
@@ -288,7 +303,7 @@ class WaveformEnhancementMixin:
             )
         with open_audio(input_path) as source:
             rate, channels, frames = source.samplerate, source.channels, source.frames
-            block = max(1, int(READ_BLOCK_SECONDS * rate))
+            block = max(1, min(int(READ_BLOCK_SECONDS * rate), READ_BLOCK_SAMPLES // channels))
 
             def blocks() -> Iterator[np.ndarray]:
                 for piece in read_blocks(source, block):
@@ -296,15 +311,15 @@ class WaveformEnhancementMixin:
 
             out_channels = 1 if downmix else channels
             norm = self._normalisation(blocks(), rate, out_channels, str(input_path))
-            subtype = subtype or output_subtype(source.subtype, file_format, rate, out_channels)
-            pcm = subtype.startswith("PCM") or subtype in ("ULAW", "ALAW")
+            subtype = subtype or output_subtype(source.subtype, output_path, rate, out_channels)
+            bounded = subtype not in FLOAT_SUBTYPES
             written = clipped = 0
             bar = tqdm(total=frames, unit="sample", unit_scale=True, desc=input_path.name, disable=not progress)
-            with bar, atomic_audio_writer(output_path, rate, out_channels, subtype) as sink:
+            with bar, atomic_audio_writer(output_path, rate, out_channels, subtype, overwrite) as sink:
                 pieces = self._enhance_blocks(blocks(), rate, out_channels, norm, chunk_sizes, dtype, str(input_path))
                 for piece in pieces:
                     piece = piece[: frames - written]
-                    if pcm:
+                    if bounded:
                         clipped += np.count_nonzero(np.abs(piece) > 1.0)
                         piece = np.clip(piece, -1.0, 1.0)
                     sink.write(piece)

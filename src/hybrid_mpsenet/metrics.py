@@ -13,6 +13,7 @@ clipped to [-10, 35] dB; wide-band PESQ at 16 kHz.
 from __future__ import annotations
 
 import logging
+import signal
 import warnings
 from collections.abc import Callable, Sequence
 from concurrent.futures import Executor, ProcessPoolExecutor
@@ -95,9 +96,15 @@ def batch_pesq(
     return np.array(list(executor.map(pesq_score, references, degraded, rates)), dtype=np.float64)
 
 
+def ignore_interrupts(*_) -> None:
+    """Worker-process initialiser: Ctrl-C goes to the main process alone, which stops the workers itself, so the
+    terminal shows one line instead of a traceback from every worker."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
 def make_pool(workers: int) -> ProcessPoolExecutor | None:
     """A process pool for metric computation, or `None` (in-process) for `workers <= 0`."""
-    return ProcessPoolExecutor(max_workers=workers) if workers > 0 else None
+    return ProcessPoolExecutor(max_workers=workers, initializer=ignore_interrupts) if workers > 0 else None
 
 
 # Critical-band centre frequencies and bandwidths in Hz (Loizou, composite.m).
@@ -260,7 +267,7 @@ def parallel_map(function: Callable, items: Sequence, sampling_rate: int, worker
     rates = [sampling_rate] * len(items)
     if workers <= 0:
         return list(map(function, items, rates))
-    with ProcessPoolExecutor(max_workers=workers) as pool:
+    with make_pool(workers) as pool:
         return list(pool.map(function, items, rates))
 
 

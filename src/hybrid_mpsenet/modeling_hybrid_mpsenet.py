@@ -22,6 +22,8 @@ from .network import (
     TransformerBlock,
     TSTransformerBlock,
     check_loaded_weights,
+    check_stored_dtypes,
+    safetensors_files,
 )
 
 __all__ = ["HybridMPSENetModel", "HybridMPSENetOutput", "HybridMPSENetPreTrainedModel"]
@@ -77,9 +79,15 @@ class HybridMPSENetPreTrainedModel(PreTrainedModel):
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path, *args, **kwargs):
         """Like `PreTrainedModel.from_pretrained`, but strict: this family has no task head to initialise, so a
-        checkpoint with missing, unexpected or mis-shaped tensors, or with NaN/Inf in any, is a `ValueError` that
-        names them, never a model with freshly initialised layers."""
+        checkpoint with missing, unexpected, mis-shaped or non-float tensors, a damaged file, or NaN/Inf in any, is
+        a `ValueError` that names them, never a model with freshly initialised layers."""
         want_info = kwargs.pop("output_loading_info", False)
+        hub = {key: kwargs[key] for key in ("revision", "cache_dir", "token", "local_files_only") if key in kwargs}
+        try:
+            files = safetensors_files(pretrained_model_name_or_path, hub)
+        except OSError:
+            files = []  # no safetensors: transformers reports what it finds (or does not)
+        check_stored_dtypes(files)
         # transformers then lists mis-shaped tensors with the missing and unexpected ones instead of failing without
         # naming them; the check below refuses all three.
         kwargs["ignore_mismatched_sizes"] = True

@@ -489,7 +489,9 @@ def check_loaded_weights(
 ) -> None:
     """Raise a `ValueError` naming the tensors when a checkpoint from `source` does not fit its config exactly
     (`problems`: `missing_keys`, `unexpected_keys` -> names, `mismatched_keys` -> `(name, checkpoint shape, model
-    shape)`) or holds NaN/Inf: this family has no task head to initialise, so a partial load is never usable."""
+    shape)`) or holds values that are NaN/Inf in float32: this family has no task head to initialise, so a partial
+    load is never usable. Both loaders run it (after [`check_stored_dtypes`]): the lean one on the tensors as
+    stored, transformers' on the loaded model (where a float64 overflow already shows as Inf)."""
     problems = {
         kind: sorted(
             name if isinstance(name, str) else f"{name[0]} ({list(name[1])} in the checkpoint, {list(name[2])} here)"
@@ -507,7 +509,8 @@ def check_loaded_weights(
             f"The weights in {source} do not fit its config ({listed}). Likely causes: weights of another variant "
             "beside this config, a truncated model.safetensors, or an edited config.json."
         )
-    non_finite = [name for name, tensor in state_dict.items() if not torch.isfinite(tensor).all()]
+    # Checked in float32, the dtype the model computes in: a float64 value beyond its range would load as Inf.
+    non_finite = [name for name, tensor in state_dict.items() if not torch.isfinite(tensor.float()).all()]
     if non_finite:
         raise ValueError(
             f"The weights in {source} contain NaN or Inf in {', '.join(non_finite[:8])}; the checkpoint is damaged "
@@ -656,18 +659,76 @@ class HybridMPSENetNetwork(HybridMPSENetLayers, nn.Module):
 
 
 def _load_safetensors(location: str | Path, hub: dict) -> dict[str, torch.Tensor]:
-    """The tensors of `model.safetensors` at a folder or Hub id, or of the shards its index lists."""
-    from safetensors.torch import load_file
+    """The tensors of `model.safetensors` at a folder or Hub id, or of the shards its index lists; damaged files
+    and non-float tensors are `ValueError`s naming them."""
+    files = safetensors_files(location, hub)
+    check_stored_dtypes(files)
+    state_dict = {}
+    for path in files:
+        state_dict.update(read_safetensors(path))
+    return state_dict
+
+
+def safetensors_files(location: str | Path, hub: dict) -> list[Path]:
+    """The weight files of a folder or Hub id: `model.safetensors`, or the shards its index lists.
+
+    Raises:
+        OSError: neither file exists (transformers' message).
+        ValueError: a damaged index, or one naming a shard that is not a file beside it.
+    """
     from transformers.utils import SAFE_WEIGHTS_INDEX_NAME, SAFE_WEIGHTS_NAME, cached_file
 
     try:
-        return load_file(cached_file(location, SAFE_WEIGHTS_NAME, **hub))
+        return [Path(cached_file(location, SAFE_WEIGHTS_NAME, **hub))]
     except OSError as single_error:
         try:
-            index = json.loads(Path(cached_file(location, SAFE_WEIGHTS_INDEX_NAME, **hub)).read_text())
+            index_file = Path(cached_file(location, SAFE_WEIGHTS_INDEX_NAME, **hub))
         except OSError:
             raise single_error from None
-    state_dict = {}
-    for shard in sorted(set(index["weight_map"].values())):
-        state_dict.update(load_file(cached_file(location, shard, **hub)))
-    return state_dict
+    try:
+        shards = sorted(set(json.loads(index_file.read_text())["weight_map"].values()))
+    except (ValueError, KeyError, TypeError, AttributeError) as error:
+        raise ValueError(f"{index_file}: not a safetensors shard index ({error!r}).") from None
+    for shard in shards:
+        if not isinstance(shard, str) or Path(shard).name != shard:
+            raise ValueError(f"{index_file}: names a shard that is not a file beside it ({shard!r}).")
+    return [Path(cached_file(location, shard, **hub)) for shard in shards]
+
+
+def check_stored_dtypes(files: list[Path]) -> None:
+    """Refuse weight files that are damaged or hold non-float tensors (read from the headers only); both loaders
+    run it before loading, so neither casts an integer or boolean tensor silently.
+
+    Raises:
+        ValueError: naming the file and the tensors.
+    """
+    from safetensors import SafetensorError, safe_open
+
+    for path in files:
+        try:
+            with safe_open(str(path), "pt") as handle:
+                dtypes = {key: handle.get_slice(key).get_dtype() for key in handle.keys()}
+        except (SafetensorError, OSError, ValueError, RuntimeError) as error:
+            raise ValueError(
+                f"{path}: not a readable safetensors file ({error}); it is truncated or damaged, download or save it "
+                "again."
+            ) from None
+        not_float = [f"{key} ({dtype})" for key, dtype in sorted(dtypes.items()) if not dtype.startswith(("F", "BF"))]
+        if not_float:
+            raise ValueError(
+                f"{path} holds non-float tensors: {', '.join(not_float[:8])}; a model of this family has float weights "
+                "only, so the file is damaged or of another model."
+            )
+
+
+def read_safetensors(path: str | Path) -> dict[str, torch.Tensor]:
+    """The tensors of a safetensors file; a zero-byte, truncated or damaged file is a `ValueError` naming it."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    try:
+        return load_file(path)
+    except (SafetensorError, ValueError, RuntimeError) as error:
+        raise ValueError(
+            f"{path}: not a readable safetensors file ({error}); it is truncated or damaged, download or save it again."
+        ) from None

@@ -35,10 +35,14 @@ from .data import (
 )
 from .enhancement import HybridMPSENetForSpeechEnhancement
 from .losses import LossWeights, MetricDiscriminator, generator_losses
-from .metrics import batch_pesq, make_pool, stoi_score
+from .metrics import batch_pesq, ignore_interrupts, make_pool, stoi_score
+from .ownership import check_replaceable_folder
 from .utils import atomic_directory
 
 logger = logging.getLogger(__name__)
+
+# Training crops longer than this are a typo (`segment_seconds: 200`), not a recipe; they would exhaust memory.
+MAX_SEGMENT_SECONDS = 60.0
 
 
 @dataclass
@@ -136,6 +140,15 @@ class TrainingArguments:
         ):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}.")
+        for name, value in asdict(self).items():
+            if isinstance(value, float) and not math.isfinite(value):
+                raise ValueError(f"{name} must be a finite number, got {value}.")
+        if not 0 < self.segment_seconds <= MAX_SEGMENT_SECONDS:
+            raise ValueError(f"segment_seconds must be in (0, {MAX_SEGMENT_SECONDS}] s, got {self.segment_seconds}.")
+        if self.snr_low > self.snr_high:
+            raise ValueError(f"snr_low ({self.snr_low}) must not exceed snr_high ({self.snr_high}).")
+        if self.num_workers < 0 or self.pesq_workers < 0:
+            raise ValueError("num_workers and pesq_workers must be 0 or more.")
 
     @property
     def loss_weights(self) -> LossWeights:
@@ -178,8 +191,13 @@ def parse_training_arguments(
             values = yaml.safe_load(Path(config_file).read_text()) or {}
         except (OSError, yaml.YAMLError) as error:
             raise ValueError(f"{config_file}: cannot read the training config ({error}).") from error
-        unknown = sorted(set(values) - set(TrainingArguments.__dataclass_fields__))
-        if not isinstance(values, dict) or unknown:
+        if not isinstance(values, dict):
+            raise ValueError(
+                f"{config_file}: a training config maps settings to values (name: value), not a "
+                f"{type(values).__name__}."
+            )
+        unknown = sorted(str(key) for key in set(values) - set(TrainingArguments.__dataclass_fields__))
+        if unknown:
             raise ValueError(f"{config_file}: unknown training settings {unknown}; see `hybrid-mpsenet {command} -h`.")
         parser.set_defaults(**values)
         for action in parser._actions:
@@ -358,6 +376,7 @@ def evaluate_model(
 
 
 def _export(model: HybridMPSENetForSpeechEnhancement, path: Path, metrics: dict) -> None:
+    check_replaceable_folder(path, overwrite=True, what="best model")  # never a folder a user put there
     with atomic_directory(path) as tmp:
         model.save_pretrained(tmp)
         (tmp / "eval_results.json").write_text(json.dumps(metrics, indent=2))
@@ -376,6 +395,20 @@ def train(args: TrainingArguments) -> Path:
     )
     set_seed(args.seed)
     root = output_dir / "checkpoints"
+    lock = None
+    if accelerator.is_main_process:
+        lock, warnings = checkpointing.claim_run_folder(output_dir, asdict(args), args.resume)
+        for warning in warnings:
+            logger.warning("%s: %s", output_dir, warning)
+    try:
+        return _train(args, accelerator, output_dir, root)
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def _train(args: TrainingArguments, accelerator: Accelerator, output_dir: Path, root: Path) -> Path:
+    """[`train`] in a claimed run folder."""
     if accelerator.is_main_process:
         for leftover in checkpointing.remove_incomplete(root):
             logger.warning("Removed %s, an incomplete checkpoint left by an interrupted run.", leftover)
@@ -396,6 +429,7 @@ def train(args: TrainingArguments) -> Path:
         collate_fn=collate_pairs,
         num_workers=args.num_workers,
         generator=loader_generator,
+        worker_init_fn=ignore_interrupts if args.num_workers else None,
     )
     discriminator = MetricDiscriminator(checkpointing.read_discriminator_dim(checkpoint) if checkpoint else 16)
     optim_g, optim_d, sched_g, sched_d = build_optimizers(args, model, discriminator)
@@ -568,11 +602,20 @@ def _truncate_history(path: Path, step: int) -> None:
     if not path.is_file():
         return
     lines = [line for line in path.read_text().splitlines() if line.strip()]
-    kept = [line for line in lines if json.loads(line).get("step", 0) <= step]
+    kept = [line for line in lines if (_history_step(line) or math.inf) <= step]
     if len(kept) != len(lines):
         tmp = path.with_name(f".{path.name}.tmp")
         tmp.write_text("".join(line + "\n" for line in kept))
         tmp.replace(path)
+
+
+def _history_step(line: str) -> int | None:
+    """The step of a `history.jsonl` line, or `None` for a line cut by a crash (dropped on resume)."""
+    try:
+        record = json.loads(line)
+    except ValueError:
+        return None
+    return record.get("step", 0) if isinstance(record, dict) else None
 
 
 def _finite_mean(values: list[float]) -> float:

@@ -6,7 +6,6 @@ import contextlib
 import hashlib
 import json
 import multiprocessing as mp
-import os
 import resource
 import shutil
 import tempfile
@@ -15,84 +14,31 @@ from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from .ownership import apply_new_file_modes, new_file_mode, temporary_name, write_manifest
+
 if TYPE_CHECKING:
     import torch
 
-# What this package writes into a model folder (save_pretrained, the model code, a card, evaluation results) or a
-# run folder; a folder holding anything else is not replaced.
-OWN_FILES = {
-    "config.json",
-    "model.safetensors",
-    "preprocessor_config.json",
-    "eval_results.json",
-    "README.md",
-    # the model code `save_pretrained` copies beside the weights: the model class's module and its relative imports
-    "configuration_hybrid_mpsenet.py",
-    "modeling_hybrid_mpsenet.py",
-    "network.py",
-    "enhancement.py",
-    "inference.py",
-    "audio.py",
-    "utils.py",
-    "feature_extraction_hybrid_mpsenet.py",
-    "mamba.py",
-    "spectral.py",
-    "limits.py",
-    "checkpoints",
-}
-
-
-def check_output_folder(path: str | Path, overwrite: bool = False) -> None:
-    """Refuse to write a model or run folder at `path` unless it is absent, empty, or (with `overwrite`) a folder
-    holding only what this package writes; never lose a user's files.
-
-    Raises:
-        FileExistsError: `path` is a file, a folder with other files, or one of ours without `overwrite`.
-    """
-    path = Path(path)
-    if not path.exists():
-        return
-    if not path.is_dir():
-        raise FileExistsError(f"{path} exists and is not a folder; choose another output folder.")
-    entries = sorted(p.name for p in path.iterdir())
-    if not entries:
-        return
-    foreign = [name for name in entries if name not in OWN_FILES and not name.startswith(".")]
-    if foreign:
-        raise FileExistsError(
-            f"{path} is not empty and holds files this package did not write ({', '.join(foreign[:5])}); refusing to "
-            "replace it. Choose a new or empty output folder."
-        )
-    if not overwrite:
-        raise FileExistsError(f"{path} already holds a model or run folder; pass --overwrite to replace it.")
-
-
-def new_file_mode(directory: bool = False) -> int:
-    """The permission bits `open()` / `mkdir()` would give a new file (0o666) or folder (0o777) under the umask.
-
-    Temporary files and folders are created private (0o600 / 0o700); results renamed from them get these bits.
-    """
-    umask = os.umask(0)
-    os.umask(umask)
-    return (0o777 if directory else 0o666) & ~umask
-
 
 @contextlib.contextmanager
-def atomic_directory(path: str | Path) -> Iterator[Path]:
-    """Yield a temporary folder beside `path`; on success it replaces `path` in one rename, on error it is removed.
+def atomic_directory(path: str | Path, kind: str = "model") -> Iterator[Path]:
+    """Yield a temporary folder beside `path`; on success it gets a manifest of what was written (see
+    [`ownership`]; `kind` names the folder in messages) and replaces `path` in one rename; on error it is removed.
 
     A reader never sees a half-written folder: either the previous content or the complete new one. Callers check
-    with [`check_output_folder`] that an existing `path` may be replaced.
+    with [`check_replaceable_folder`] that an existing `path` may be replaced.
     """
     path = Path(path).resolve()
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
-    tmp.chmod(new_file_mode(directory=True))  # mkdtemp makes it private; the result is an ordinary folder
+    tmp = Path(tempfile.mkdtemp(prefix=temporary_name(path, "tmp"), dir=path.parent))
     try:
         yield tmp
+        apply_new_file_modes(tmp)  # mkdtemp and safetensors make private files; the result is an ordinary folder
+        tmp.chmod(new_file_mode(directory=True))
+        write_manifest(tmp, kind)
         if path.exists():
-            backup = path.with_name(f".{path.name}.old-{tmp.name[-8:]}")
-            path.rename(backup)
+            backup = Path(tempfile.mkdtemp(prefix=temporary_name(path, "old"), dir=path.parent))
+            path.rename(backup / path.name)
             tmp.rename(path)
             shutil.rmtree(backup)
         else:

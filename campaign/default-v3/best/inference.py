@@ -1,0 +1,377 @@
+"""Waveform-level enhancement: any rate, any channel count, any length, in bounded memory, for both model classes
+of the family, and [`HybridMPSENetEnhancer`], the lean inference model that does not import transformers' model
+classes.
+
+Long signals are enhanced in overlapping chunks aligned to the STFT hop, so a chunk's frames are the whole
+signal's frames, and joined with a constant-power-sum raised-cosine crossfade. The RMS normalisation uses one
+factor per channel computed over the whole signal (a first streaming pass), so chunks do not change the level.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+
+import numpy as np
+import soundfile as sf
+import torch
+from tqdm.auto import tqdm
+
+from .audio import (
+    CLIP_LEVEL,
+    CLIP_WARN_FRACTION,
+    DEFAULT_CHUNK_SECONDS,
+    DEFAULT_OVERLAP_SECONDS,
+    AudioError,
+    StreamResampler,
+    atomic_audio_writer,
+    check_sampling_rate,
+    from_float,
+    open_audio,
+    output_format,
+    output_subtype,
+    read_blocks,
+    to_float,
+)
+from .configuration_hybrid_mpsenet import HybridMPSENetConfig
+from .network import HybridMPSENetNetwork
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_MODEL_DIR = Path(__file__).parent / "pretrained"
+# The public name of the bundled checkpoint: `from_pretrained("default")`, `--model default`, `info default`.
+DEFAULT_MODEL = "default"
+# Autocast precisions by the names the CLI and the usual shorthands give them; float32 means no autocast.
+DTYPE_NAMES = {
+    "float32": None,
+    "fp32": None,
+    "bfloat16": torch.bfloat16,
+    "bf16": torch.bfloat16,
+    "float16": torch.float16,
+    "fp16": torch.float16,
+    "half": torch.float16,
+}
+# Files are read in blocks of this many seconds; with the chunk size it bounds the memory of `enhance_file`.
+READ_BLOCK_SECONDS = 5.0
+# Beyond this many channels a 2-D array is more likely (samples, channels) than (channels, samples).
+MAX_CHANNELS = 32
+
+
+class _Chunker:
+    """Enhances a signal fed block by block in overlapping chunks and yields the crossfaded result in order.
+
+    Blocks and results are `(channels, samples)` at the model's rate; the signal must already be normalised.
+    """
+
+    def __init__(self, model: WaveformEnhancementMixin, chunk: int, overlap: int, dtype):
+        self.model, self.chunk, self.overlap, self.dtype = model, chunk, overlap, dtype
+        self.buffer: np.ndarray | None = None
+        self.tail: np.ndarray | None = None  # the previous chunk's enhanced overlap, waiting to be crossfaded
+        ramp = np.sin(0.5 * np.pi * (np.arange(overlap, dtype=np.float64) + 0.5) / max(overlap, 1)) ** 2
+        self.fade_in = ramp.astype(np.float32)
+
+    def _emit(self, segment: np.ndarray, last: bool) -> np.ndarray:
+        enhanced = self.model.enhance_segment(segment, self.dtype)
+        if self.tail is not None:
+            head = enhanced[:, : self.overlap]
+            enhanced[:, : self.overlap] = self.tail + (head - self.tail) * self.fade_in
+        if last:
+            self.tail = None
+            return enhanced
+        self.tail = enhanced[:, -self.overlap :].copy()
+        return enhanced[:, : -self.overlap]
+
+    def feed(self, block: np.ndarray) -> Iterator[np.ndarray]:
+        self.buffer = block if self.buffer is None else np.concatenate([self.buffer, block], axis=1)
+        # Keep more than one chunk buffered so that the final chunk is never shorter than the overlap.
+        while self.buffer.shape[1] > self.chunk + self.overlap:
+            yield self._emit(self.buffer[:, : self.chunk], last=False)
+            self.buffer = self.buffer[:, self.chunk - self.overlap :]
+
+    def finish(self) -> Iterator[np.ndarray]:
+        if self.buffer is None:
+            return
+        if self.buffer.shape[1] > self.chunk:
+            yield self._emit(self.buffer[:, : self.chunk], last=False)
+            self.buffer = self.buffer[:, self.chunk - self.overlap :]
+        yield self._emit(self.buffer, last=True)
+        self.buffer = None
+
+
+class WaveformEnhancementMixin:
+    """Waveform and file enhancement for a network of the family (an `nn.Module` with `config`, `device`,
+    `spectrum`, `waveform` and the forward pass on spectra): shared by [`HybridMPSENetForSpeechEnhancement`]
+    (transformers) and [`HybridMPSENetEnhancer`] (plain PyTorch)."""
+
+    config: HybridMPSENetConfig
+
+    def _chunk_sizes(self, chunk_seconds: float, overlap_seconds: float) -> tuple[int, int]:
+        """Chunk and overlap in samples at the model rate, as multiples of the hop."""
+        hop, rate = self.config.hop_length, self.config.sampling_rate
+        for name, value in (("chunk_seconds", chunk_seconds), ("overlap_seconds", overlap_seconds)):
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+                raise ValueError(f"{name} must be a finite number of seconds, got {value!r}.")
+        if overlap_seconds <= 0 or chunk_seconds < 2 * overlap_seconds:
+            raise ValueError(
+                f"Need overlap_seconds > 0 and chunk_seconds >= 2 * overlap_seconds, got chunk_seconds="
+                f"{chunk_seconds} and overlap_seconds={overlap_seconds}."
+            )
+        overlap = max(1, round(overlap_seconds * rate / hop)) * hop
+        chunk = max(2 * overlap, round(chunk_seconds * rate / hop) * hop)
+        return chunk, overlap
+
+    @torch.inference_mode()
+    def enhance_segment(self, segment: np.ndarray, dtype: torch.dtype | None = None) -> np.ndarray:
+        """Enhance normalised audio at the model rate in one pass.
+
+        Args:
+            segment: `(channels, samples)` float32, already RMS-normalised; shorter inputs than one STFT frame
+                are zero-padded and trimmed back.
+            dtype: autocast dtype for the network (`torch.bfloat16` / `torch.float16`), or `None` for full precision.
+
+        Returns:
+            `(channels, samples)` float32 enhanced audio.
+        """
+        length = segment.shape[-1]
+        minimum = self.config.n_fft // 2 + 1
+        waveform = torch.from_numpy(np.ascontiguousarray(segment, dtype=np.float32)).to(self.device)
+        if length < minimum:
+            waveform = torch.nn.functional.pad(waveform, (0, minimum - length))
+        magnitude, phase, _ = self.spectrum(waveform)
+        autocast = torch.autocast(self.device.type, dtype=dtype) if dtype is not None else contextlib.nullcontext()
+        with autocast:
+            output = self(magnitude, phase)
+        audio = self.waveform(output.magnitude.float(), output.phase.float(), length=waveform.shape[-1])
+        return audio[:, :length].cpu().numpy()
+
+    def _normalisation(self, blocks: Iterable[np.ndarray], rate: int, channels: int, name: str) -> np.ndarray:
+        """First pass: per-channel RMS normalisation factors `(channels, 1)` at the model rate; checks samples."""
+        resample = StreamResampler(rate, self.config.sampling_rate, channels)
+        energy = np.zeros(channels)
+        count = clipped = 0
+        for block in blocks:
+            if not np.isfinite(block).all():
+                raise AudioError(f"{name} contains NaN or Inf samples; repair or drop it before enhancing.")
+            clipped += np.count_nonzero(np.abs(block) >= CLIP_LEVEL)
+            count += block.shape[0]
+            energy += np.square(resample(block), dtype=np.float64).sum(axis=0)
+        energy += np.square(resample(np.zeros((0, channels), np.float32), last=True), dtype=np.float64).sum(axis=0)
+        if clipped > CLIP_WARN_FRACTION * count * channels:
+            logger.warning(
+                "%s looks clipped (%d samples at full scale); enhancement removes noise but cannot restore the "
+                "clipped peaks.",
+                name,
+                clipped,
+            )
+        model_samples = count * self.config.sampling_rate / rate
+        if not energy.any():
+            logger.warning("%s is silent; the output is silent too.", name)
+        factors = np.where(energy > 0, np.sqrt(model_samples / np.maximum(energy, 1e-30)), 1.0)
+        return factors.astype(np.float32)[:, None]
+
+    def _enhance_blocks(
+        self,
+        blocks: Iterable[np.ndarray],
+        rate: int,
+        channels: int,
+        norm: np.ndarray,
+        chunk_sizes: tuple[int, int],
+        dtype: torch.dtype | None,
+        name: str,
+    ) -> Iterator[np.ndarray]:
+        """Second pass: `(frames, channels)` blocks at `rate` in, enhanced blocks at `rate` out (same total length
+        up to a few samples of resampler rounding, which the callers trim or pad). `chunk_sizes` comes from
+        `_chunk_sizes`, `dtype` from [`resolve_dtype`]; a non-finite output sample is an [`AudioError`] naming
+        `name`, so nothing non-finite is ever returned or written."""
+        to_model = StreamResampler(rate, self.config.sampling_rate, channels)
+        to_input = StreamResampler(self.config.sampling_rate, rate, channels)
+        chunker = _Chunker(self, *chunk_sizes, dtype)
+
+        def restore(enhanced: Iterable[np.ndarray]) -> Iterator[np.ndarray]:
+            for out in enhanced:
+                if not np.isfinite(out).all():
+                    raise AudioError(
+                        f"{name}: the model produced non-finite samples (NaN/Inf); its weights may be damaged or "
+                        "the dtype too narrow. Nothing was written."
+                    )
+                yield to_input((out / norm).T)
+
+        for block in blocks:
+            yield from restore(chunker.feed(to_model(block).T * norm))
+        yield from restore(chunker.feed(to_model(np.zeros((0, channels), np.float32), last=True).T * norm))
+        yield from restore(chunker.finish())
+        yield to_input(np.zeros((0, channels), np.float32), last=True)
+
+    def enhance(
+        self,
+        waveform: np.ndarray | torch.Tensor,
+        sampling_rate: int,
+        chunk_seconds: float = DEFAULT_CHUNK_SECONDS,
+        overlap_seconds: float = DEFAULT_OVERLAP_SECONDS,
+        downmix: bool = False,
+        dtype: torch.dtype | str | None = None,
+    ) -> np.ndarray | torch.Tensor:
+        """Enhance a waveform at any sampling rate.
+
+        Args:
+            waveform: `(samples,)` mono or `(channels, samples)`, float in [-1, 1] or integer PCM, numpy or torch.
+            sampling_rate: rate of `waveform` in Hz; it is resampled to the model's rate and back.
+            chunk_seconds, overlap_seconds: inputs longer than `chunk_seconds` are enhanced in chunks that overlap
+                by `overlap_seconds` and are crossfaded.
+            downmix: average the channels and return mono.
+            dtype: autocast dtype (`torch.bfloat16`, `torch.float16`, or a name such as "bfloat16") or `None`
+                for full precision.
+
+        Returns:
+            The enhanced waveform with the input's shape (`(samples,)` when downmixed), type (numpy or torch) and
+            dtype, at `sampling_rate`.
+        """
+        is_tensor = isinstance(waveform, torch.Tensor)
+        array = waveform.detach().cpu().numpy() if is_tensor else np.asarray(waveform)
+        if array.ndim not in (1, 2) or array.size == 0:
+            raise AudioError(f"Expected a non-empty (samples,) or (channels, samples) waveform, got {array.shape}.")
+        if array.ndim == 2 and array.shape[0] > MAX_CHANNELS and array.shape[1] <= MAX_CHANNELS:
+            raise AudioError(
+                f"Got shape {array.shape}: multi-channel audio must be (channels, samples); pass the transpose."
+            )
+        sampling_rate = check_sampling_rate(sampling_rate)
+        dtype, chunk_sizes = resolve_dtype(dtype), self._chunk_sizes(chunk_seconds, overlap_seconds)
+        samples = np.atleast_2d(to_float(array)).T  # (frames, channels)
+        if downmix:
+            samples = samples.mean(axis=1, keepdims=True)
+        frames, channels = samples.shape
+        norm = self._normalisation([samples], sampling_rate, channels, "The waveform")
+        pieces = self._enhance_blocks([samples], sampling_rate, channels, norm, chunk_sizes, dtype, "The waveform")
+        enhanced = _fit_length(np.concatenate(list(pieces), axis=0), frames).T
+        if array.ndim == 1 or downmix:
+            enhanced = enhanced[0]
+        enhanced = from_float(enhanced, array.dtype)
+        return torch.from_numpy(enhanced) if is_tensor else enhanced
+
+    def enhance_file(
+        self,
+        input_path: str | Path,
+        output_path: str | Path,
+        chunk_seconds: float = DEFAULT_CHUNK_SECONDS,
+        overlap_seconds: float = DEFAULT_OVERLAP_SECONDS,
+        downmix: bool = False,
+        dtype: torch.dtype | str | None = None,
+        subtype: str | None = None,
+        overwrite: bool = False,
+        progress: bool = True,
+    ) -> Path:
+        """Enhance an audio file (any format soundfile reads) into `output_path`, streaming from disk to disk.
+
+        Memory stays bounded by the chunk size whatever the duration. The output keeps the input's sampling
+        rate, channel count (mono with `downmix`) and subtype (when the output format supports it, else the
+        format's default; `subtype` overrides). It is written to a temporary file and renamed when complete, so
+        an interrupted run never leaves a truncated output. Returns the output path.
+        """
+        input_path, output_path = Path(input_path), Path(output_path)
+        if output_path.is_dir():
+            raise AudioError(
+                f"{output_path} is a folder; give an output file name, e.g. {output_path / input_path.name}."
+            )
+        if output_path.exists() and output_path.resolve() == input_path.resolve():
+            raise AudioError(f"{output_path}: refusing to overwrite the input file; choose another output path.")
+        if output_path.exists() and not overwrite:
+            raise AudioError(f"{output_path} already exists; pass overwrite=True (--overwrite) to replace it.")
+        dtype, chunk_sizes = resolve_dtype(dtype), self._chunk_sizes(chunk_seconds, overlap_seconds)
+        file_format = output_format(output_path)
+        if subtype is not None and not sf.check_format(file_format, subtype):
+            raise AudioError(
+                f"{output_path}: {file_format} cannot store subtype {subtype!r}; choose one of "
+                f"{', '.join(sf.available_subtypes(file_format))}."
+            )
+        with open_audio(input_path) as source:
+            rate, channels, frames = source.samplerate, source.channels, source.frames
+            block = max(1, int(READ_BLOCK_SECONDS * rate))
+
+            def blocks() -> Iterator[np.ndarray]:
+                for piece in read_blocks(source, block):
+                    yield piece.mean(axis=1, keepdims=True) if downmix else piece
+
+            out_channels = 1 if downmix else channels
+            norm = self._normalisation(blocks(), rate, out_channels, str(input_path))
+            subtype = subtype or output_subtype(source.subtype, file_format, rate, out_channels)
+            pcm = subtype.startswith("PCM") or subtype in ("ULAW", "ALAW")
+            written = clipped = 0
+            bar = tqdm(total=frames, unit="sample", unit_scale=True, desc=input_path.name, disable=not progress)
+            with bar, atomic_audio_writer(output_path, rate, out_channels, subtype) as sink:
+                pieces = self._enhance_blocks(blocks(), rate, out_channels, norm, chunk_sizes, dtype, str(input_path))
+                for piece in pieces:
+                    piece = piece[: frames - written]
+                    if pcm:
+                        clipped += np.count_nonzero(np.abs(piece) > 1.0)
+                        piece = np.clip(piece, -1.0, 1.0)
+                    sink.write(piece)
+                    written += piece.shape[0]
+                    bar.update(piece.shape[0])
+                if written < frames:
+                    sink.write(np.zeros((frames - written, out_channels), np.float32))
+        if clipped:
+            logger.warning("%s: %d output samples exceeded full scale and were clipped.", output_path, clipped)
+        return output_path
+
+
+def model_location(name: str | Path | None) -> str | Path:
+    """`name` itself (a folder or Hub id), or the bundled checkpoint's folder for no name or the string `"default"`.
+
+    Raises:
+        OSError: the bundled checkpoint is missing from the installation.
+    """
+    if name is not None and not (isinstance(name, str) and name == DEFAULT_MODEL):
+        return name
+    if not (DEFAULT_MODEL_DIR / "config.json").is_file():
+        raise OSError(
+            f"The bundled default checkpoint is missing from {DEFAULT_MODEL_DIR}; reinstall the package or pass a "
+            "model folder or Hub id."
+        )
+    return DEFAULT_MODEL_DIR
+
+
+def resolve_dtype(dtype: torch.dtype | str | None) -> torch.dtype | None:
+    """The autocast dtype for `dtype` (`None`, a torch dtype or a name such as "bfloat16"); `None` = float32."""
+    if dtype is None or dtype == torch.float32:
+        return None
+    if dtype in (torch.bfloat16, torch.float16):
+        return dtype
+    if isinstance(dtype, str) and dtype.lower() in DTYPE_NAMES:
+        return DTYPE_NAMES[dtype.lower()]
+    raise ValueError(
+        f"dtype must be None, torch.float32/bfloat16/float16 or one of {', '.join(DTYPE_NAMES)}; got {dtype!r}."
+    )
+
+
+def _fit_length(samples: np.ndarray, frames: int) -> np.ndarray:
+    """Trim or zero-pad `(frames', channels)` to exactly `frames` rows."""
+    if samples.shape[0] >= frames:
+        return samples[:frames]
+    return np.pad(samples, ((0, frames - samples.shape[0]), (0, 0)))
+
+
+class HybridMPSENetEnhancer(WaveformEnhancementMixin, HybridMPSENetNetwork):
+    """[`HybridMPSENetForSpeechEnhancement`] without transformers' model classes: the same `enhance` and
+    `enhance_file`, the same outputs, from the same checkpoints, in a process 84–127 MiB smaller (PyTorch, the
+    config class and the network only; the saving depends on which optional packages transformers finds).
+    `hybrid-mpsenet enhance` runs on it.
+
+    Example:
+        ```python
+        from hybrid_mpsenet.inference import HybridMPSENetEnhancer
+
+        model = HybridMPSENetEnhancer.from_pretrained()  # bundled default; or a folder / Hub id
+        clean = model.enhance(noisy, sampling_rate=48000)
+        ```
+    """
+
+    @classmethod
+    def from_pretrained(
+        cls, pretrained_model_name_or_path: str | Path | None = None, **kwargs
+    ) -> HybridMPSENetEnhancer:
+        """[`HybridMPSENetNetwork.from_pretrained`]; with no name or the string `"default"`, the package's bundled
+        checkpoint."""
+        return super().from_pretrained(model_location(pretrained_model_name_or_path), **kwargs)

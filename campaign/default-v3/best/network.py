@@ -1,0 +1,673 @@
+"""The hybrid MP-SENet network as plain PyTorch modules: MP-SENet's dense encoder and magnitude/phase decoders
+around a configurable stack of TS-Transformer and Mamba blocks, with optional magnitude/phase branches fused by
+cross-attention.
+
+Nothing here imports transformers' model classes (`PreTrainedModel` brings in distributed, compiler and optional
+integration modules: 127 MiB of a process's memory with the development extras installed, 84 MiB without), so
+[`HybridMPSENetNetwork`] serves inference in a lean process: `hybrid-mpsenet enhance` runs on it.
+[`HybridMPSENetModel`] in `modeling_hybrid_mpsenet` has the same layers and forward pass ([`HybridMPSENetLayers`])
+with transformers' loading, saving and training machinery.
+
+Feature maps inside the network are `(batch, channels, time, freq)`. Every sequence module is batch-first and runs
+along the axis its name says, so an item's output never depends on the other items of a batch; right-padded
+batches are handled with a `frame_mask` that masks statistics, attention keys and GRU sequences.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import initialization as init
+from transformers.utils import ModelOutput
+
+from .configuration_hybrid_mpsenet import HybridMPSENetConfig
+from .mamba import Mamba
+from .spectral import mag_phase_istft, mag_phase_stft
+
+
+@dataclass
+class HybridMPSENetOutput(ModelOutput):
+    """
+    Args:
+        magnitude: `(batch, freq, time)` enhanced magnitude, power-law compressed.
+        phase: `(batch, freq, time)` enhanced phase in radians.
+        complex_spectrum: `(batch, freq, time, 2)` real and imaginary parts of `magnitude * exp(i * phase)`.
+    """
+
+    magnitude: torch.FloatTensor | None = None
+    phase: torch.FloatTensor | None = None
+    complex_spectrum: torch.FloatTensor | None = None
+
+
+def _to_sequences(x: torch.Tensor, axis: str) -> torch.Tensor:
+    """`(batch, channels, time, freq)` -> `(batch * freq, time, channels)` for "time", `(batch * time, freq, channels)`
+    for "freq"."""
+    b, c, t, f = x.shape
+    if axis == "time":
+        return x.permute(0, 3, 2, 1).reshape(b * f, t, c)
+    return x.permute(0, 2, 3, 1).reshape(b * t, f, c)
+
+
+def _from_sequences(x: torch.Tensor, axis: str, shape: torch.Size) -> torch.Tensor:
+    """Inverse of [`_to_sequences`] for a feature map of `shape`."""
+    b, c, t, f = shape
+    if axis == "time":
+        return x.reshape(b, f, t, c).permute(0, 3, 2, 1)
+    return x.reshape(b, t, f, c).permute(0, 3, 1, 2)
+
+
+def _sequence_masks(frame_mask: torch.Tensor | None, axis: str, repeats: int):
+    """Key mask `(sequences, time)` and lengths `(sequences,)` for sequences along time; `None, None` otherwise."""
+    if frame_mask is None or axis != "time":
+        return None, None
+    key_mask = frame_mask.repeat_interleave(repeats, dim=0)
+    return key_mask, key_mask.sum(1)
+
+
+class InstanceNorm(nn.InstanceNorm2d):
+    """Affine instance norm over (time, freq) whose statistics ignore padded frames when a mask is given."""
+
+    def forward(self, x: torch.Tensor, frame_mask: torch.Tensor | None = None) -> torch.Tensor:
+        if frame_mask is None:
+            return super().forward(x)
+        mask = frame_mask[:, None, :, None].to(x.dtype)
+        count = mask.sum(dim=(2, 3), keepdim=True) * x.shape[3]
+        mean = (x * mask).sum(dim=(2, 3), keepdim=True) / count
+        var = ((x - mean).pow(2) * mask).sum(dim=(2, 3), keepdim=True) / count
+        x = (x - mean) / torch.sqrt(var + self.eps)
+        return x * self.weight[None, :, None, None] + self.bias[None, :, None, None]
+
+
+class ConvNormActivation(nn.Module):
+    """Zero padding -> Conv2d -> instance norm -> PReLU on `(batch, channels, time, freq)`.
+
+    `padding` is `(freq_left, freq_right, time_before, time_after)`; MP-SENet pads time only before, so every
+    convolution is causal in time.
+    """
+
+    def __init__(self, in_channels, out_channels, kernel_size, stride=(1, 1), dilation=(1, 1), padding=(0, 0, 0, 0)):
+        super().__init__()
+        self.padding = padding
+        self.conv = nn.Conv2d(in_channels, out_channels, kernel_size, stride=stride, dilation=dilation)
+        self.norm = InstanceNorm(out_channels, affine=True)
+        self.activation = nn.PReLU(out_channels)
+
+    def forward(self, x: torch.Tensor, frame_mask: torch.Tensor | None = None) -> torch.Tensor:
+        return self.forward_padded(F.pad(x, self.padding), frame_mask)
+
+    def forward_padded(self, x: torch.Tensor, frame_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """`forward` on an input that already carries the zero padding."""
+        return self.activation(self.norm(self.conv(x), frame_mask))
+
+
+class DenseBlock(nn.Module):
+    """Densely connected causal (2, 3) convolutions with time dilations 1, 2, 4, 8, ...; `(b, C, t, f)` in and out."""
+
+    def __init__(self, config: HybridMPSENetConfig):
+        super().__init__()
+        channels = config.dense_channel
+        self.layers = nn.ModuleList(
+            ConvNormActivation(channels * (i + 1), channels, (2, 3), dilation=(2**i, 1), padding=(1, 1, 2**i, 0))
+            for i in range(config.dense_depth)
+        )
+
+    def forward(self, x: torch.Tensor, frame_mask: torch.Tensor | None = None) -> torch.Tensor:
+        if not torch.is_grad_enabled():
+            return self._forward_in_place(x, frame_mask)
+        skip = x
+        for layer in self.layers:
+            x = layer(skip, frame_mask)
+            skip = torch.cat([x, skip], dim=1)
+        return x
+
+    def _forward_in_place(self, x: torch.Tensor, frame_mask: torch.Tensor | None) -> torch.Tensor:
+        """The same computation without gradients and without the concatenated and padded copies: every layer's
+        output is written into one zero-margined buffer (newest channels first, as the concatenation orders them)
+        whose margins are the layers' padding. At full resolution this block sets the network's peak memory.
+        Autograd cannot take it: later writes would change what earlier layers saved."""
+        b, c, t, f = x.shape
+        depth = len(self.layers)
+        reach = 2 ** (depth - 1)  # the longest causal time padding
+        buffer = x.new_zeros(b, c * depth, reach + t, f + 2)
+        buffer[:, (depth - 1) * c :, reach:, 1:-1] = x
+        for i, layer in enumerate(self.layers):
+            start = (depth - 1 - i) * c
+            x = layer.forward_padded(buffer[:, start:, reach - 2**i :], frame_mask)
+            if i < depth - 1:
+                buffer[:, start - c : start, reach:, 1:-1] = x
+        return x
+
+
+class DenseEncoder(nn.Module):
+    """`(batch, 2, time, freq)` magnitude/phase -> `(batch, C, time, (freq + 1) // 2)` features."""
+
+    def __init__(self, config: HybridMPSENetConfig):
+        super().__init__()
+        channels = config.dense_channel
+        self.input_conv = ConvNormActivation(2, channels, (1, 1))
+        self.dense_block = DenseBlock(config)
+        self.output_conv = ConvNormActivation(channels, channels, (1, 3), stride=(1, 2), padding=(1, 1, 0, 0))
+
+    def forward(self, x: torch.Tensor, frame_mask: torch.Tensor | None = None) -> torch.Tensor:
+        x = self.input_conv(x, frame_mask)
+        x = self.dense_block(x, frame_mask)
+        return self.output_conv(x, frame_mask)
+
+
+class SubPixelConv(nn.Module):
+    """Sub-pixel up-sampling along frequency: conv to `r * C` channels, then interleave them.
+
+    `(batch, C, time, freq)` -> `(batch, C, time, r * freq)`.
+    """
+
+    def __init__(self, channels: int, upscale: int = 2):
+        super().__init__()
+        self.upscale = upscale
+        self.conv = nn.Conv2d(channels, channels * upscale, (1, 3))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.conv(F.pad(x, (1, 1, 0, 0)))
+        b, c, t, f = out.shape
+        out = out.view(b, self.upscale, c // self.upscale, t, f).permute(0, 2, 3, 4, 1)
+        return out.reshape(b, c // self.upscale, t, f * self.upscale)
+
+
+class LearnableSigmoid(nn.Module):
+    """`beta * sigmoid(slope * x)` with one learnable slope per frequency bin; `x` is `(batch, freq, time)`."""
+
+    def __init__(self, num_freq_bins: int, beta: float):
+        super().__init__()
+        self.beta = beta
+        self.slope = nn.Parameter(torch.ones(num_freq_bins, 1))
+
+    def reset_parameters(self) -> None:
+        init.ones_(self.slope)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.beta * torch.sigmoid(self.slope * x)
+
+
+class DecoderTrunk(nn.Module):
+    """Dense block -> sub-pixel up-sampling -> instance norm -> PReLU, shared by both decoders:
+    `(batch, C, time, f')` -> `(batch, C, time, 2 * f')`."""
+
+    def __init__(self, config: HybridMPSENetConfig):
+        super().__init__()
+        channels = config.dense_channel
+        self.dense_block = DenseBlock(config)
+        self.upsample = SubPixelConv(channels)
+        self.norm = InstanceNorm(channels, affine=True)
+        self.activation = nn.PReLU(channels)
+
+    def upsampled(self, x: torch.Tensor, frame_mask: torch.Tensor | None = None) -> torch.Tensor:
+        x = self.dense_block(x, frame_mask)
+        return self.activation(self.norm(self.upsample(x), frame_mask))
+
+
+class MaskDecoder(DecoderTrunk):
+    """Features `(batch, C, time, f')` -> magnitude mask `(batch, freq, time)` in `(0, beta)`."""
+
+    def __init__(self, config: HybridMPSENetConfig):
+        super().__init__(config)
+        self.output_conv = nn.Conv2d(config.dense_channel, 1, (1, 2))
+        self.mask_activation = LearnableSigmoid(config.num_freq_bins, config.beta)
+
+    def forward(self, x: torch.Tensor, frame_mask: torch.Tensor | None = None) -> torch.Tensor:
+        x = self.output_conv(self.upsampled(x, frame_mask)).squeeze(1).transpose(1, 2)
+        return self.mask_activation(x)
+
+
+class PhaseDecoder(DecoderTrunk):
+    """Features `(batch, C, time, f')` -> phase `(batch, freq, time)` as atan2 of two predicted maps."""
+
+    def __init__(self, config: HybridMPSENetConfig):
+        super().__init__(config)
+        self.real_conv = nn.Conv2d(config.dense_channel, 1, (1, 2))
+        self.imag_conv = nn.Conv2d(config.dense_channel, 1, (1, 2))
+
+    def forward(self, x: torch.Tensor, frame_mask: torch.Tensor | None = None) -> torch.Tensor:
+        x = self.upsampled(x, frame_mask)
+        phase = torch.atan2(self.imag_conv(x), self.real_conv(x))
+        return phase.squeeze(1).transpose(1, 2)
+
+
+class MultiHeadAttention(nn.Module):
+    """Batch-first multi-head attention with the parameter names of `nn.MultiheadAttention`
+    (`in_proj_weight`, `in_proj_bias`, `out_proj`)."""
+
+    def __init__(self, config: HybridMPSENetConfig):
+        super().__init__()
+        hidden = config.dense_channel
+        self.num_heads = config.num_attention_heads
+        self.head_dim = hidden // self.num_heads
+        self.dropout = config.attention_dropout
+        self.in_proj_weight = nn.Parameter(torch.empty(3 * hidden, hidden))
+        self.in_proj_bias = nn.Parameter(torch.empty(3 * hidden))
+        self.out_proj = nn.Linear(hidden, hidden)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """`nn.MultiheadAttention`'s initialisation (its `out_proj.weight` keeps the Linear default)."""
+        init.xavier_uniform_(self.in_proj_weight)
+        init.zeros_(self.in_proj_bias)
+        init.zeros_(self.out_proj.bias)
+
+    def project(self, x: torch.Tensor, index: int) -> torch.Tensor:
+        """Query (0), key (1) or value (2) projection of `(..., C)`, split into heads: `(..., heads, head_dim)`."""
+        hidden = x.shape[-1]
+        rows = slice(index * hidden, (index + 1) * hidden)
+        return F.linear(x, self.in_proj_weight[rows], self.in_proj_bias[rows]).unflatten(-1, (self.num_heads, -1))
+
+    def forward(
+        self, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, key_mask: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """query `(N, L, C)`, key/value `(N, S, C)`, key_mask `(N, S)` (True = real frame) -> `(N, L, C)`."""
+        q, k, v = (self.project(x, i).transpose(1, 2) for i, x in enumerate((query, key, value)))
+        attn_mask = None if key_mask is None else key_mask[:, None, None, :]
+        dropout = self.dropout if self.training else 0.0
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, dropout_p=dropout)
+        return self.out_proj(out.transpose(1, 2).flatten(2))
+
+    def criss_cross(
+        self, query: torch.Tensor, context: torch.Tensor, frame_mask: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Axial cross-attention on `(batch, time, freq, C)` maps: the query at (t, f) attends, in one softmax, to the
+        context along its frequency bin (all frames) and along its frame (all bins). Cost O(T * F * (T + F))."""
+        t, f = query.shape[1], query.shape[2]
+        q = self.project(query, 0) * self.head_dim**-0.5
+        k, v = self.project(context, 1), self.project(context, 2)
+        time_scores = torch.einsum("btfhd,bsfhd->bhtfs", q, k)
+        freq_scores = torch.einsum("btfhd,btghd->bhtfg", q, k)
+        # The key at (t, f) itself is already among the time keys.
+        freq_scores = freq_scores.masked_fill(torch.eye(f, dtype=torch.bool, device=q.device), float("-inf"))
+        if frame_mask is not None:
+            time_scores = time_scores.masked_fill(~frame_mask[:, None, None, None, :], float("-inf"))
+        weights = torch.softmax(torch.cat([time_scores, freq_scores], dim=-1), dim=-1)
+        weights = F.dropout(weights, self.dropout, self.training)
+        time_weights, freq_weights = weights.split([t, f], dim=-1)
+        out = torch.einsum("bhtfs,bsfhd->btfhd", time_weights, v) + torch.einsum("bhtfg,btghd->btfhd", freq_weights, v)
+        return self.out_proj(out.flatten(-2))
+
+
+class GRUFeedForward(nn.Module):
+    """MP-SENet's FFN: bidirectional GRU -> LeakyReLU -> Linear, on `(N, L, C)`; padded steps are packed away."""
+
+    def __init__(self, config: HybridMPSENetConfig):
+        super().__init__()
+        self.gru = nn.GRU(config.dense_channel, config.ffn_hidden_size, batch_first=True, bidirectional=True)
+        self.dropout = nn.Dropout(config.dropout)
+        self.linear = nn.Linear(2 * config.ffn_hidden_size, config.dense_channel)
+
+    def forward(self, x: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
+        if lengths is None:
+            x, _ = self.gru(x)
+        else:
+            packed = nn.utils.rnn.pack_padded_sequence(x, lengths.cpu(), batch_first=True, enforce_sorted=False)
+            x, _ = nn.utils.rnn.pad_packed_sequence(self.gru(packed)[0], batch_first=True, total_length=x.shape[1])
+        return self.linear(self.dropout(F.leaky_relu(x)))
+
+
+class TransformerBlock(nn.Module):
+    """Pre-norm attention + GRU FFN with residuals, then a final LayerNorm, on `(N, L, C)` sequences.
+
+    With `context` it is a cross-attention block: the normalised input queries the raw `context`. Without it, the
+    keys and values are the normalised input or the raw input (`config.self_attention_kv`).
+    """
+
+    def __init__(self, config: HybridMPSENetConfig):
+        super().__init__()
+        hidden = config.dense_channel
+        self.norm1 = nn.LayerNorm(hidden)
+        self.attention = MultiHeadAttention(config)
+        self.dropout1 = nn.Dropout(config.dropout)
+        self.norm2 = nn.LayerNorm(hidden)
+        self.ffn = GRUFeedForward(config)
+        self.dropout2 = nn.Dropout(config.dropout)
+        self.norm3 = nn.LayerNorm(hidden)
+        self.normed_self_attention_kv = config.self_attention_kv == "normed"
+
+    def attend(self, query, context, key_mask):
+        return self.attention(query, context, context, key_mask)
+
+    def feed_forward(self, x, lengths):
+        return self.ffn(x, lengths)
+
+    def forward(self, hidden, context=None, key_mask=None, lengths=None):
+        normed = self.norm1(hidden)
+        if context is None:
+            context = normed if self.normed_self_attention_kv else hidden
+        hidden = hidden + self.dropout1(self.attend(normed, context, key_mask))
+        hidden = hidden + self.dropout2(self.feed_forward(self.norm2(hidden), lengths))
+        return self.norm3(hidden)
+
+
+class CrissCrossTransformerBlock(TransformerBlock):
+    """[`TransformerBlock`] on `(batch, time, freq, C)` maps: criss-cross attention, GRU FFN along time.
+    `key_mask` is the `(batch, time)` frame mask and `lengths` the `(batch,)` frame counts."""
+
+    def attend(self, query, context, key_mask):
+        return self.attention.criss_cross(query, context, key_mask)
+
+    def feed_forward(self, x, lengths):
+        b, t, f, c = x.shape
+        sequences = x.transpose(1, 2).reshape(b * f, t, c)
+        lengths = None if lengths is None else lengths.repeat_interleave(f)
+        return self.ffn(sequences, lengths).reshape(b, f, t, c).transpose(1, 2)
+
+
+class SequenceBlock(nn.Module):
+    """A block of the sequence stack, `(batch, C, time, freq)` in and out, that can be recomputed in the backward
+    pass instead of keeping its activations: [`HybridMPSENetModel`]'s `activation_checkpointing_enable` sets
+    `gradient_checkpointing` and `_gradient_checkpointing_func` on every module that has the attribute."""
+
+    gradient_checkpointing = False
+
+    def run(self, x: torch.Tensor, frame_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """`self(x, frame_mask)`, checkpointed when enabled and training with gradients."""
+        if self.gradient_checkpointing and self.training and torch.is_grad_enabled():
+            return self._gradient_checkpointing_func(self.__call__, x, frame_mask)
+        return self(x, frame_mask)
+
+
+class TSTransformerBlock(SequenceBlock):
+    """Two Transformer blocks, each with an outer residual: `time_transformer` then `freq_transformer`.
+    `(batch, C, time, freq)` in and out."""
+
+    def __init__(self, config: HybridMPSENetConfig):
+        super().__init__()
+        self.axes = ("time", "freq") if config.ts_transformer_axes == "time_freq" else ("freq", "time")
+        # The original modules were batch_first=False on (batch * freq, time, C) and (batch * time, freq, C) inputs:
+        # swapping the first two dimensions of those layouts gives the sequences they actually ran on.
+        self.batch_mixed = config.ts_transformer_axes == "batch_mixed"
+        self.time_transformer = TransformerBlock(config)
+        self.freq_transformer = TransformerBlock(config)
+
+    def forward(self, x: torch.Tensor, frame_mask: torch.Tensor | None = None) -> torch.Tensor:
+        if self.batch_mixed:
+            if frame_mask is not None:
+                raise ValueError("ts_transformer_axes='batch_mixed' mixes a batch's items; it takes no frame_mask.")
+            for module, axis in ((self.time_transformer, "time"), (self.freq_transformer, "freq")):
+                shape = x.shape
+                sequences = _to_sequences(x, axis).transpose(0, 1)
+                x = _from_sequences((module(sequences) + sequences).transpose(0, 1), axis, shape)
+            return x
+        for module, axis in zip((self.time_transformer, self.freq_transformer), self.axes, strict=True):
+            shape = x.shape
+            sequences = _to_sequences(x, axis)
+            key_mask, lengths = _sequence_masks(frame_mask, axis, shape[3])
+            x = _from_sequences(module(sequences, key_mask=key_mask, lengths=lengths) + sequences, axis, shape)
+        return x
+
+
+class MambaBlock(SequenceBlock):
+    """Pre-norm unidirectional Mamba along time, then along frequency (or along time only, `mamba_axes="time"`),
+    each pass with a residual (one LayerNorm shared by the passes). `(batch, C, time, freq)` in and out; causal in
+    time, so right padding never leaks back."""
+
+    def __init__(self, config: HybridMPSENetConfig):
+        super().__init__()
+        self.norm = nn.LayerNorm(config.dense_channel)
+
+        def make_mamba():
+            return Mamba(
+                config.dense_channel,
+                d_state=config.mamba_d_state,
+                d_conv=config.mamba_d_conv,
+                expand=config.mamba_expand,
+                dt_rank=config.mamba_dt_rank_value,
+                dt_min=config.mamba_dt_min,
+                dt_max=config.mamba_dt_max,
+                dt_init_floor=config.mamba_dt_init_floor,
+                use_kernels=config.use_mamba_kernels,
+                chunk_size=config.mamba_scan_chunk_size,
+            )
+
+        self.axes = ("time", "freq") if config.mamba_axes == "time_freq" else ("time",)
+        if config.mamba_share_time_freq:
+            self.mamba = make_mamba()
+        else:
+            self.mamba_t = make_mamba()
+            if "freq" in self.axes:
+                self.mamba_f = make_mamba()
+        self.dropout = nn.Dropout(config.dropout)
+
+    def mambas(self) -> list[Mamba]:
+        """The Mamba of each pass, in the order of `self.axes`."""
+        if hasattr(self, "mamba"):
+            return [self.mamba] * len(self.axes)
+        return [self.mamba_t, self.mamba_f] if "freq" in self.axes else [self.mamba_t]
+
+    def forward(self, x: torch.Tensor, frame_mask: torch.Tensor | None = None) -> torch.Tensor:
+        for mamba, axis in zip(self.mambas(), self.axes, strict=True):
+            shape = x.shape
+            sequences = _to_sequences(x, axis)
+            x = _from_sequences(self.dropout(mamba(self.norm(sequences)) + sequences), axis, shape)
+        return x
+
+
+class BranchFusion(nn.Module):
+    """Each branch queries the other and adds the result residually; both directions read the pre-fusion features.
+
+    `cross_attention`: criss-cross attention along time and frequency. `pointwise`: every (t, f) attends only to
+    the same (t, f) of the other branch, which is what the original hybrid implementation computes.
+    """
+
+    def __init__(self, config: HybridMPSENetConfig):
+        super().__init__()
+        self.mode = config.fusion
+        block = CrissCrossTransformerBlock if self.mode == "cross_attention" else TransformerBlock
+        self.phase_to_magnitude = block(config)
+        self.magnitude_to_phase = block(config)
+
+    def forward(self, magnitude, phase, frame_mask=None):
+        """`(batch, C, time, freq)` magnitude and phase features -> fused features of the same shape."""
+        b, c, t, f = magnitude.shape
+        mag, pha = magnitude.permute(0, 2, 3, 1), phase.permute(0, 2, 3, 1)
+        if self.mode == "pointwise":
+            mag, pha = mag.reshape(b * t * f, 1, c), pha.reshape(b * t * f, 1, c)
+            kwargs = {}
+        else:
+            kwargs = {"key_mask": frame_mask, "lengths": None if frame_mask is None else frame_mask.sum(1)}
+        new_mag = mag + self.phase_to_magnitude(mag, context=pha, **kwargs)
+        new_pha = pha + self.magnitude_to_phase(pha, context=mag, **kwargs)
+        return (x.reshape(b, t, f, c).permute(0, 3, 1, 2) for x in (new_mag, new_pha))
+
+
+def _make_blocks(config: HybridMPSENetConfig, count: int, kind: str) -> nn.ModuleList:
+    block = TSTransformerBlock if kind == "transformer" else MambaBlock
+    return nn.ModuleList(block(config) for _ in range(count))
+
+
+def check_loaded_weights(
+    source: object, problems: Mapping[str, list[str]], state_dict: Mapping[str, torch.Tensor]
+) -> None:
+    """Raise a `ValueError` naming the tensors when a checkpoint from `source` does not fit its config exactly
+    (`problems`: `missing_keys`, `unexpected_keys` -> names, `mismatched_keys` -> `(name, checkpoint shape, model
+    shape)`) or holds NaN/Inf: this family has no task head to initialise, so a partial load is never usable."""
+    problems = {
+        kind: sorted(
+            name if isinstance(name, str) else f"{name[0]} ({list(name[1])} in the checkpoint, {list(name[2])} here)"
+            for name in names
+        )
+        for kind, names in problems.items()
+        if names
+    }
+    if problems:
+        listed = "; ".join(
+            f"{kind.replace('_', ' ')}: {', '.join(names[:8])}" + (" ..." if len(names) > 8 else "")
+            for kind, names in problems.items()
+        )
+        raise ValueError(
+            f"The weights in {source} do not fit its config ({listed}). Likely causes: weights of another variant "
+            "beside this config, a truncated model.safetensors, or an edited config.json."
+        )
+    non_finite = [name for name, tensor in state_dict.items() if not torch.isfinite(tensor).all()]
+    if non_finite:
+        raise ValueError(
+            f"The weights in {source} contain NaN or Inf in {', '.join(non_finite[:8])}; the checkpoint is damaged "
+            "(or saved from a diverged run)."
+        )
+
+
+class HybridMPSENetLayers:
+    """The network's layers and its forward pass on spectra, for an `nn.Module` with a `config`; shared by
+    [`HybridMPSENetModel`] (transformers) and [`HybridMPSENetNetwork`] (plain PyTorch), so both have the same
+    parameter names and compute the same outputs."""
+
+    config: HybridMPSENetConfig
+
+    def build_layers(self, config: HybridMPSENetConfig) -> None:
+        """Create the encoder, the block groups, the fusion and the decoders as submodules of `self`."""
+        self.encoder = DenseEncoder(config)
+        self.shared_blocks = _make_blocks(config, config.num_shared_blocks, config.shared_block_type)
+        proj = config.has_branches and config.branch_projection
+        c = config.dense_channel
+        self.magnitude_projection = nn.Conv2d(c, c, 1) if proj else None
+        self.phase_projection = nn.Conv2d(c, c, 1) if proj else None
+        self.magnitude_blocks = _make_blocks(config, config.num_magnitude_blocks, config.magnitude_block_type)
+        self.phase_blocks = _make_blocks(config, config.num_phase_blocks, config.phase_block_type)
+        self.fusion = BranchFusion(config) if config.fusion != "none" else None
+        self.mask_decoder = MaskDecoder(config)
+        self.phase_decoder = PhaseDecoder(config)
+        self.register_buffer("window", torch.hann_window(config.win_length), persistent=False)
+
+    def spectrum(self, waveform: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """`(batch, samples)` -> compressed magnitude, phase `(batch, freq, frames)` and complex `(..., 2)`."""
+        c = self.config
+        return mag_phase_stft(waveform, c.n_fft, c.hop_length, c.win_length, c.compress_factor, self.window)
+
+    def waveform(self, magnitude: torch.Tensor, phase: torch.Tensor, length: int | None = None) -> torch.Tensor:
+        """Compressed magnitude and phase `(batch, freq, frames)` -> waveform `(batch, samples)`."""
+        c = self.config
+        return mag_phase_istft(
+            magnitude, phase, c.n_fft, c.hop_length, c.win_length, c.compress_factor, self.window, length
+        )
+
+    def forward(
+        self,
+        magnitude: torch.Tensor,
+        phase: torch.Tensor,
+        frame_mask: torch.Tensor | None = None,
+        return_dict: bool | None = None,
+        norm_factor: torch.Tensor | None = None,
+        num_samples: torch.Tensor | None = None,
+    ) -> HybridMPSENetOutput | tuple:
+        r"""
+        Args:
+            magnitude: `(batch, freq, time)` compressed magnitude (`freq = n_fft // 2 + 1`).
+            phase: `(batch, freq, time)` phase in radians.
+            frame_mask: `(batch, time)`, 1 for real frames and 0 for right padding; batches of different lengths
+                then give each item the output it would get alone.
+            norm_factor, num_samples: accepted and unused, so that `model(**feature_extractor(audio))` works; the
+                feature extractor's `post_process` needs them.
+        """
+        if magnitude.dim() != 3 or magnitude.shape != phase.shape:
+            raise ValueError(
+                f"magnitude and phase must both be (batch, freq, time), got {tuple(magnitude.shape)} and "
+                f"{tuple(phase.shape)}."
+            )
+        if magnitude.shape[1] != self.config.num_freq_bins:
+            raise ValueError(
+                f"Expected {self.config.num_freq_bins} frequency bins (n_fft={self.config.n_fft}), got "
+                f"{magnitude.shape[1]}. Compute features with HybridMPSENetFeatureExtractor."
+            )
+        return_dict = return_dict if return_dict is not None else self.config.return_dict
+        if frame_mask is not None:
+            frame_mask = frame_mask.to(device=magnitude.device, dtype=torch.bool)
+            if bool(frame_mask.all()):
+                frame_mask = None
+
+        x = torch.stack((magnitude, phase), dim=1).transpose(2, 3)  # (batch, 2, time, freq)
+        x = self.encoder(x, frame_mask)
+        for block in self.shared_blocks:
+            x = block.run(x, frame_mask)
+        mag_features = self.magnitude_projection(x) if self.magnitude_projection is not None else x
+        phase_features = self.phase_projection(x) if self.phase_projection is not None else x
+        for block in self.magnitude_blocks:
+            mag_features = block.run(mag_features, frame_mask)
+        for block in self.phase_blocks:
+            phase_features = block.run(phase_features, frame_mask)
+        if self.fusion is not None:
+            mag_features, phase_features = self.fusion(mag_features, phase_features, frame_mask)
+
+        enhanced_magnitude = magnitude * self.mask_decoder(mag_features, frame_mask)
+        enhanced_phase = self.phase_decoder(phase_features, frame_mask)
+        complex_spectrum = torch.stack(
+            (enhanced_magnitude * torch.cos(enhanced_phase), enhanced_magnitude * torch.sin(enhanced_phase)), dim=-1
+        )
+        if not return_dict:
+            return enhanced_magnitude, enhanced_phase, complex_spectrum
+        return HybridMPSENetOutput(
+            magnitude=enhanced_magnitude, phase=enhanced_phase, complex_spectrum=complex_spectrum
+        )
+
+
+class HybridMPSENetNetwork(HybridMPSENetLayers, nn.Module):
+    """[`HybridMPSENetModel`]'s network as a plain `nn.Module`: the same layers, parameter names and outputs, loaded
+    from the same folders and Hub repositories, for inference in a process that does not import transformers' model
+    classes. Training, saving, the Auto classes and the pipeline use [`HybridMPSENetModel`]."""
+
+    def __init__(self, config: HybridMPSENetConfig):
+        nn.Module.__init__(self)
+        self.config = config
+        self.build_layers(config)
+
+    @property
+    def device(self) -> torch.device:
+        return self.window.device
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        pretrained_model_name_or_path: str | Path,
+        *,
+        revision: str | None = None,
+        cache_dir: str | Path | None = None,
+        token: str | bool | None = None,
+        local_files_only: bool = False,
+    ) -> HybridMPSENetNetwork:
+        """Load a folder or Hub repository written by `HybridMPSENetModel.save_pretrained` (config and safetensors
+        weights, also sharded) as strictly as `HybridMPSENetModel.from_pretrained`: a config without its
+        architecture keys, missing, unexpected or mis-shaped tensors, and NaN/Inf are `ValueError`s. Weights are
+        float32, in eval mode, on the CPU."""
+        hub = {"revision": revision, "cache_dir": cache_dir, "token": token, "local_files_only": local_files_only}
+        config = HybridMPSENetConfig.from_pretrained(pretrained_model_name_or_path, **hub)
+        state_dict = _load_safetensors(pretrained_model_name_or_path, hub)
+        model = cls(config)
+        expected = model.state_dict()
+        problems = {
+            "missing_keys": [name for name in expected if name not in state_dict],
+            "unexpected_keys": [name for name in state_dict if name not in expected],
+            "mismatched_keys": [
+                (name, state_dict[name].shape, tensor.shape)
+                for name, tensor in expected.items()
+                if name in state_dict and state_dict[name].shape != tensor.shape
+            ],
+        }
+        check_loaded_weights(pretrained_model_name_or_path, problems, state_dict)
+        model.load_state_dict(state_dict)
+        return model.eval()
+
+
+def _load_safetensors(location: str | Path, hub: dict) -> dict[str, torch.Tensor]:
+    """The tensors of `model.safetensors` at a folder or Hub id, or of the shards its index lists."""
+    from safetensors.torch import load_file
+    from transformers.utils import SAFE_WEIGHTS_INDEX_NAME, SAFE_WEIGHTS_NAME, cached_file
+
+    try:
+        return load_file(cached_file(location, SAFE_WEIGHTS_NAME, **hub))
+    except OSError as single_error:
+        try:
+            index = json.loads(Path(cached_file(location, SAFE_WEIGHTS_INDEX_NAME, **hub)).read_text())
+        except OSError:
+            raise single_error from None
+    state_dict = {}
+    for shard in sorted(set(index["weight_map"].values())):
+        state_dict.update(load_file(cached_file(location, shard, **hub)))
+    return state_dict
