@@ -291,7 +291,8 @@ def _evaluate(args: argparse.Namespace) -> int:
         print(f"SKIPPED {pair['id']}: {pair['reason']}", file=sys.stderr)
     if args.output:
         print(f"wrote {write_json(args.output, result, overwrite=args.overwrite)}")
-    return 0
+    # The exit code says whether every pair was scored; the scores of the others are printed and saved anyway.
+    return 1 if result["skipped"] else 0
 
 
 def _push(args: argparse.Namespace) -> int:

@@ -148,6 +148,14 @@ def format_table(result: dict) -> str:
         "|---|" + "---|" * len(columns),
     ]
     for metric in METRICS:
-        cells = [f"{result[c][metric]['mean']:.2f} ± {result[c][metric]['std']:.2f}" for c in columns]
+        cells = [_mean_std(result[c][metric]) for c in columns]
         lines.append(f"| {metric.upper()} | {' | '.join(cells)} |")
     return "\n".join(lines)
+
+
+def _mean_std(summary: dict) -> str:
+    """`mean ± std`, or `n/a` for a metric that could not be computed on any utterance."""
+    mean, std = summary.get("mean"), summary.get("std")
+    if not isinstance(mean, (int, float)) or not np.isfinite(mean):
+        return "n/a"
+    return f"{mean:.2f} ± {std:.2f}"

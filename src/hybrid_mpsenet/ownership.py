@@ -189,13 +189,13 @@ def check_replaceable_file(path: Path, overwrite: bool, is_ours: Callable[[Path]
     """
     if path.is_symlink() or not path.is_file():
         raise OwnershipError(f"{path} exists and is not a plain file; refusing to replace it.")
-    if not overwrite:
-        raise OwnershipError(f"{path} already exists; pass --overwrite to replace a {what} written before.")
     if not is_ours(path):
         raise OwnershipError(
             f"{path} exists and was not written by hybrid-mpsenet (it carries no {WRITTEN_BY} tag); refusing to "
             "replace it, even with --overwrite. Move it away or choose another output name."
         )
+    if not overwrite:
+        raise OwnershipError(f"{path} already exists; pass --overwrite to replace this {what} written before.")
 
 
 def json_is_ours(path: Path) -> bool:
