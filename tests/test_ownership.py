@@ -396,6 +396,17 @@ def test_saved_files_have_ordinary_permissions(tmp_path):
     finally:
         os.umask(old)
     assert (tmp_path / "up" / "model.safetensors").stat().st_mode & 0o777 == 0o644
+    from hybrid_mpsenet.training import train
+
+    old = os.umask(0o022)
+    try:
+        train(
+            training_arguments(tmp_path, clean_dirs=[str(DATA)], noise_dirs=[str(DATA)], items_per_epoch=2, max_steps=1)
+        )
+    finally:
+        os.umask(old)
+    written = [p for p in (tmp_path / "run").rglob("*.safetensors")]
+    assert len(written) >= 3 and {p.stat().st_mode & 0o777 for p in written} == {0o644}
 
 
 # --- bad input ends with one line ----------------------------------------------------------------------------------

@@ -36,7 +36,7 @@ from .data import (
 from .enhancement import HybridMPSENetForSpeechEnhancement
 from .losses import LossWeights, MetricDiscriminator, generator_losses
 from .metrics import batch_pesq, ignore_interrupts, make_pool, stoi_score
-from .ownership import check_replaceable_folder
+from .ownership import apply_new_file_modes, check_replaceable_folder
 from .utils import atomic_directory
 
 logger = logging.getLogger(__name__)
@@ -318,6 +318,7 @@ class _Run:
             checkpointing.save_rng_state(tmp, accelerator.process_index, self.loader_generator)
             accelerator.wait_for_everyone()
             if accelerator.is_main_process:
+                apply_new_file_modes(tmp)  # safetensors writes private files; a checkpoint is an ordinary folder
                 if final.exists():
                     shutil.rmtree(final)
                 tmp.rename(final)
