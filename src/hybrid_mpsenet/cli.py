@@ -185,6 +185,16 @@ def _add_inference_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--threads", type=int, help="CPU threads for PyTorch")
 
 
+def _add_control_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--attenuation-limit-db",
+        "--attenuation_limit_db",
+        type=float,
+        help="strength control: no time-frequency bin ends more than this many dB below the input (default: no limit)",
+    )
+    parser.add_argument("--pcs", action="store_true", help="perceptual contrast stretching post-filter (SEMamba)")
+
+
 def _enhance(args: argparse.Namespace) -> int:
     jobs = collect_jobs(args.inputs, args.output, args.suffix, args.glob)
     model = _load_model(args)
@@ -201,6 +211,8 @@ def _enhance(args: argparse.Namespace) -> int:
                 subtype=args.subtype,
                 overwrite=args.overwrite,
                 progress=not args.quiet,
+                attenuation_limit_db=args.attenuation_limit_db,
+                pcs=args.pcs,
             )
         except (AudioError, OSError, RuntimeError) as error:
             failures += 1
@@ -282,6 +294,8 @@ def _evaluate(args: argparse.Namespace) -> int:
         workers=args.workers,
         progress=not args.quiet,
         overwrite=args.overwrite,
+        attenuation_limit_db=args.attenuation_limit_db,
+        pcs=args.pcs,
     )
     result["model"] = args.model or "default"
     result["model_sha256"] = weights_sha256(model.state_dict())  # `push` checks it against what it uploads
@@ -405,6 +419,7 @@ def build_parser() -> argparse.ArgumentParser:
     enhance.add_argument("--overlap-seconds", type=float, default=DEFAULT_OVERLAP_SECONDS, help="crossfade (s)")
     enhance.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"], help="autocast")
     enhance.add_argument("--downmix", action="store_true", help="average multi-channel input to mono")
+    _add_control_arguments(enhance)
     enhance.add_argument("--subtype", help="output sample format, e.g. PCM_16, PCM_24, FLOAT (default: the input's)")
     enhance.add_argument(
         "--overwrite", action="store_true", help="replace outputs this package wrote before (never inputs or others)"
@@ -417,6 +432,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--data", required=True, help="VoiceBank+DEMAND folder (test split), saved dataset or id")
     _add_inference_arguments(evaluate)
     evaluate.add_argument("--noisy-baseline", action="store_true", help="also score the unprocessed input")
+    _add_control_arguments(evaluate)
     evaluate.add_argument("--save-enhanced", help="write the enhanced files to this folder")
     evaluate.add_argument("--max-items", type=int, help="evaluate at most this many pairs")
     evaluate.add_argument("--workers", type=int, default=2, help="processes computing the metrics (0: in-process)")

@@ -12,7 +12,7 @@ from tqdm.auto import tqdm
 
 from .audio import atomic_audio_writer, check_output_audio
 from .data import decode_audio, load_voicebank
-from .inference import WaveformEnhancementMixin
+from .inference import WaveformEnhancementMixin, enhancement_controls
 from .metrics import correlation_lag, pair_scores, parallel_map, summarise
 from .ownership import OwnershipError, inside
 
@@ -34,12 +34,15 @@ def evaluate_dataset(
     workers: int = 2,
     progress: bool = True,
     overwrite: bool = False,
+    attenuation_limit_db: float | None = None,
+    pcs: bool = False,
 ) -> dict:
     """Enhance the test split of `data` (see [`load_voicebank`]) and score it.
 
     With `save_enhanced`, each enhanced pair is written to `save_enhanced/<id>.wav`. Every such path is checked
     before anything is enhanced: it must stay inside the folder, must not be one of the evaluated files, and may
-    replace only an output this package wrote before, with `overwrite` (see [`ownership`]).
+    replace only an output this package wrote before, with `overwrite` (see [`ownership`]). `attenuation_limit_db`
+    and `pcs` are passed to the model's `enhance`.
 
     Returns `{"num_utterances", "enhanced": summary, "noisy": summary}` (each present when computed), where a
     summary maps every metric to its mean, std and failure count.
@@ -53,6 +56,7 @@ def evaluate_dataset(
     pairs = load_voicebank(data, "test")
     count = min(len(pairs), max_items or len(pairs))
     targets = _enhanced_paths(pairs, count, save_enhanced, overwrite) if save_enhanced is not None and model else {}
+    controls = enhancement_controls(attenuation_limit_db, pcs)
     rate = model.config.sampling_rate if model is not None else 16000
     references, candidates = [], {"enhanced": [], "noisy": []}
     skipped: list[dict[str, str]] = []
@@ -61,7 +65,7 @@ def evaluate_dataset(
         try:
             clean, noisy = decode_audio(row["clean"], rate), decode_audio(row["noisy"], rate)
             check_pair(clean, noisy, rate)
-            enhanced = model.enhance(noisy, rate) if model is not None else None
+            enhanced = model.enhance(noisy, rate, **controls) if model is not None else None
         except ValueError as error:  # AudioError included: unreadable, non-finite, mismatched
             skipped.append({"id": row["id"], "reason": str(error)})
             logger.warning("Skipped the pair %s: %s", row["id"], error)

@@ -40,6 +40,7 @@ from .audio import (
 )
 from .configuration_hybrid_mpsenet import HybridMPSENetConfig
 from .network import HybridMPSENetNetwork
+from .spectral import attenuation_floor, pcs_exponents, perceptual_contrast_stretching
 
 logger = logging.getLogger(__name__)
 
@@ -73,15 +74,15 @@ class _Chunker:
     Blocks and results are `(channels, samples)` at the model's rate; the signal must already be normalised.
     """
 
-    def __init__(self, model: WaveformEnhancementMixin, chunk: int, overlap: int, dtype):
-        self.model, self.chunk, self.overlap, self.dtype = model, chunk, overlap, dtype
+    def __init__(self, model: WaveformEnhancementMixin, chunk: int, overlap: int, dtype, controls: dict):
+        self.model, self.chunk, self.overlap, self.dtype, self.controls = model, chunk, overlap, dtype, controls
         self.buffer: np.ndarray | None = None
         self.tail: np.ndarray | None = None  # the previous chunk's enhanced overlap, waiting to be crossfaded
         ramp = np.sin(0.5 * np.pi * (np.arange(overlap, dtype=np.float64) + 0.5) / max(overlap, 1)) ** 2
         self.fade_in = ramp.astype(np.float32)
 
     def _emit(self, segment: np.ndarray, last: bool) -> np.ndarray:
-        enhanced = self.model.enhance_segment(segment, self.dtype)
+        enhanced = self.model.enhance_segment(segment, self.dtype, **self.controls)
         if self.tail is not None:
             head = enhanced[:, : self.overlap]
             enhanced[:, : self.overlap] = self.tail + (head - self.tail) * self.fade_in
@@ -131,22 +132,37 @@ class WaveformEnhancementMixin:
         return chunk, overlap
 
     @torch.inference_mode()
-    def enhance_segment(self, segment: np.ndarray, dtype: torch.dtype | None = None) -> np.ndarray:
+    def enhance_segment(
+        self,
+        segment: np.ndarray,
+        dtype: torch.dtype | None = None,
+        attenuation_limit_db: float | None = None,
+        pcs: bool = False,
+        level: np.ndarray | None = None,
+    ) -> np.ndarray:
         """Enhance normalised audio at the model rate in one pass.
 
         Args:
             segment: `(channels, samples)` float32, already RMS-normalised; shorter inputs than one STFT frame
                 are zero-padded and trimmed back.
             dtype: autocast dtype for the network (`torch.bfloat16` / `torch.float16`), or `None` for full precision.
+            attenuation_limit_db: no bin of the output is more than this many dB below the input's
+                ([`attenuation_floor`]); `None`: no limit.
+            pcs: apply SEMamba's perceptual contrast stretching to the enhanced magnitude (before the limit), at
+                the input's own level (`level`: per channel, the input's amplitude per unit of `segment`'s; 1 when
+                omitted), then rescaled to the enhanced segment's energy, so the loudness stays.
 
         Returns:
             `(channels, samples)` float32 enhanced audio.
         """
         if segment.shape[0] > CHANNEL_GROUP:
+            groups = [slice(i, i + CHANNEL_GROUP) for i in range(0, len(segment), CHANNEL_GROUP)]
             return np.concatenate(
                 [
-                    self.enhance_segment(segment[i : i + CHANNEL_GROUP], dtype)
-                    for i in range(0, len(segment), CHANNEL_GROUP)
+                    self.enhance_segment(
+                        segment[g], dtype, attenuation_limit_db, pcs, None if level is None else level[g]
+                    )
+                    for g in groups
                 ]
             )
         length = segment.shape[-1]
@@ -158,7 +174,21 @@ class WaveformEnhancementMixin:
         autocast = torch.autocast(self.device.type, dtype=dtype) if dtype is not None else contextlib.nullcontext()
         with autocast:
             output = self(magnitude, phase)
-        audio = self.waveform(output.magnitude.float(), output.phase.float(), length=waveform.shape[-1])
+        enhanced, enhanced_phase = output.magnitude.float(), output.phase.float()
+        compress = self.config.compress_factor
+        if pcs:
+            exponents = pcs_exponents(self.config.n_fft, self.config.sampling_rate)
+            scale = torch.ones(len(segment)) if level is None else torch.as_tensor(level, dtype=torch.float32)
+            scale = scale.to(enhanced.device)[:, None, None] ** compress
+            stretched = perceptual_contrast_stretching(enhanced * scale, exponents, compress) / scale
+            energy = (enhanced ** (2 / compress)).sum(dim=(1, 2), keepdim=True)
+            gain = (energy / (stretched ** (2 / compress)).sum(dim=(1, 2), keepdim=True).clamp_min(1e-20)) ** 0.5
+            enhanced = stretched * gain**compress
+        if attenuation_limit_db is not None:
+            enhanced, enhanced_phase = attenuation_floor(
+                enhanced, enhanced_phase, magnitude, phase, attenuation_limit_db, compress
+            )
+        audio = self.waveform(enhanced, enhanced_phase, length=waveform.shape[-1])
         return audio[:, :length].cpu().numpy()
 
     def _normalisation(self, blocks: Iterable[np.ndarray], rate: int, channels: int, name: str) -> np.ndarray:
@@ -197,14 +227,17 @@ class WaveformEnhancementMixin:
         chunk_sizes: tuple[int, int],
         dtype: torch.dtype | None,
         name: str,
+        controls: dict,
     ) -> Iterator[np.ndarray]:
         """Second pass: `(frames, channels)` blocks at `rate` in, enhanced blocks at `rate` out (same total length
         up to a few samples of resampler rounding, which the callers trim or pad). `chunk_sizes` comes from
-        `_chunk_sizes`, `dtype` from [`resolve_dtype`]; a non-finite output sample is an [`AudioError`] naming
-        `name`, so nothing non-finite is ever returned or written."""
+        `_chunk_sizes`, `dtype` from [`resolve_dtype`], `controls` from [`enhancement_controls`]; a non-finite
+        output sample is an [`AudioError`] naming `name`, so nothing non-finite is ever returned or written."""
         to_model = StreamResampler(rate, self.config.sampling_rate, channels)
         to_input = StreamResampler(self.config.sampling_rate, rate, channels)
-        chunker = _Chunker(self, *chunk_sizes, dtype)
+        if controls.get("pcs"):
+            controls = {**controls, "level": 1.0 / norm[:, 0]}
+        chunker = _Chunker(self, *chunk_sizes, dtype, controls)
 
         def restore(enhanced: Iterable[np.ndarray]) -> Iterator[np.ndarray]:
             for out in enhanced:
@@ -229,6 +262,8 @@ class WaveformEnhancementMixin:
         overlap_seconds: float = DEFAULT_OVERLAP_SECONDS,
         downmix: bool = False,
         dtype: torch.dtype | str | None = None,
+        attenuation_limit_db: float | None = None,
+        pcs: bool = False,
     ) -> np.ndarray | torch.Tensor:
         """Enhance a waveform at any sampling rate.
 
@@ -240,6 +275,10 @@ class WaveformEnhancementMixin:
             downmix: average the channels and return mono.
             dtype: autocast dtype (`torch.bfloat16`, `torch.float16`, or a name such as "bfloat16") or `None`
                 for full precision.
+            attenuation_limit_db: the strength control: no time-frequency bin of the output is more than this
+                many dB below the input's (0 keeps every bin at least as loud as the input; 12 lets noise drop by
+                12 dB at most). `None` (default): no limit.
+            pcs: SEMamba's perceptual contrast stretching of the enhanced magnitude (default off).
 
         Returns:
             The enhanced waveform with the input's shape (`(samples,)` when downmixed), type (numpy or torch) and
@@ -255,12 +294,15 @@ class WaveformEnhancementMixin:
             )
         sampling_rate = check_sampling_rate(sampling_rate)
         dtype, chunk_sizes = resolve_dtype(dtype), self._chunk_sizes(chunk_seconds, overlap_seconds)
+        controls = enhancement_controls(attenuation_limit_db, pcs)
         samples = np.atleast_2d(to_float(array)).T  # (frames, channels)
         if downmix:
             samples = samples.mean(axis=1, keepdims=True)
         frames, channels = samples.shape
         norm = self._normalisation([samples], sampling_rate, channels, "The waveform")
-        pieces = self._enhance_blocks([samples], sampling_rate, channels, norm, chunk_sizes, dtype, "The waveform")
+        pieces = self._enhance_blocks(
+            [samples], sampling_rate, channels, norm, chunk_sizes, dtype, "The waveform", controls
+        )
         enhanced = _fit_length(np.concatenate(list(pieces), axis=0), frames).T
         if array.ndim == 1 or downmix:
             enhanced = enhanced[0]
@@ -278,13 +320,16 @@ class WaveformEnhancementMixin:
         subtype: str | None = None,
         overwrite: bool = False,
         progress: bool = True,
+        attenuation_limit_db: float | None = None,
+        pcs: bool = False,
     ) -> Path:
         """Enhance an audio file (any format soundfile reads) into `output_path`, streaming from disk to disk.
 
         Memory stays bounded by the chunk size whatever the duration. The output keeps the input's sampling
         rate, channel count (mono with `downmix`) and subtype (when the output format supports it, else the
-        format's default; `subtype` overrides). It is written to a temporary file and renamed when complete, so
-        an interrupted run never leaves a truncated output. Returns the output path.
+        format's default; `subtype` overrides). `attenuation_limit_db` and `pcs` are [`enhance`]'s. It is written
+        to a temporary file and moved into place when complete, so an interrupted run never leaves a truncated
+        output. Returns the output path.
         """
         input_path, output_path = Path(input_path), Path(output_path)
         if output_path.is_dir():
@@ -295,6 +340,7 @@ class WaveformEnhancementMixin:
             raise AudioError(f"{output_path}: refusing to overwrite the input file; choose another output path.")
         check_output_audio(output_path, overwrite)
         dtype, chunk_sizes = resolve_dtype(dtype), self._chunk_sizes(chunk_seconds, overlap_seconds)
+        controls = enhancement_controls(attenuation_limit_db, pcs)
         file_format = output_format(output_path)
         if subtype is not None and not sf.check_format(file_format, subtype):
             raise AudioError(
@@ -316,7 +362,9 @@ class WaveformEnhancementMixin:
             written = clipped = 0
             bar = tqdm(total=frames, unit="sample", unit_scale=True, desc=input_path.name, disable=not progress)
             with bar, atomic_audio_writer(output_path, rate, out_channels, subtype, overwrite) as sink:
-                pieces = self._enhance_blocks(blocks(), rate, out_channels, norm, chunk_sizes, dtype, str(input_path))
+                pieces = self._enhance_blocks(
+                    blocks(), rate, out_channels, norm, chunk_sizes, dtype, str(input_path), controls
+                )
                 for piece in pieces:
                     piece = piece[: frames - written]
                     if bounded:
@@ -346,6 +394,22 @@ def model_location(name: str | Path | None) -> str | Path:
             "model folder or Hub id."
         )
     return DEFAULT_MODEL_DIR
+
+
+def enhancement_controls(attenuation_limit_db: float | None, pcs: bool) -> dict:
+    """The checked controls of [`WaveformEnhancementMixin.enhance_segment`] as keyword arguments.
+
+    Raises:
+        ValueError: a limit that is not a finite number of dB >= 0, or a `pcs` that is not a bool.
+    """
+    if attenuation_limit_db is not None:
+        value = attenuation_limit_db
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
+            raise ValueError(f"attenuation_limit_db must be a finite number of dB >= 0 (or None), got {value!r}.")
+        attenuation_limit_db = float(value)
+    if not isinstance(pcs, bool):
+        raise ValueError(f"pcs must be True or False, got {pcs!r}.")
+    return {"attenuation_limit_db": attenuation_limit_db, "pcs": pcs}
 
 
 def resolve_dtype(dtype: torch.dtype | str | None) -> torch.dtype | None:

@@ -23,8 +23,9 @@ class SpeechEnhancementPipeline(Pipeline):
     audio is `(channels, samples)` when multi-channel) and at the input's rate.
 
     Keyword arguments at call time: `sampling_rate` (required for arrays and tensors), `chunk_seconds`,
-    `overlap_seconds`, `downmix`. `batch_size` is accepted, but inputs are enhanced one after another: each is
-    already cut into chunks of `chunk_seconds`, and inputs of different lengths would only be padded.
+    `overlap_seconds`, `downmix`, `attenuation_limit_db`, `pcs` (see `enhance`). `batch_size` is accepted, but
+    inputs are enhanced one after another: each is already cut into chunks of `chunk_seconds`, and inputs of
+    different lengths would only be padded.
     """
 
     # The model does its own feature extraction; loading no other component also avoids remote-code prompts.
@@ -39,6 +40,8 @@ class SpeechEnhancementPipeline(Pipeline):
         chunk_seconds: float | None = None,
         overlap_seconds: float | None = None,
         downmix: bool | None = None,
+        attenuation_limit_db: float | None = None,
+        pcs: bool | None = None,
         **kwargs: Any,
     ) -> tuple[dict, dict, dict]:
         preprocess = {"sampling_rate": sampling_rate} if sampling_rate is not None else {}
@@ -48,6 +51,8 @@ class SpeechEnhancementPipeline(Pipeline):
                 ("chunk_seconds", chunk_seconds),
                 ("overlap_seconds", overlap_seconds),
                 ("downmix", downmix),
+                ("attenuation_limit_db", attenuation_limit_db),
+                ("pcs", pcs),
             )
             if value is not None
         }
@@ -87,6 +92,8 @@ class SpeechEnhancementPipeline(Pipeline):
         chunk_seconds: float = DEFAULT_CHUNK_SECONDS,
         overlap_seconds: float = DEFAULT_OVERLAP_SECONDS,
         downmix: bool = False,
+        attenuation_limit_db: float | None = None,
+        pcs: bool = False,
     ) -> dict:
         audio = self.model.enhance(
             model_inputs["waveform"],
@@ -94,6 +101,8 @@ class SpeechEnhancementPipeline(Pipeline):
             chunk_seconds=chunk_seconds,
             overlap_seconds=overlap_seconds,
             downmix=downmix,
+            attenuation_limit_db=attenuation_limit_db,
+            pcs=pcs,
         )
         return {"audio": audio, "sampling_rate": model_inputs["sampling_rate"]}
 

@@ -63,3 +63,56 @@ def mag_phase_istft(
     return torch.istft(
         spec, n_fft, hop_length=hop_length, win_length=win_length, window=window, center=True, length=length
     )
+
+
+# SEMamba's perceptual contrast stretching (PCS400, RoyChao19477/SEMamba `models/pcs400.py`, MIT licence): an
+# exponent on log1p of the magnitude per 40-Hz band of a 400-point STFT at 16 kHz, as (first bin, last bin + 1,
+# exponent); bins 10-109 (400-4,360 Hz) are stretched most.
+PCS_BANDS = (
+    (0, 3, 1.0),
+    (3, 5, 1.070175439),
+    (5, 8, 1.182456140),
+    (8, 10, 1.287719298),
+    (10, 110, 1.4),
+    (110, 130, 1.322807018),
+    (130, 160, 1.238596491),
+    (160, 190, 1.161403509),
+    (190, 201, 1.077192982),
+)
+PCS_BAND_HZ = 40.0
+
+
+def pcs_exponents(n_fft: int, sampling_rate: int) -> torch.Tensor:
+    """PCS exponents `(n_fft // 2 + 1,)` for this STFT: each bin takes the exponent of the PCS400 band at its
+    frequency (the table itself for n_fft 400 at 16 kHz); bins above 8 kHz take the last band's."""
+    table = torch.ones(PCS_BANDS[-1][1])
+    for start, stop, exponent in PCS_BANDS:
+        table[start:stop] = exponent
+    bins = torch.arange(n_fft // 2 + 1) * (sampling_rate / n_fft / PCS_BAND_HZ)
+    return table[bins.round().long().clamp(max=len(table) - 1)]
+
+
+def perceptual_contrast_stretching(magnitude: torch.Tensor, exponents: torch.Tensor, compress_factor: float):
+    """Stretch an enhanced compressed magnitude `(batch, freq, frames)`: `expm1(w(f) * log1p(|S|))` on the
+    uncompressed magnitude `|S|`, recompressed. Quiet bins stay quiet and loud ones grow, most between 400 Hz and
+    4.4 kHz (SEMamba's PCS post-filter; `exponents` from [`pcs_exponents`])."""
+    linear = magnitude.pow(1.0 / compress_factor)
+    stretched = torch.expm1(exponents[:, None].to(linear) * torch.log1p(linear))
+    return stretched.pow(compress_factor)
+
+
+def attenuation_floor(
+    magnitude: torch.Tensor,
+    phase: torch.Tensor,
+    noisy_magnitude: torch.Tensor,
+    noisy_phase: torch.Tensor,
+    limit_db: float,
+    compress_factor: float,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Limit the attenuation to `limit_db` in every time-frequency bin: where the enhanced bin is more than
+    `limit_db` below the noisy one, it becomes the noisy bin attenuated by exactly `limit_db` (its magnitude and
+    phase), a floor mixed from the input (DeepFilterNet's attenuation limit, per bin). All tensors are compressed
+    magnitudes or phases `(batch, freq, frames)`; returns the limited magnitude and phase."""
+    floor = noisy_magnitude * 10.0 ** (-limit_db * compress_factor / 20.0)
+    below = magnitude < floor
+    return torch.where(below, floor, magnitude), torch.where(below, noisy_phase, phase)
