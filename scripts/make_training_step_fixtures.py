@@ -1,10 +1,11 @@
 """Regenerate `tests/fixtures/training_step/` by running the original MP-SENet training step (yxlu-0102/MP-SENet).
 
-The original code is imported from a checkout of that repository, never copied. The steps below follow its
-`train.py` line by line (discriminator update on the re-STFT of the enhanced waveform, then the generator update),
-on CPU, with a reduced-width generator (`dense_channel` 8, one TS-Transformer block) and discriminator (`dim` 4) so
-the files stay small. The batch is two clean/noisy pairs as its `Dataset` produces them: one utterance longer than
-the segment (normalised by the whole noisy utterance, then cropped) and one shorter (normalised, zero-padded).
+The original code is imported from a checkout of that repository, never copied. The steps are its `train.py` loop
+body (`original_mpsenet.original_step`: discriminator update on the re-STFT of the enhanced waveform, then the
+generator update), on CPU, with a reduced-width generator (`dense_channel` 8, one TS-Transformer block) and
+discriminator (`dim` 4) so the files stay small. The batch is two clean/noisy pairs as its `Dataset` produces
+them: one utterance longer than the segment (normalised by the whole noisy utterance, then cropped) and one shorter
+(normalised, zero-padded).
 
 The steps run in float64 (`torch.set_default_dtype`, the original code unchanged) from float32-representable
 initial weights: in float32 a training step is chaotic at the gradient level (the consistency and phase terms
@@ -16,10 +17,11 @@ original and this package agree to ~1e-12. Everything is stored in float32.
     pip install librosa joblib                                       # its extra imports
     python scripts/make_training_step_fixtures.py /tmp/MP-SENet
 
-Written: `g_00000000`, `do_00000000` (initial state, original format), `g_00000001`, `do_00000001` (after one
-step), `g_00000003` (after three), `config.json` (the original config with the reduced sizes) and `io.safetensors`:
-the full utterances, the batch, and per step the PESQ targets, every loss term and (after three steps) the
-discriminator's state. Before each step the torch RNG is seeded with `1000 + step` (the discriminator's dropout).
+Written: `g_0000000N`, `do_0000000N` (original format) for N = 0 (initial state) to 3 (after each step), so that
+each step can be checked from the original's own state; `config.json` (the original config with the reduced sizes)
+and `io.safetensors`: the full utterances, the batch, and per step the PESQ targets, every loss term and (after
+three steps) the discriminator's state. Before each step the torch RNG is seeded with `1000 + step` (the
+discriminator's dropout).
 """
 
 from __future__ import annotations
@@ -27,13 +29,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
 import tempfile
 from pathlib import Path
 
 import soundfile as sf
 import torch
-import torch.nn.functional as F
+from original_mpsenet import import_original, original_step
 from safetensors.torch import save_file
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -78,13 +79,8 @@ def main() -> None:
     parser.add_argument("original", help="checkout of github.com/yxlu-0102/MP-SENet")
     parser.add_argument("--output", default=str(ROOT / "tests/fixtures/training_step"))
     args = parser.parse_args()
-    sys.path.insert(0, str(Path(args.original).resolve()))
-    from dataset import Dataset, mag_pha_istft, mag_pha_stft
-    from env import AttrDict
-    from models.discriminator import MetricDiscriminator, batch_pesq
-    from models.model import MPNet, phase_losses
-
-    h = AttrDict({**json.loads((Path(args.original) / "config.json").read_text()), **SIZES})
+    original = import_original(args.original)
+    h = original.AttrDict({**json.loads((Path(args.original) / "config.json").read_text()), **SIZES})
     output = Path(args.output)
     output.mkdir(parents=True, exist_ok=True)
     tensors: dict[str, torch.Tensor] = {}
@@ -99,7 +95,7 @@ def main() -> None:
                 os.makedirs(f"{tmp}/{folder}", exist_ok=True)
                 sf.write(f"{tmp}/{folder}/{name}.wav", audio, h.sampling_rate, subtype="FLOAT")
             names.append(name)
-        dataset = Dataset(names, f"{tmp}/clean", f"{tmp}/noisy", h.segment_size, h.sampling_rate, split=True,
+        dataset = original.Dataset(names, f"{tmp}/clean", f"{tmp}/noisy", h.segment_size, h.sampling_rate, split=True,
                           shuffle=False, n_cache_reuse=0)  # fmt: skip
         items = [dataset[i] for i in range(len(names))]
     clean_audio = torch.stack([item[0] for item in items])
@@ -109,8 +105,8 @@ def main() -> None:
 
     torch.set_default_dtype(torch.float64)
     torch.manual_seed(h.seed)
-    generator = MPNet(h, num_tsblocks=NUM_TSBLOCKS)
-    discriminator = MetricDiscriminator(dim=DISCRIMINATOR_DIM)
+    generator = original.MPNet(h, num_tsblocks=NUM_TSBLOCKS)
+    discriminator = original.MetricDiscriminator(dim=DISCRIMINATOR_DIM)
     with torch.no_grad():  # float32-representable, so that the float32 files hold the exact initial state
         for value in [*generator.state_dict().values(), *discriminator.state_dict().values()]:
             value.copy_(value.float())
@@ -120,75 +116,30 @@ def main() -> None:
     torch.optim.lr_scheduler.ExponentialLR(optim_g, gamma=h.lr_decay, last_epoch=-1)
     torch.optim.lr_scheduler.ExponentialLR(optim_d, gamma=h.lr_decay, last_epoch=-1)
 
-    def save(steps: int, with_discriminator: bool = True) -> None:
+    def save(steps: int) -> None:
         torch.save({"generator": to_float32(generator.state_dict())}, output / f"g_{steps:08d}")
-        if with_discriminator:
-            state = {"discriminator": discriminator.state_dict(), "optim_g": optim_g.state_dict(),
-                     "optim_d": optim_d.state_dict(), "steps": steps, "epoch": 0}  # fmt: skip
-            torch.save(to_float32(state), output / f"do_{steps:08d}")
+        state = {"discriminator": discriminator.state_dict(), "optim_g": optim_g.state_dict(),
+                 "optim_d": optim_d.state_dict(), "steps": steps, "epoch": 0}  # fmt: skip
+        torch.save(to_float32(state), output / f"do_{steps:08d}")
 
     save(0)
     generator.train()
     discriminator.train()
-    one_labels = torch.ones(h.batch_size)
     for step in range(STEPS):
         torch.manual_seed(step_seed(step))
-        # From here on, train.py's loop body (device transfers and logging left out).
-        clean_mag, clean_pha, clean_com = mag_pha_stft(clean_audio, h.n_fft, h.hop_size, h.win_size, h.compress_factor)
-        noisy_mag, noisy_pha, _ = mag_pha_stft(noisy_audio, h.n_fft, h.hop_size, h.win_size, h.compress_factor)
-        mag_g, pha_g, com_g = generator(noisy_mag, noisy_pha)
-        audio_g = mag_pha_istft(mag_g, pha_g, h.n_fft, h.hop_size, h.win_size, h.compress_factor)
-        mag_g_hat, _, com_g_hat = mag_pha_stft(audio_g, h.n_fft, h.hop_size, h.win_size, h.compress_factor)
-        pesq_target = batch_pesq(list(clean_audio.cpu().numpy()), list(audio_g.detach().cpu().numpy()))
+        gradients: dict[str, torch.Tensor] = {}
 
-        optim_d.zero_grad()
-        metric_r = discriminator(clean_mag, clean_mag)
-        metric_g = discriminator(clean_mag, mag_g_hat.detach())
-        loss_disc_r = F.mse_loss(one_labels, metric_r.flatten())
-        loss_disc_g = F.mse_loss(pesq_target, metric_g.flatten()) if pesq_target is not None else torch.tensor(0.0)
-        loss_disc_all = loss_disc_r + loss_disc_g
-        loss_disc_all.backward()
-        gradients = {f"discriminator.{k}": p.grad.clone() for k, p in discriminator.named_parameters()}
-        optim_d.step()
+        def record(name: str, module: torch.nn.Module, gradients: dict = gradients) -> None:
+            gradients.update({f"{name}.{k}": p.grad.clone() for k, p in module.named_parameters()})
 
-        optim_g.zero_grad()
-        loss_mag = F.mse_loss(clean_mag, mag_g)
-        loss_ip, loss_gd, loss_iaf = phase_losses(clean_pha, pha_g)
-        loss_pha = loss_ip + loss_gd + loss_iaf
-        loss_com = F.mse_loss(clean_com, com_g) * 2
-        loss_stft = F.mse_loss(com_g, com_g_hat) * 2
-        loss_time = F.l1_loss(clean_audio, audio_g)
-        metric_g = discriminator(clean_mag, mag_g_hat)
-        loss_metric = F.mse_loss(metric_g.flatten(), one_labels)
-        loss_gen_all = (
-            loss_mag * 0.9 + loss_pha * 0.3 + loss_com * 0.1 + loss_stft * 0.1 + loss_metric * 0.05 + loss_time * 0.2
+        values = original_step(
+            original, h, generator, discriminator, optim_g, optim_d, clean_audio, noisy_audio, on_gradients=record
         )
-        loss_gen_all.backward()
-        gradients.update({f"generator.{k}": p.grad.clone() for k, p in generator.named_parameters()})
-        optim_g.step()
-
-        values = {
-            "pesq_target": pesq_target if pesq_target is not None else torch.full((h.batch_size,), float("nan")),
-            "discriminator_real": loss_disc_r,
-            "discriminator_fake": loss_disc_g,
-            "discriminator": loss_disc_all,
-            "magnitude": loss_mag,
-            "instantaneous_phase": loss_ip,
-            "group_delay": loss_gd,
-            "instantaneous_frequency": loss_iaf,
-            "phase": loss_pha,
-            "complex": loss_com,
-            "consistency": loss_stft,
-            "time": loss_time,
-            "metric": loss_metric,
-            "total": loss_gen_all,
-        }
         for name, value in values.items():
             tensors[f"step_{step + 1}/{name}"] = torch.as_tensor(value).detach().clone().float()
         if step == 0:
             tensors.update({f"step_1/grad.{name}": value for name, value in gradients.items()})
-            save(1)
-    save(STEPS, with_discriminator=False)
+        save(step + 1)
     for key, value in discriminator.state_dict().items():
         tensors[f"step_{STEPS}/discriminator.{key}"] = value.detach().clone()
     save_file({k: v.contiguous() for k, v in to_float32(tensors).items()}, output / "io.safetensors")

@@ -128,6 +128,49 @@ def test_one_and_three_steps_equal_the_original(tmp_path):
     assert_discriminator_equals(discriminator, after_three)
 
 
+@pytest.mark.parametrize("start", [0, 1, 2])
+def test_each_step_from_the_originals_state_equals_the_originals_next_state(tmp_path, start):
+    """One step from the original's own state after `start` steps (weights, AdamW moments, spectral-norm vectors)
+    gives the original's losses of the next step and its parameters after it: no free-running drift to hide in."""
+    args, generator, discriminator, optim_g, optim_d, _ = load_converted(tmp_path, start)
+    (logs,) = run_steps(args, generator, discriminator, optim_g, optim_d, start, 1)
+    assert_losses(logs, start + 1)
+    assert_generator_equals(generator, start + 1)
+    after = torch.load(FIXTURES / f"do_{start + 1:08d}", weights_only=True)
+    assert_discriminator_equals(discriminator, after["discriminator"])
+
+
+def test_a_fresh_run_uses_the_originals_optimiser_schedule_and_loss_weights(tmp_path):
+    """Not restored from a converted state: a new run's AdamW settings equal those the original `train.py` created
+    (its `do_00000000`: lr, betas, eps, weight decay, amsgrad), its schedule decays by the original's `lr_decay` per
+    epoch, and its loss weights give the original's recorded total from the recorded terms at every step."""
+    args = TrainingArguments(output_dir=str(tmp_path), clean_dirs=["-"], noise_dirs=["-"])
+    config = json.loads((FIXTURES / "config.json").read_text())
+    assert (args.learning_rate, args.adam_beta1, args.adam_beta2, args.lr_decay) == (
+        config["learning_rate"], config["adam_b1"], config["adam_b2"], config["lr_decay"]
+    )  # fmt: skip
+    generator = HybridMPSENetForSpeechEnhancement(checkpointing.read_generator_config(
+        convert_original_training_state(FIXTURES / "g_00000000", FIXTURES / "do_00000000", tmp_path / "run",
+                                        FIXTURES / "config.json") / "checkpoints" / "step-00000001"))  # fmt: skip
+    discriminator = MetricDiscriminator(4)
+    optim_g, optim_d, sched_g, sched_d = build_optimizers(args, generator, discriminator)
+    original = torch.load(FIXTURES / "do_00000000", weights_only=True)
+    for ours, theirs in ((optim_g, original["optim_g"]), (optim_d, original["optim_d"])):
+        (group,) = ours.param_groups
+        (expected,) = theirs["param_groups"]
+        for key in ("lr", "betas", "eps", "weight_decay", "amsgrad", "maximize"):
+            assert group[key] == pytest.approx(expected[key]), key
+    for scheduler in (sched_g, sched_d):
+        scheduler.step()
+        assert scheduler.get_last_lr() == [pytest.approx(config["learning_rate"] * config["lr_decay"])]
+    weights, fixture = args.loss_weights, io()
+    for step in (1, 2, 3):
+        term = {name: float(fixture[f"step_{step}/{name}"]) for name in ("magnitude", "phase", "complex",
+                                                                         "consistency", "time", "metric")}  # fmt: skip
+        total = sum(getattr(weights, name) * value for name, value in term.items())
+        assert total == pytest.approx(float(fixture[f"step_{step}/total"]), rel=1e-6)
+
+
 def test_first_step_gradients_equal_the_original(tmp_path):
     """Gradients of both networks after the first backward passes (worst measured: 4e-8 of the tensor's largest)."""
     args, generator, discriminator, optim_g, optim_d, _ = load_converted(tmp_path, 0)
@@ -261,3 +304,18 @@ def test_convert_cli_writes_a_resumable_run_and_refuses_damaged_states(tmp_path,
     assert cli_main(["convert", str(truncated), str(tmp_path / "out"), "--config", str(FIXTURES / "config.json")]) == 2
     assert "Could not read checkpoint" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
+
+
+def test_discriminator_every_k_steps_skips_its_update_and_pesq_in_between(tmp_path):
+    args, generator, discriminator, optim_g, optim_d, _ = load_converted(tmp_path, 0, discriminator_every=2)
+    accelerator = Accelerator(cpu=True)
+    batch, state = the_batch(), TrainingState()
+    updated = []
+    for step in range(3):
+        state.step = step
+        before = [p.detach().clone() for p in discriminator.parameters()]
+        logs = train_step(accelerator, args, generator, generator, discriminator, optim_g, optim_d, batch,
+                          args.loss_weights, None, state)  # fmt: skip
+        changed = any(not torch.equal(a, b) for a, b in zip(before, discriminator.parameters(), strict=True))
+        updated.append((changed, "train/pesq" in logs, "train/metric" in logs))
+    assert updated == [(True, True, True), (False, False, True), (True, True, True)]
