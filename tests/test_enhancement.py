@@ -30,7 +30,7 @@ def model():
 @pytest.fixture
 def identity(model, monkeypatch):
     """The model with the network replaced by the identity: isolates resampling, chunking and crossfades."""
-    monkeypatch.setattr(model, "enhance_segment", lambda segment, dtype=None: segment.copy())
+    monkeypatch.setattr(model, "enhance_segment", lambda segment, dtype=None, **controls: segment.copy())
     return model
 
 

@@ -208,6 +208,10 @@ def test_user_files_in_best_or_an_unknown_folder_are_never_deleted(tmp_path):
     (tmp_path / "run" / "best" / "thesis.tex").write_text("years of work")
     with pytest.raises(OwnershipError):
         train(training_arguments(tmp_path, **common))
+    (tmp_path / "run" / "checkpoints").mkdir()  # as a run of an older version would look
+    with pytest.raises(OwnershipError, match="best has no manifest"):
+        train(training_arguments(tmp_path, resume=True, **common))
+    (tmp_path / "run" / "checkpoints").rmdir()
     with pytest.raises(OwnershipError, match="not a run folder of this package"):
         train(training_arguments(tmp_path, resume=True, **common))
     assert (tmp_path / "run" / "best" / "thesis.tex").read_text() == "years of work"

@@ -30,7 +30,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_model, save_file, save_model
 
 from .configuration_hybrid_mpsenet import HybridMPSENetConfig
-from .ownership import WRITTEN_BY, OwnershipError, RunLock, check_replaceable_folder
+from .ownership import WRITTEN_BY, OwnershipError, RunLock, check_replaceable_folder, read_manifest
 from .utils import write_json_atomic
 
 GENERATOR = "generator"
@@ -264,6 +264,11 @@ def claim_run_folder(folder: str | Path, arguments: dict, resume: bool) -> tuple
                     "optimiser and schedule continue unchanged."
                 )
     best = folder / "best"
+    if best.exists() and read_manifest(best) is None and any(best.iterdir()):
+        raise OwnershipError(
+            f"{best} has no manifest (it was written by an older version of this package, or by someone else), so it "
+            "cannot be proven to be this run's export. Look at it, move it away (or delete it), then resume."
+        )
     if best.exists():
         check_replaceable_folder(best, overwrite=True, what="best model")
     lock = RunLock(folder).acquire()
