@@ -557,3 +557,24 @@ def test_a_failed_write_names_the_output_and_the_free_space(tmp_path, speech, mo
     with pytest.raises(ValueError, match=r"out.wav: writing failed .* MiB are free on that disk, so it may be full"):
         model.enhance_file(tmp_path / "x.wav", tmp_path / "out.wav", progress=False)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model", "x.wav"]
+
+
+@pytest.mark.slow
+def test_ctrl_c_in_training_with_workers_ends_in_one_line(tmp_path):
+    """Ctrl-C reaches the whole process group (trainer, DataLoader workers, PESQ pool): only the trainer speaks."""
+    config = json.dumps({"dense_channel": 8, "num_shared_blocks": 1, "ffn_hidden_size": 8, "num_attention_heads": 2})
+    command = [sys.executable, "-m", "hybrid_mpsenet.cli", "-q", "train", "--output_dir", str(tmp_path / "run")]
+    command += ["--preset", "mpsenet", "--config_overrides", config, "--clean_dirs", str(DATA), "--noise_dirs"]
+    command += [str(DATA), "--num_workers", "2", "--pesq_workers", "2", "--log_with", "none", "--max_steps", "1000"]
+    command += ["--batch_size", "2", "--segment_seconds", "0.5", "--items_per_epoch", "8", "--save_every", "2"]
+    process = subprocess.Popen(command, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    deadline = time.monotonic() + 240
+    while not (tmp_path / "run" / "checkpoints").is_dir():  # steps are running, workers are up
+        assert process.poll() is None and time.monotonic() < deadline, process.stderr.read()
+        time.sleep(0.2)
+    os.killpg(process.pid, signal.SIGINT)
+    _, err = process.communicate(timeout=120)
+    assert process.returncode == 130
+    assert "Traceback" not in err and "KeyboardInterrupt" not in err
+    assert err.strip().splitlines()[-1].startswith("hybrid-mpsenet train: interrupted")
+    assert not (tmp_path / "run" / "run.lock").exists()

@@ -284,7 +284,8 @@ class RunLock:
                 if holder is not None and not self._stale(holder):
                     raise OwnershipError(
                         f"{self.path.parent} is in use by another training (pid {holder.get('pid')} on "
-                        f"{holder.get('host')}); wait for it to end, or choose another --output_dir."
+                        f"{holder.get('host')}); wait for it to end, or choose another --output_dir. If no training "
+                        f"runs there (a run folder copied from {holder.get('host')}), delete {self.path}."
                     ) from None
                 self.taken_over = holder or {}
                 self.path.unlink(missing_ok=True)

@@ -35,7 +35,7 @@ from .data import (
 )
 from .enhancement import HybridMPSENetForSpeechEnhancement
 from .losses import LossWeights, MetricDiscriminator, generator_losses
-from .metrics import batch_pesq, ignore_interrupts, make_pool, stoi_score
+from .metrics import batch_pesq, make_pool, stoi_score
 from .ownership import apply_new_file_modes, check_replaceable_folder
 from .utils import atomic_directory
 
@@ -438,7 +438,6 @@ def _train(args: TrainingArguments, accelerator: Accelerator, output_dir: Path, 
         collate_fn=collate_pairs,
         num_workers=args.num_workers,
         generator=loader_generator,
-        worker_init_fn=ignore_interrupts if args.num_workers else None,
     )
     discriminator = MetricDiscriminator(checkpointing.read_discriminator_dim(checkpoint) if checkpoint else 16)
     optim_g, optim_d, sched_g, sched_d = build_optimizers(args, model, discriminator)
