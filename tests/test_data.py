@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 import soxr
+import torch
 from helpers import DATA
 
 from hybrid_mpsenet.data import (
@@ -228,3 +229,48 @@ def test_reverberant_mixtures_target_the_early_reflections():
     residual = (wet["noisy"] - wet["clean"]).double().pow(2).mean()
     target = wet["clean"].double().pow(2).mean()
     assert 10 * np.log10(float(target / residual)) < 5.0
+
+
+def test_window_reads_give_the_same_items_as_decoding_whole_files(tmp_path):
+    """Crops, noise windows (wrapping around) and babble read by seeking equal those cut from whole decoded files:
+    the same samples and the same random draws, so runs and resumes are unchanged."""
+    from hybrid_mpsenet.data import NoiseMixingDataset, audio_header
+
+    clean = [DATA / name for name in ("LJ001-0002.wav", "arctic_a0001.wav", "p232_001_clean.wav")]
+    noise = [DATA / "running_tap_8s.wav", DATA / "ambi_drone.wav"]
+    options = dict(items_per_epoch=12, seed=3, babble_prob=0.5, eq_prob=0.3, normalise=True)
+    by_window = NoiseMixingDataset(clean, noise, 16000, 12000, **options)
+    # Headers claiming another rate send every read through the whole-file decoder (no resampling is needed).
+    whole = {str(p): (audio_header(p)[0], 8000) for p in [*clean, *noise]}
+    by_decoding = NoiseMixingDataset(clean, noise, 16000, 12000, headers=whole, **options)
+    for epoch in (0, 1):
+        by_window.set_epoch(epoch)
+        by_decoding.set_epoch(epoch)
+        for index in range(12):
+            a, b = by_window[index], by_decoding[index]
+            assert torch.equal(a["clean"], b["clean"]) and torch.equal(a["noisy"], b["noisy"]), (epoch, index)
+
+
+def test_the_header_check_finds_bad_files_fast_and_remembers_headers(tmp_path, monkeypatch):
+    from hybrid_mpsenet import data
+    from hybrid_mpsenet.data import check_audio_files
+
+    good = tmp_path / "good.wav"
+    good.write_bytes((DATA / "LJ001-0002.wav").read_bytes())
+    sf.write(tmp_path / "nan.wav", np.array([0.1, np.nan] * 800, np.float32), 16000, subtype="FLOAT")
+    (tmp_path / "broken.wav").write_bytes(b"RIFF not audio")
+    sf.write(tmp_path / "one_hz.wav", np.zeros(100, np.int16), 1)
+    files = sorted(tmp_path.glob("*.wav"))
+    with pytest.raises(ValueError, match="2 speech file") as error:
+        check_audio_files(files, "speech", progress=False, full=False)
+    assert "broken.wav: not readable" in str(error.value) and "one_hz.wav: the sampling rate" in str(error.value)
+    with pytest.raises(ValueError, match="3 speech file"):
+        check_audio_files(files, "speech", progress=False, full=True)  # full also finds the NaN file
+    cache = tmp_path / "run" / "audio_index.json"
+    headers = check_audio_files([good, tmp_path / "nan.wav"], "speech", progress=False, full=False, cache=cache)
+    assert headers[str(good)] == (30393, 16000)
+    monkeypatch.setattr(data, "audio_header", lambda path: pytest.fail(f"{path} was read again"))
+    assert check_audio_files([good], "speech", progress=False, full=False, cache=cache) == {str(good): (30393, 16000)}
+    good.write_bytes((DATA / "arctic_a0001.wav").read_bytes())  # changed since: read again
+    monkeypatch.undo()
+    assert check_audio_files([good], "speech", progress=False, full=False, cache=cache)[str(good)][0] == 53680

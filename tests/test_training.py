@@ -339,7 +339,7 @@ def test_failed_pesq_and_non_finite_losses_are_counted_not_fatal(tmp_path, monke
 
     monkeypatch.setattr(training, "generator_losses", nan_on_second_call)
     # All-silent speech is refused up front (see the next test); here it drives the loop's own PESQ-failure path.
-    monkeypatch.setattr(training, "check_audio_files", lambda *args: None)
+    monkeypatch.setattr(training, "check_audio_files", lambda *args: {})
     args = arguments(
         tmp_path,
         clean_dirs=[str(tmp_path / "silence")],
@@ -367,6 +367,10 @@ def test_bad_training_files_stop_the_run_at_step_0_naming_each(tmp_path, capsys)
     sf.write(speech / "nan.wav", np.array([0.1, np.nan] * 4000, np.float32), 16000, subtype="FLOAT")
     common = ["--output_dir", str(tmp_path / "run"), "--config_overrides", CONFIG, "--log_with", "none"]
     args = ["train", *common, "--clean_dirs", str(speech), "--noise_dirs", str(noise), "--progress", "false"]
+    assert main(args) == 2  # headers only (the default): the unreadable file, not yet the NaN one
+    err = capsys.readouterr().err
+    assert "1 clean speech file(s) cannot be used" in err and "broken.wav: not readable" in err
+    args += ["--check_audio", "full"]
     assert main(args) == 2
     err = capsys.readouterr().err
     assert "2 clean speech file(s) cannot be used" in err

@@ -184,7 +184,7 @@ def load_rng_state(folder: Path, rank: int, loader_generator: torch.Generator) -
 
 # A run folder: its identity (written when the run starts, kept by resumes) and the entries training writes.
 RUN_IDENTITY = "run.json"
-RUN_ENTRIES = {"checkpoints", "best", "logs", "history.jsonl", RUN_IDENTITY, RunLock.NAME}
+RUN_ENTRIES = {"checkpoints", "best", "logs", "history.jsonl", "audio_index.json", RUN_IDENTITY, RunLock.NAME}
 # Settings that decide the model: a resumed run continues its checkpoint's model, so a change is refused.
 MODEL_SETTINGS = ("model", "preset", "config_overrides")
 # Settings a checkpoint restores (optimiser and schedule states): a change has no effect, which is said.
@@ -230,7 +230,7 @@ def claim_run_folder(folder: str | Path, arguments: dict, resume: bool) -> tuple
     identity = read_run_identity(folder)
     warnings = []
     # A run that stopped before writing anything (a bad file at start-up, say) left only its identity: start anew.
-    if identity is not None and set(entries) <= {RUN_IDENTITY, RunLock.NAME, "logs"}:
+    if identity is not None and set(entries) <= {RUN_IDENTITY, RunLock.NAME, "logs", "audio_index.json"}:
         entries, identity = [], None
     if entries and not resume:
         if identity is not None or (folder / "checkpoints").is_dir():

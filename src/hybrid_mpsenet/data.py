@@ -8,9 +8,12 @@ to be mixed), whose audio cells are file paths or `{"bytes", "path"}` / `{"array
 from __future__ import annotations
 
 import io
+import json
 import logging
 import os
+import tempfile
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import datasets
@@ -65,6 +68,33 @@ def decode_audio(value, sampling_rate: int | None) -> np.ndarray:
     if sampling_rate is not None and rate != sampling_rate:
         audio = soxr.resample(audio, rate, sampling_rate, quality="VHQ")
     return np.ascontiguousarray(audio, dtype=np.float32)
+
+
+def audio_header(path: str | Path) -> tuple[int, int]:
+    """`(frames, sampling_rate)` of an audio file from its header alone (nothing is decoded).
+
+    Raises:
+        AudioError: not a regular file, unreadable, no samples, or a rate outside 4-768 kHz.
+    """
+    if not Path(path).is_file():
+        raise AudioError(f"{path}: not a regular file.")
+    try:
+        info = sf.info(os.fsencode(path))
+    except (sf.LibsndfileError, RuntimeError, TypeError) as error:
+        raise AudioError(f"{path}: not readable ({error}).") from error
+    if info.frames <= 0:
+        raise AudioError(f"{path}: no samples.")
+    return info.frames, check_sampling_rate(info.samplerate, f"{path}: the sampling rate")
+
+
+def read_window(path: str | Path, start: int, length: int) -> np.ndarray:
+    """Mono float32 samples `[start, start + length)` of a file, read by seeking (channels averaged): a crop costs
+    its own length, not the file's."""
+    try:
+        audio, _ = sf.read(os.fsencode(path), frames=length, start=start, dtype="float32", always_2d=True)
+    except (sf.LibsndfileError, RuntimeError, TypeError) as error:
+        raise AudioError(f"{path}: not readable ({error}).") from error
+    return np.ascontiguousarray(audio.mean(axis=1), dtype=np.float32)
 
 
 def _audio_files(folder: Path) -> dict[str, Path]:
@@ -183,26 +213,59 @@ def list_audio(folders: str | Path | Sequence[str | Path]) -> list[Path]:
     return files
 
 
-def check_audio_files(paths: Sequence[str | Path], role: str, progress: bool = True) -> None:
-    """Read every file once before training starts, so that a bad one stops the run at step 0, named, instead of
-    when it is first drawn (and again after each resume).
+def check_audio_files(
+    paths: Sequence[str | Path],
+    role: str,
+    progress: bool = True,
+    full: bool = True,
+    cache: str | Path | None = None,
+) -> dict[str, tuple[int, int]]:
+    """Check every file before training starts, so that a bad one stops the run at step 0, named, instead of when
+    it is first drawn (and again after each resume).
+
+    With `full`, every file is decoded: unreadable, empty, non-finite and silent files are found. Otherwise only
+    the headers are read (in parallel threads): unreadable files, files without samples and impossible rates are
+    found, in a time that does not grow with the hours of audio. Headers are remembered in `cache` (a JSON file,
+    keyed by path, size and modification time), so a resumed run reads none again.
+
+    Returns:
+        `{path: (frames, sampling_rate)}` for every file.
 
     Raises:
-        ValueError: listing each unreadable, empty or non-finite file, or saying that every file is silent.
+        ValueError: listing each bad file, or saying that every file is silent.
     """
-    bad, silent = [], []
-    for path in tqdm(paths, desc=f"checking {role}", unit="file", disable=not progress):
+    known = _read_header_cache(cache)
+    headers: dict[str, tuple[int, int]] = {}
+    bad, silent, todo = [], [], []
+    for path in map(str, paths):
+        entry = known.get(path)
+        if not full and entry is not None and entry[:2] == _stamp(path):
+            headers[path] = (entry[2], entry[3])
+        else:
+            todo.append(path)
+
+    def check(path: str) -> tuple[str, tuple[int, int] | None, str | None, bool]:
         try:
-            audio = decode_audio(str(path), None)
+            if not full:
+                return path, audio_header(path), None, False
+            frames, rate = audio_header(path)
+            audio = decode_audio(path, None)
         except AudioError as error:
-            bad.append(str(error))
-            continue
-        if audio.size == 0:
-            bad.append(f"{path}: no samples")
-        elif not np.isfinite(audio).all():
-            bad.append(f"{path}: NaN or Inf samples")
-        elif not audio.any():
-            silent.append(str(path))
+            return path, None, str(error), False
+        if not np.isfinite(audio).all():
+            return path, None, f"{path}: NaN or Inf samples", False
+        return path, (frames, rate), None, not audio.any()
+
+    with ThreadPoolExecutor(max_workers=1 if full else HEADER_THREADS) as pool:
+        results = pool.map(check, todo)
+        for path, header, error, is_silent in tqdm(results, total=len(todo), desc=f"checking {role}",
+                                                   unit="file", disable=not progress):  # fmt: skip
+            if error is not None:
+                bad.append(error)
+                continue
+            headers[path] = header
+            if is_silent:
+                silent.append(path)
     if bad:
         listed = "\n  ".join(bad[:20]) + (f"\n  ... and {len(bad) - 20} more" if len(bad) > 20 else "")
         raise ValueError(f"{len(bad)} {role} file(s) cannot be used; fix or remove them:\n  {listed}")
@@ -210,6 +273,40 @@ def check_audio_files(paths: Sequence[str | Path], role: str, progress: bool = T
         raise ValueError(f"Every {role} file is silent ({len(paths)} files, e.g. {silent[0]}); nothing to learn from.")
     if silent:
         logger.warning("%d %s file(s) are silent and add nothing, e.g. %s", len(silent), role, silent[:3])
+    if cache is not None and todo:
+        _write_header_cache(cache, {**known, **{p: [*_stamp(p), *headers[p]] for p in todo}})
+    return headers
+
+
+# Threads reading headers at start-up: the work is waiting on the disk, so more threads than cores pay off.
+HEADER_THREADS = 8
+
+
+def _stamp(path: str) -> list[int]:
+    """Size and modification time of `path`: a cached header is reused only while both are unchanged."""
+    stat = os.stat(path)
+    return [stat.st_size, stat.st_mtime_ns]
+
+
+def _read_header_cache(cache: str | Path | None) -> dict[str, list[int]]:
+    if cache is None:
+        return {}
+    try:
+        entries = json.loads(Path(cache).read_text())
+    except (OSError, ValueError):
+        return {}
+    if not isinstance(entries, dict):
+        return {}
+    return {key: value for key, value in entries.items() if isinstance(value, list) and len(value) == 4}
+
+
+def _write_header_cache(cache: str | Path, entries: dict[str, list[int]]) -> None:
+    cache = Path(cache)
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{cache.name}.", dir=cache.parent)
+    with os.fdopen(fd, "w") as handle:
+        json.dump(entries, handle)
+    os.replace(tmp, cache)
 
 
 def mix_at_snr(clean: np.ndarray, noise: np.ndarray, snr_db: float) -> np.ndarray:
@@ -385,6 +482,7 @@ class NoiseMixingDataset(_SeededDataset):
         eq_prob: float = 0.0,
         reverb_prob: float = 0.0,
         normalise: bool = False,
+        headers: dict[str, tuple[int, int]] | None = None,
     ):
         super().__init__(sampling_rate, segment_samples, seed, normalise)
         for name, value in (
@@ -405,23 +503,44 @@ class NoiseMixingDataset(_SeededDataset):
         self.clean_files, self.noise_files = [str(f) for f in clean_files], [str(f) for f in noise_files]
         self.snr_range, self.gain_range = snr_range, gain_range
         self.items_per_epoch = items_per_epoch or len(self.clean_files)
-        self._noise_cache: dict[str, np.ndarray] = {}
+        self._headers = dict(headers or {})
 
     def __len__(self) -> int:
         return self.items_per_epoch
 
-    def _noise(self, path: str) -> np.ndarray:
-        if path not in self._noise_cache:
-            self._noise_cache[path] = decode_audio(path, self.sampling_rate)
-        return self._noise_cache[path]
+    def _header(self, path: str) -> tuple[int, int]:
+        if path not in self._headers:
+            self._headers[path] = audio_header(path)
+        return self._headers[path]
+
+    def _crop(self, path: str, rng: np.random.Generator) -> np.ndarray:
+        """[`random_crop`] of the file at the model rate (the whole file without a segment length), reading only
+        the crop when the file is at the model rate; the same samples and random draws as decoding it all."""
+        frames, rate = self._header(path)
+        length = self.segment_samples
+        if length is None or rate != self.sampling_rate:
+            audio = decode_audio(path, self.sampling_rate)
+            return audio if length is None else random_crop(audio, length, rng)
+        if frames >= length:
+            return read_window(path, int(rng.integers(0, frames - length + 1)), length)
+        return np.pad(read_window(path, 0, frames), (0, length - frames))
+
+    def _loop(self, path: str, length: int, rng: np.random.Generator) -> np.ndarray:
+        """[`loop_from_random_offset`] of the file, reading only the window (at most two reads) when the file is
+        at the model rate and longer than the window: noise recordings of any length cost the window alone."""
+        frames, rate = self._header(path)
+        if rate != self.sampling_rate or frames <= length:
+            return loop_from_random_offset(decode_audio(path, self.sampling_rate), length, rng)
+        start = int(rng.integers(frames))
+        window = read_window(path, start, min(length, frames - start))
+        if len(window) < length:
+            window = np.concatenate([window, read_window(path, 0, length - len(window))])
+        return window
 
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
         rng = self._rng(index)
-        clean = decode_audio(self.clean_files[index % len(self.clean_files)], self.sampling_rate)
-        if self.segment_samples is not None:
-            clean = random_crop(clean, self.segment_samples, rng)
-        noise = self._noise(self.noise_files[int(rng.integers(len(self.noise_files)))])
-        noise = loop_from_random_offset(noise, clean.shape[0], rng)
+        clean = self._crop(self.clean_files[index % len(self.clean_files)], rng)
+        noise = self._loop(self.noise_files[int(rng.integers(len(self.noise_files)))], clean.shape[0], rng)
         noise = self._augment(noise, rng)
         speech = clean
         if self.reverb_prob and rng.uniform() < self.reverb_prob:
@@ -449,11 +568,8 @@ class NoiseMixingDataset(_SeededDataset):
         if draws[0] < self.coloured_noise_prob:
             noise = coloured_noise(len(noise), float(rng.uniform(0.0, 2.0)), rng)
         elif draws[1] < self.babble_prob:
-            talkers = [
-                decode_audio(self.clean_files[int(i)], self.sampling_rate)
-                for i in rng.integers(0, len(self.clean_files), int(rng.integers(3, 7)))
-            ]
-            noise = sum(loop_from_random_offset(t, len(noise), rng) for t in talkers).astype(np.float32)
+            talkers = rng.integers(0, len(self.clean_files), int(rng.integers(3, 7)))
+            noise = sum(self._loop(self.clean_files[int(i)], len(noise), rng) for i in talkers).astype(np.float32)
         if draws[2] < self.eq_prob:
             noise = random_equaliser(noise, rng)
         return noise

@@ -41,6 +41,8 @@ from .utils import atomic_directory
 
 logger = logging.getLogger(__name__)
 
+# The headers of the mixing-mode files, remembered in the run folder so that a resumed run reads none again.
+AUDIO_INDEX = "audio_index.json"
 # Training crops longer than this are a typo (`segment_seconds: 200`), not a recipe; they would exhaust memory.
 MAX_SEGMENT_SECONDS = 60.0
 
@@ -72,6 +74,13 @@ class TrainingArguments:
     eq_prob: float = field(default=0.0, metadata={"help": "share of noises through a random equaliser"})
     reverb_prob: float = field(default=0.0, metadata={"help": "share of mixtures with speech in a simulated room"})
     segment_seconds: float = field(default=2.0, metadata={"help": "length of the training crops (s)"})
+    check_audio: str = field(
+        default="header",
+        metadata={
+            "help": "start-up check of the mixing-mode files: header (read headers only, in parallel, cached in the "
+            "run folder: unreadable, empty, impossible rates) or full (decode every file: also NaN/Inf and silence)"
+        },
+    )
     batch_size: int = field(default=4, metadata={"help": "pairs per step (per process)"})
     num_workers: int = field(default=0, metadata={"help": "DataLoader worker processes"})
     max_steps: int = field(default=1000, metadata={"help": "total training steps (the run ends there)"})
@@ -131,6 +140,8 @@ class TrainingArguments:
             raise ValueError("Give either train_data (clean/noisy pairs) or clean_dirs and noise_dirs (mixing).")
         if self.clean_dirs is not None and not self.noise_dirs:
             raise ValueError("Mixing mode needs noise_dirs as well as clean_dirs.")
+        if self.check_audio not in ("header", "full"):
+            raise ValueError(f"check_audio must be header or full, got {self.check_audio!r}.")
         if self.pesq_failures not in ("drop_batch", "mask_items"):
             raise ValueError(f"pesq_failures must be drop_batch or mask_items, got {self.pesq_failures!r}.")
         if self.mixed_precision not in ("no", "fp16", "bf16"):
@@ -229,8 +240,9 @@ def build_datasets(args: TrainingArguments, sampling_rate: int):
         return train, PairedSpeechDataset(held_out, sampling_rate)
     clean = list_audio(args.clean_dirs)
     noise = list_audio(args.noise_dirs)
-    check_audio_files(clean, "clean speech", args.progress)
-    check_audio_files(noise, "noise", args.progress)
+    full, cache = args.check_audio == "full", Path(args.output_dir) / AUDIO_INDEX
+    headers = check_audio_files(clean, "clean speech", args.progress, full, cache)
+    headers.update(check_audio_files(noise, "noise", args.progress, full, cache))
     eval_seed = args.seed if args.eval_seed is None else args.eval_seed
     order = np.random.default_rng(eval_seed).permutation(len(clean))
     held_out = max(1, int(round(args.eval_fraction * len(clean)))) if len(clean) > 1 else 0
@@ -250,8 +262,9 @@ def build_datasets(args: TrainingArguments, sampling_rate: int):
         eq_prob=args.eq_prob,
         reverb_prob=args.reverb_prob,
         normalise=True,
+        headers=headers,
     )
-    evaluation = NoiseMixingDataset(eval_files, noise, sampling_rate, None, snr, seed=eval_seed + 1)
+    evaluation = NoiseMixingDataset(eval_files, noise, sampling_rate, None, snr, seed=eval_seed + 1, headers=headers)
     return train, evaluation
 
 
