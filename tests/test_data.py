@@ -1,3 +1,4 @@
+import json
 import logging
 
 import datasets
@@ -274,3 +275,54 @@ def test_the_header_check_finds_bad_files_fast_and_remembers_headers(tmp_path, m
     good.write_bytes((DATA / "arctic_a0001.wav").read_bytes())  # changed since: read again
     monkeypatch.undo()
     assert check_audio_files([good], "speech", progress=False, full=False, cache=cache)[str(good)][0] == 53680
+
+
+def test_file_lists_and_kaldi_scp_and_source_weights(tmp_path):
+    from hybrid_mpsenet.data import NoiseMixingDataset, list_weighted_audio
+
+    speech = [DATA / "LJ001-0002.wav", DATA / "arctic_a0001.wav", DATA / "p232_001_clean.wav"]
+    (tmp_path / "lists").mkdir()
+    (tmp_path / "lists" / "a.txt").write_text(f"# speech\n{speech[0]} 3\n\n{speech[1]}\n")
+    (tmp_path / "lists" / "b.scp").write_text(f"utt1 {speech[2]}\n")
+    files, probabilities = list_weighted_audio([tmp_path / "lists" / "a.txt", tmp_path / "lists" / "b.scp"])
+    assert files == speech and probabilities.tolist() == [0.6, 0.2, 0.2]  # the list's weight column
+    files, probabilities = list_weighted_audio([tmp_path / "lists" / "a.txt", DATA / "p232_001_clean.wav"], [1, 3])
+    assert probabilities.tolist() == [0.1875, 0.0625, 0.75]  # each source its share, spread by the list's weights
+    assert list_weighted_audio([DATA / "LJ001-0002.wav", DATA / "arctic_a0001.wav"])[1] is None  # an even pass
+
+    # Draws follow the weights: the third file (weight 0.75) is drawn about three times as often as the rest.
+    dataset = NoiseMixingDataset(files, [DATA / "running_tap_8s.wav"], 16000, 4000, items_per_epoch=400, seed=0,
+                                 clean_probabilities=probabilities)  # fmt: skip
+    chosen = {}
+    real_crop = dataset._crop
+    dataset._crop = lambda path, rng: (chosen.__setitem__(path, chosen.get(path, 0) + 1), real_crop(path, rng))[1]
+    for index in range(400):
+        dataset[index]
+    assert 0.68 < chosen[str(speech[2])] / 400 < 0.82
+
+    (tmp_path / "lists" / "bad.txt").write_text("missing.wav\nnotes.md\n" + f"{speech[0]} -1\n")
+    with pytest.raises(ValueError, match=r"(?s)3 unusable entries:\n  line 1: missing.wav is missing.*line 2.*line 3"):
+        list_weighted_audio(tmp_path / "lists" / "bad.txt")
+    (tmp_path / "lists" / "piped.scp").write_text("utt1 sox a.wav -t wav - |\n")
+    with pytest.raises(ValueError, match="piped command"):
+        list_weighted_audio(tmp_path / "lists" / "piped.scp")
+    with pytest.raises(ValueError, match="one weight per source"):
+        list_weighted_audio([DATA], [1, 2])
+
+
+def test_training_reads_weighted_sources_from_the_command_line(tmp_path):
+    from hybrid_mpsenet.training import build_datasets, parse_training_arguments
+
+    (tmp_path / "speech.txt").write_text("\n".join(str(DATA / n) for n in ("LJ001-0002.wav", "arctic_a0001.wav")))
+    argv = ["--output_dir", str(tmp_path / "run"), "--clean_dirs", str(tmp_path / "speech.txt")]
+    argv += [str(DATA / "p232_001_clean.wav"), "--noise_dirs", str(DATA / "running_tap_8s.wav"), "--clean_weights"]
+    args = parse_training_arguments([*argv, "0.25", "0.75", "--eval_fraction", "0", "--progress", "false"])
+    assert args.clean_weights == [0.25, 0.75]
+    train, _ = build_datasets(args, 16000)  # one file is held out for validation; its share goes to the others
+    share = {str(DATA / n): p for n, p in (("LJ001-0002.wav", 0.125), ("arctic_a0001.wav", 0.125))}
+    share[str(DATA / "p232_001_clean.wav")] = 0.75
+    expected = np.array([share[f] for f in train.clean_files])
+    assert np.diff(np.concatenate([[0], train._clean_cdf])) == pytest.approx(expected / expected.sum())
+    assert json.loads((tmp_path / "run" / "audio_index.json").read_text()).keys() == {
+        str(DATA / n) for n in ("LJ001-0002.wav", "arctic_a0001.wav", "p232_001_clean.wav", "running_tap_8s.wav")
+    }

@@ -193,24 +193,116 @@ def _from_datasets(loaded, split: str, clean_column: str, noisy_column: str) -> 
     )
 
 
-def list_audio(folders: str | Path | Sequence[str | Path]) -> list[Path]:
-    """All audio files under one or more folders (recursive), sorted, plus any audio files named directly; an error
-    if there are none."""
-    folders = [folders] if isinstance(folders, (str, Path)) else list(folders)
-    files = []
-    for folder in map(Path, folders):
-        if folder.is_file() and folder.suffix.lower() in AUDIO_EXTENSIONS:
-            files.append(folder)
-            continue
-        if folder.exists() and not folder.is_dir():
-            raise ValueError(f"{folder}: not a folder or a regular audio file ({', '.join(AUDIO_EXTENSIONS)}).")
-        if not folder.is_dir():
-            raise FileNotFoundError(f"{folder}: no such folder or audio file.")
-        # Regular files only: a FIFO or device named like audio would block the start-up check.
-        files += sorted(p for p in folder.rglob("*") if p.suffix.lower() in AUDIO_EXTENSIONS and p.is_file())
+def list_audio(sources: str | Path | Sequence[str | Path]) -> list[Path]:
+    """All audio files of one or more sources, in order: folders (recursive, sorted), audio files named directly,
+    and file lists ([`read_file_list`]); an error if there are none."""
+    return list_weighted_audio(sources)[0]
+
+
+def list_weighted_audio(
+    sources: str | Path | Sequence[str | Path], weights: Sequence[float] | None = None
+) -> tuple[list[Path], np.ndarray | None]:
+    """The files of [`list_audio`] and the probability of drawing each, or `None` for an even pass over them.
+
+    Without `weights` each file counts once, or as often as its file list's weight column says. With `weights`
+    (one per source) each source gets that share of the draws, spread over its files by their list weights.
+
+    Raises:
+        ValueError: no audio files, bad weights, or list entries that are missing or not audio.
+        FileNotFoundError: a source that does not exist.
+    """
+    sources = [sources] if isinstance(sources, (str, Path)) else list(sources)
+    if weights is not None:
+        if len(weights) != len(sources):
+            raise ValueError(f"Got {len(weights)} weights for {len(sources)} sources; give one weight per source.")
+        if any(not np.isfinite(w) or w < 0 for w in weights) or not sum(weights) > 0:
+            raise ValueError(f"Source weights must be finite, >= 0 and not all 0, got {list(weights)}.")
+    files: list[Path] = []
+    masses: list[np.ndarray] = []
+    for number, source in enumerate(map(Path, sources)):
+        found, line_weights = _source_files(source)
+        files += found
+        line_weights = np.asarray(line_weights, dtype=np.float64)
+        if weights is not None:
+            line_weights = weights[number] * line_weights / max(line_weights.sum(), 1e-300)
+        masses.append(line_weights)
     if not files:
-        raise ValueError(f"No audio files ({', '.join(AUDIO_EXTENSIONS)}) found under {[str(f) for f in folders]}.")
-    return files
+        raise ValueError(f"No audio files ({', '.join(AUDIO_EXTENSIONS)}) found under {[str(s) for s in sources]}.")
+    mass = np.concatenate(masses)
+    if weights is None and np.all(mass == mass[0]):
+        return files, None
+    return files, mass / mass.sum()
+
+
+# File lists: one path per line, optionally followed by a weight or a duration (used as a weight); Kaldi `wav.scp`:
+# `utterance-id path` per line.
+LIST_SUFFIXES = (".txt", ".lst", ".list", ".scp")
+
+
+def _source_files(source: Path) -> tuple[list[Path], list[float]]:
+    if source.is_file() and source.suffix.lower() in AUDIO_EXTENSIONS:
+        return [source], [1.0]
+    if source.is_file() and source.suffix.lower() in LIST_SUFFIXES:
+        return read_file_list(source)
+    if source.exists() and not source.is_dir():
+        raise ValueError(
+            f"{source}: not a folder, a regular audio file ({', '.join(AUDIO_EXTENSIONS)}) or a file list "
+            f"({', '.join(LIST_SUFFIXES)})."
+        )
+    if not source.is_dir():
+        raise FileNotFoundError(f"{source}: no such folder or audio file.")
+    # Regular files only: a FIFO or device named like audio would block the start-up check.
+    found = sorted(p for p in source.rglob("*") if p.suffix.lower() in AUDIO_EXTENSIONS and p.is_file())
+    return found, [1.0] * len(found)
+
+
+def read_file_list(path: str | Path) -> tuple[list[Path], list[float]]:
+    """The files and weights of a file list: `path [weight]` per line (a duration works as a weight), or Kaldi's
+    `wav.scp` (`.scp`: `utterance-id path`). Relative paths are relative to the list's folder; blank lines and
+    lines starting with `#` are skipped.
+
+    Raises:
+        ValueError: naming the list's line of every missing, non-regular or non-audio entry, bad weight, or piped
+            `wav.scp` command.
+    """
+    path = Path(path)
+    kaldi = path.suffix.lower() == ".scp"
+    files, weights, problems = [], [], []
+    for number, line in enumerate(path.read_text(errors="surrogateescape").splitlines(), start=1):
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        weight = 1.0
+        if kaldi:
+            parts = line.split(maxsplit=1)
+            if len(parts) != 2:
+                problems.append(f"line {number}: expected 'utterance-id path'")
+                continue
+            entry = parts[1]
+            if entry.endswith("|"):
+                problems.append(f"line {number}: a piped command; extract the audio to files first")
+                continue
+        else:
+            entry, last = (line.rsplit(None, 1) + [""])[:2] if " " in line or "\t" in line else (line, "")
+            try:
+                weight = float(last) if last else 1.0
+            except ValueError:
+                entry, weight = line, 1.0  # a name with spaces, no weight
+            if not np.isfinite(weight) or weight < 0:
+                problems.append(f"line {number}: weight {last!r} is not a number >= 0")
+                continue
+        audio = Path(entry) if Path(entry).is_absolute() else path.parent / entry
+        if audio.suffix.lower() not in AUDIO_EXTENSIONS:
+            problems.append(f"line {number}: {entry} is not a {'/'.join(AUDIO_EXTENSIONS)} file")
+        elif not audio.is_file():
+            problems.append(f"line {number}: {entry} is missing or not a regular file")
+        else:
+            files.append(audio)
+            weights.append(weight)
+    if problems:
+        listed = "\n  ".join(problems[:20]) + (f"\n  ... and {len(problems) - 20} more" if len(problems) > 20 else "")
+        raise ValueError(f"{path}: {len(problems)} unusable entr{'y' if len(problems) == 1 else 'ies'}:\n  {listed}")
+    return files, weights
 
 
 def check_audio_files(
@@ -453,9 +545,10 @@ class PairedSpeechDataset(_SeededDataset):
 class NoiseMixingDataset(_SeededDataset):
     """Clean speech mixed with noise recordings on the fly, reproducibly.
 
-    Each item takes clean file `index % len(clean_files)`, a random crop of it, a random noise file at a random
-    offset (looped when shorter), a random SNR in `snr_range` dB and a random overall gain in `gain_range` dB.
-    `items_per_epoch` sets the epoch length (default: one pass over the clean files).
+    Each item takes clean file `index % len(clean_files)` (or one drawn by `clean_probabilities`), a random crop of
+    it, a random noise file (drawn evenly or by `noise_probabilities`) at a random offset (looped when shorter),
+    a random SNR in `snr_range` dB and a random overall gain in `gain_range` dB. `items_per_epoch` sets the epoch
+    length (default: one pass over the clean files).
 
     Augmentations, each with its own probability (0 by default): `coloured_noise_prob` replaces the noise with
     white/pink/brown-like noise (random exponent in [0, 2]), `babble_prob` with the sum of 3-6 other clean files
@@ -483,6 +576,8 @@ class NoiseMixingDataset(_SeededDataset):
         reverb_prob: float = 0.0,
         normalise: bool = False,
         headers: dict[str, tuple[int, int]] | None = None,
+        clean_probabilities: Sequence[float] | None = None,
+        noise_probabilities: Sequence[float] | None = None,
     ):
         super().__init__(sampling_rate, segment_samples, seed, normalise)
         for name, value in (
@@ -504,6 +599,8 @@ class NoiseMixingDataset(_SeededDataset):
         self.snr_range, self.gain_range = snr_range, gain_range
         self.items_per_epoch = items_per_epoch or len(self.clean_files)
         self._headers = dict(headers or {})
+        self._clean_cdf = _cumulative(clean_probabilities, len(self.clean_files), "clean_probabilities")
+        self._noise_cdf = _cumulative(noise_probabilities, len(self.noise_files), "noise_probabilities")
 
     def __len__(self) -> int:
         return self.items_per_epoch
@@ -539,8 +636,16 @@ class NoiseMixingDataset(_SeededDataset):
 
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
         rng = self._rng(index)
-        clean = self._crop(self.clean_files[index % len(self.clean_files)], rng)
-        noise = self._loop(self.noise_files[int(rng.integers(len(self.noise_files)))], clean.shape[0], rng)
+        if self._clean_cdf is None:
+            clean_file = self.clean_files[index % len(self.clean_files)]
+        else:
+            clean_file = self.clean_files[int(np.searchsorted(self._clean_cdf, rng.uniform(), side="right"))]
+        clean = self._crop(clean_file, rng)
+        if self._noise_cdf is None:
+            noise_file = self.noise_files[int(rng.integers(len(self.noise_files)))]
+        else:
+            noise_file = self.noise_files[int(np.searchsorted(self._noise_cdf, rng.uniform(), side="right"))]
+        noise = self._loop(noise_file, clean.shape[0], rng)
         noise = self._augment(noise, rng)
         speech = clean
         if self.reverb_prob and rng.uniform() < self.reverb_prob:
@@ -573,6 +678,18 @@ class NoiseMixingDataset(_SeededDataset):
         if draws[2] < self.eq_prob:
             noise = random_equaliser(noise, rng)
         return noise
+
+
+def _cumulative(probabilities: Sequence[float] | None, count: int, name: str) -> np.ndarray | None:
+    """The cumulative distribution of per-file draw probabilities (checked), or `None` for the unweighted order."""
+    if probabilities is None:
+        return None
+    values = np.asarray(probabilities, dtype=np.float64)
+    if values.shape != (count,) or not np.isfinite(values).all() or (values < 0).any() or not values.sum() > 0:
+        raise ValueError(f"{name} must be {count} finite values >= 0 with a positive sum.")
+    cdf = np.cumsum(values / values.sum())
+    cdf[-1] = 1.0
+    return cdf
 
 
 def collate_pairs(items: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:

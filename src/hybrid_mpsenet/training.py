@@ -30,7 +30,7 @@ from .data import (
     PairedSpeechDataset,
     check_audio_files,
     collate_pairs,
-    list_audio,
+    list_weighted_audio,
     load_voicebank,
 )
 from .enhancement import HybridMPSENetForSpeechEnhancement
@@ -63,8 +63,22 @@ class TrainingArguments:
     model: str | None = field(default=None, metadata={"help": "start from this model folder or Hub id"})
     train_data: str | None = field(default=None, metadata={"help": "VoiceBank+DEMAND folder, saved dataset or id"})
     eval_data: str | None = field(default=None, metadata={"help": "pairs for validation (default: train_data test)"})
-    clean_dirs: list[str] | None = field(default=None, metadata={"help": "clean speech folders (mixing mode)"})
-    noise_dirs: list[str] | None = field(default=None, metadata={"help": "noise folders (mixing mode)"})
+    clean_dirs: list[str] | None = field(
+        default=None,
+        metadata={
+            "help": "clean speech (mixing mode): folders, audio files, file lists (path [weight] per line) or Kaldi "
+            "wav.scp files"
+        },
+    )
+    noise_dirs: list[str] | None = field(
+        default=None, metadata={"help": "noise folders, files or file lists (mixing mode)"}
+    )
+    clean_weights: list[float] | None = field(
+        default=None, metadata={"help": "share of the draws for each of clean_dirs (default: each file alike)"}
+    )
+    noise_weights: list[float] | None = field(
+        default=None, metadata={"help": "share of the draws for each of noise_dirs (default: each file alike)"}
+    )
     eval_fraction: float = field(default=0.1, metadata={"help": "share of clean files held out (mixing mode)"})
     snr_low: float = field(default=-5.0, metadata={"help": "lowest SNR (dB) of the mixtures (mixing mode)"})
     snr_high: float = field(default=20.0, metadata={"help": "highest SNR (dB) of the mixtures (mixing mode)"})
@@ -238,15 +252,18 @@ def build_datasets(args: TrainingArguments, sampling_rate: int):
                     check_audio_files(split[column], f"{name} {column}", args.progress)
         train = PairedSpeechDataset(pairs, sampling_rate, segment, args.seed, normalise=True)
         return train, PairedSpeechDataset(held_out, sampling_rate)
-    clean = list_audio(args.clean_dirs)
-    noise = list_audio(args.noise_dirs)
+    clean, clean_probabilities = list_weighted_audio(args.clean_dirs, args.clean_weights)
+    noise, noise_probabilities = list_weighted_audio(args.noise_dirs, args.noise_weights)
     full, cache = args.check_audio == "full", Path(args.output_dir) / AUDIO_INDEX
     headers = check_audio_files(clean, "clean speech", args.progress, full, cache)
     headers.update(check_audio_files(noise, "noise", args.progress, full, cache))
     eval_seed = args.seed if args.eval_seed is None else args.eval_seed
     order = np.random.default_rng(eval_seed).permutation(len(clean))
     held_out = max(1, int(round(args.eval_fraction * len(clean)))) if len(clean) > 1 else 0
-    train_files = [clean[i] for i in sorted(order[held_out:])]
+    train_indices = sorted(order[held_out:])
+    train_files = [clean[i] for i in train_indices]
+    if clean_probabilities is not None:  # the held-out files' share goes to the others
+        clean_probabilities = clean_probabilities[train_indices] if train_indices else None
     eval_files = [clean[i] for i in sorted(order[:held_out])] or train_files
     snr = (args.snr_low, args.snr_high)
     train = NoiseMixingDataset(
@@ -263,6 +280,8 @@ def build_datasets(args: TrainingArguments, sampling_rate: int):
         reverb_prob=args.reverb_prob,
         normalise=True,
         headers=headers,
+        clean_probabilities=clean_probabilities,
+        noise_probabilities=noise_probabilities,
     )
     evaluation = NoiseMixingDataset(eval_files, noise, sampling_rate, None, snr, seed=eval_seed + 1, headers=headers)
     return train, evaluation
