@@ -54,3 +54,14 @@ def test_heldout_mixtures_in_rooms_are_reproducible_and_reverberant(tmp_path):
         np.testing.assert_array_equal(a, b)
     for reverberant, plain in zip(wet["clean_testset_wav"], dry["clean_testset_wav"], strict=True):
         assert len(reverberant) == len(plain) and not np.allclose(reverberant, plain, atol=1e-3)
+
+
+def test_a_synthetic_corpus_is_reproducible_and_trains(tmp_path):
+    args = ["--speech", DATA, "--noise", DATA, "--files", 6, "--seconds", 1.5, "--noise-files", 2]
+    run_script("make_synthetic_corpus.py", *args, "--noise-minutes", 0.05, "--output", tmp_path / "a")
+    run_script("make_synthetic_corpus.py", *args, "--noise-minutes", 0.05, "--output", tmp_path / "b")
+    written = sorted(p.relative_to(tmp_path / "a") for p in (tmp_path / "a").rglob("*.wav"))
+    assert len(written) == 8 and sf.info(tmp_path / "a" / written[0]).samplerate == 16000
+    for name in written:
+        np.testing.assert_array_equal(sf.read(tmp_path / "a" / name)[0], sf.read(tmp_path / "b" / name)[0])
+    assert {round(sf.info(tmp_path / "a" / name).duration, 2) for name in written} == {1.5, 3.0}

@@ -72,7 +72,13 @@ def weights_sha256(state_dict: Mapping[str, torch.Tensor]) -> str:
 
 
 def peak_rss_gib() -> float:
-    """This process's peak resident memory in GiB (`ru_maxrss` is KiB on Linux)."""
+    """This process's peak resident memory in GiB: Linux's `VmHWM` where there is one, which, unlike `ru_maxrss`,
+    does not carry over the RSS of the parent that forked the process before it started this program."""
+    status = Path("/proc/self/status")
+    if status.is_file():
+        for line in status.read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 2**20
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
 
 

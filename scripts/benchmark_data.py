@@ -1,0 +1,122 @@
+"""How the training data pipeline scales with the corpus: time to the first batch, items per second with 0 and 2
+DataLoader workers, and peak memory of the trainer and of its workers, for generated corpora that grow in files
+(many short ones) and in hours (few long ones, as the DNS Challenge's). Corpora are written once by
+`make_synthetic_corpus.py` under `--corpora`; each measurement runs in a fresh process. Prints a table, writes JSON.
+
+    python scripts/benchmark_data.py --files 1000 10000 50000 --hours 1 10 70 --output outputs/benchmark_data.json
+
+The first batch includes listing the files and the start-up check (`--check_audio header`, the default, on a new
+run folder; `full` decodes every file, as training did before, and is measured on the smallest corpora only).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "scripts"))
+
+from make_synthetic_corpus import write_corpus  # noqa: E402
+
+from hybrid_mpsenet.utils import benchmark_environment, peak_rss_gib, write_json_atomic  # noqa: E402
+
+
+def in_fresh_process(*arguments) -> dict:
+    """[`measure`] in a new Python process: a plain one, so that DataLoader workers fork as they do in training
+    (a multiprocessing-spawned process would spawn them too)."""
+    command = [sys.executable, __file__, "--measure", json.dumps(arguments)]
+    return json.loads(subprocess.run(command, capture_output=True, text=True, check=True).stdout.splitlines()[-1])
+
+
+def measure(corpus: str, workers: int, items: int, check_audio: str) -> dict:
+    """Build the mixing datasets as `train` does, then draw `items` items in batches of 4."""
+    import torch
+
+    from hybrid_mpsenet.data import collate_pairs
+    from hybrid_mpsenet.training import TrainingArguments, build_datasets
+
+    torch.set_num_threads(1)
+    with tempfile.TemporaryDirectory() as run:
+        args = TrainingArguments(
+            output_dir=run,
+            clean_dirs=[str(Path(corpus) / "clean")],
+            noise_dirs=[str(Path(corpus) / "noise")],
+            items_per_epoch=items,
+            segment_seconds=2.0,
+            coloured_noise_prob=0.15,
+            babble_prob=0.15,
+            eq_prob=0.3,
+            check_audio=check_audio,
+            progress=False,
+        )
+        started = time.perf_counter()
+        train, _ = build_datasets(args, 16000)
+        loader = torch.utils.data.DataLoader(
+            train, 4, shuffle=True, drop_last=True, collate_fn=collate_pairs, num_workers=workers
+        )
+        batches = iter(loader)
+        next(batches)
+        first = time.perf_counter() - started
+        started, drawn = time.perf_counter(), 0
+        for batch in batches:
+            drawn += len(batch["clean"])
+        rate = drawn / (time.perf_counter() - started)
+        del batches  # the workers end here, so their peak is counted below
+    return {
+        "seconds_to_first_batch": first,
+        "items_per_second": rate,
+        "trainer_peak_rss_mib": peak_rss_gib() * 1024,
+        # Forked workers: this counts the pages they share with the trainer too.
+        "worker_peak_rss_mib": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024 if workers else None,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--speech", default=str(ROOT.parent / "shared/data/clean/librispeech"))
+    parser.add_argument("--noise", default=str(ROOT.parent / "shared/data/noise"))
+    parser.add_argument("--corpora", default="outputs/corpora", help="where the generated corpora are kept")
+    parser.add_argument("--files", type=int, nargs="*", default=[1000, 10000, 50000], help="corpora of 3-s files")
+    parser.add_argument("--hours", type=float, nargs="*", default=[1, 10, 70], help="corpora of 5-min files")
+    parser.add_argument("--items", type=int, default=400, help="items drawn per measurement")
+    parser.add_argument("--output", default="outputs/benchmark_data.json")
+    parser.add_argument("--measure", help=argparse.SUPPRESS)  # internal: one measurement, JSON arguments
+    args = parser.parse_args()
+    if args.measure:
+        print(json.dumps(measure(*json.loads(args.measure))))
+        return
+
+    corpora = [(f"{n} files x 3 s", f"files-{n}", n, 3.0, 20, 60.0) for n in args.files]
+    corpora += [(f"{h:g} h in 5-min files", f"hours-{h:g}", max(1, round(h * 12)), 300.0, 20, 1800.0)
+                for h in args.hours]  # fmt: skip
+    rows = []
+    for name, folder, files, seconds, noise_files, noise_seconds in corpora:
+        corpus = Path(args.corpora) / folder
+        if not (corpus / "clean").is_dir():
+            write_corpus(args.speech, args.noise, corpus, files, seconds, noise_files, noise_seconds)
+            print(f"wrote {corpus}", flush=True)
+        checks = ["header", "full"] if corpus == Path(args.corpora) / corpora[0][1] else ["header"]
+        for check_audio in checks:
+            for workers in (0, 2):
+                result = in_fresh_process(str(corpus), workers, args.items, check_audio)
+                rows.append({"corpus": name, "check_audio": check_audio, "workers": workers, **result})
+                print(rows[-1], flush=True)
+
+    print("\n| corpus | start-up check | workers | s to first batch | items/s | trainer peak MiB | worker peak MiB |")
+    print("|---|---|---|---|---|---|---|")
+    for r in rows:
+        worker = f"{r['worker_peak_rss_mib']:.0f}" if r["worker_peak_rss_mib"] else ""
+        print(f"| {r['corpus']} | {r['check_audio']} | {r['workers']} | {r['seconds_to_first_batch']:.1f} | "
+              f"{r['items_per_second']:.1f} | {r['trainer_peak_rss_mib']:.0f} | {worker} |")  # fmt: skip
+    print(f"wrote {write_json_atomic(args.output, {**benchmark_environment(), 'items': args.items, 'rows': rows})}")
+
+
+if __name__ == "__main__":
+    main()
