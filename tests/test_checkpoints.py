@@ -1,3 +1,5 @@
+import json
+
 """Training checkpoints survive what goes wrong around them: a failing validation, a full disk, damaged random
 states, and settings that would keep none."""
 
@@ -59,3 +61,13 @@ def test_a_damaged_random_state_is_an_error_not_a_silently_inexact_resume(tmp_pa
 def test_settings_that_would_keep_or_do_nothing_are_refused(tmp_path, name):
     with pytest.raises(ValueError, match=f"{name} must be positive, got 0"):
         arguments(tmp_path, **{name: 0})
+
+
+def test_resume_keeps_the_step_0_validation_and_drops_later_and_cut_lines(tmp_path):
+    from hybrid_mpsenet.training import _truncate_history
+
+    history = tmp_path / "history.jsonl"
+    lines = [json.dumps({"step": step, "pesq": 2.0}) for step in (0, 100, 200)]
+    history.write_text("\n".join(lines) + '\n{"step": 300, "pe')
+    _truncate_history(history, 100)
+    assert [json.loads(line)["step"] for line in history.read_text().splitlines()] == [0, 100]

@@ -643,7 +643,7 @@ def _truncate_history(path: Path, step: int) -> None:
     if not path.is_file():
         return
     lines = [line for line in path.read_text().splitlines() if line.strip()]
-    kept = [line for line in lines if (_history_step(line) or math.inf) <= step]
+    kept = [line for line in lines if (line_step := _history_step(line)) is not None and line_step <= step]
     if len(kept) != len(lines):
         tmp = path.with_name(f".{path.name}.tmp")
         tmp.write_text("".join(line + "\n" for line in kept))
