@@ -1,9 +1,8 @@
-import json
-
 """Training checkpoints survive what goes wrong around them: a failing validation, a full disk, damaged random
 states, and settings that would keep none."""
 
 import errno
+import json
 
 import pytest
 from helpers import DATA, training_arguments
