@@ -85,8 +85,7 @@ def foreign_entries(folder: str | Path) -> list[str]:
         return sorted(entries)
     listed = manifest["files"]
     # A folder is vouched for when some listed file lies below it.
-    parents = {str(Path(name).parent.as_posix()) for name in listed}
-    parents |= {p.as_posix() for name in listed for p in Path(name).parents}
+    parents = {parent.as_posix() for name in listed for parent in Path(name).parents}
     foreign = []
     for name, plain in sorted(entries.items()):
         if name == MANIFEST:
