@@ -465,7 +465,7 @@ def test_a_fifo_among_the_training_files_does_not_hang(tmp_path, capsys):
     from hybrid_mpsenet.data import list_audio
 
     assert list_audio(folder) == [folder / "a.wav"]
-    with pytest.raises(ValueError, match="not a folder or a regular audio file"):
+    with pytest.raises(ValueError, match="not a folder, a regular audio file"):
         list_audio(folder / "pipe.wav")
 
 
