@@ -18,7 +18,7 @@ import soundfile as sf
 import soxr
 
 from .limits import MAX_SAMPLING_RATE, MIN_SAMPLING_RATE
-from .ownership import WRITTEN_BY, new_file_mode, publish_file, temporary_name
+from .ownership import WRITTEN_BY, check_replaceable_file, new_file_mode, publish_file, temporary_name
 
 logger = logging.getLogger(__name__)
 
@@ -224,11 +224,7 @@ def audio_is_ours(path: Path) -> bool:
 
 def check_output_audio(path: str | Path, overwrite: bool) -> None:
     """Refuse early (before any work) an output path that exists and may not be replaced; see [`ownership`]."""
-    from .ownership import check_replaceable_file
-
-    path = Path(path)
-    if path.exists() or path.is_symlink():
-        check_replaceable_file(path, overwrite, audio_is_ours, "output")
+    check_replaceable_file(Path(path), overwrite, audio_is_ours, "output")
 
 
 @contextlib.contextmanager

@@ -30,7 +30,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_model, save_file, save_model
 
 from .configuration_hybrid_mpsenet import HybridMPSENetConfig
-from .ownership import WRITTEN_BY, OwnershipError, RunLock, check_replaceable_folder, read_manifest
+from .ownership import WRITTEN_BY, OwnershipError, RunLock, check_replaceable_folder
 from .utils import write_json_atomic
 
 GENERATOR = "generator"
@@ -184,7 +184,9 @@ def load_rng_state(folder: Path, rank: int, loader_generator: torch.Generator) -
 
 # A run folder: its identity (written when the run starts, kept by resumes) and the entries training writes.
 RUN_IDENTITY = "run.json"
-RUN_ENTRIES = {"checkpoints", "best", "logs", "history.jsonl", "audio_index.json", RUN_IDENTITY, RunLock.NAME}
+# The headers of the mixing-mode files, remembered so that a resumed run reads none again.
+AUDIO_INDEX = "audio_index.json"
+RUN_ENTRIES = {"checkpoints", "best", "logs", "history.jsonl", AUDIO_INDEX, RUN_IDENTITY, RunLock.NAME}
 # Settings that decide the model: a resumed run continues its checkpoint's model, so a change is refused.
 MODEL_SETTINGS = ("model", "preset", "config_overrides")
 # Settings a checkpoint restores (optimiser and schedule states): a change has no effect, which is said.
@@ -230,7 +232,7 @@ def claim_run_folder(folder: str | Path, arguments: dict, resume: bool) -> tuple
     identity = read_run_identity(folder)
     warnings = []
     # A run that stopped before writing anything (a bad file at start-up, say) left only its identity: start anew.
-    if identity is not None and set(entries) <= {RUN_IDENTITY, RunLock.NAME, "logs", "audio_index.json"}:
+    if identity is not None and set(entries) <= {RUN_IDENTITY, RunLock.NAME, "logs", AUDIO_INDEX}:
         entries, identity = [], None
     if entries and not resume:
         if identity is not None or (folder / "checkpoints").is_dir():
@@ -263,14 +265,7 @@ def claim_run_folder(folder: str | Path, arguments: dict, resume: bool) -> tuple
                     f"{name} {arguments.get(name)!r} differs from the run's {before.get(name)!r}; the checkpoint's "
                     "optimiser and schedule continue unchanged."
                 )
-    best = folder / "best"
-    if best.exists() and read_manifest(best) is None and any(best.iterdir()):
-        raise OwnershipError(
-            f"{best} has no manifest (it was written by an older version of this package, or by someone else), so it "
-            "cannot be proven to be this run's export. Look at it, move it away (or delete it), then resume."
-        )
-    if best.exists():
-        check_replaceable_folder(best, overwrite=True, what="best model")
+    check_replaceable_folder(folder / "best", overwrite=True, what="best model")
     lock = RunLock(folder).acquire()
     if lock.taken_over is not None:
         warnings.append(

@@ -281,7 +281,7 @@ def _evaluate(args: argparse.Namespace) -> int:
     from .ownership import check_replaceable_file, json_is_ours, write_json
     from .utils import weights_sha256
 
-    if args.output and (Path(args.output).exists() or Path(args.output).is_symlink()):
+    if args.output:
         # Refused before the evaluation, not after it: a reference file or someone's JSON is never replaced.
         check_replaceable_file(Path(args.output), args.overwrite, json_is_ours, "result")
     model = _load_model(args)

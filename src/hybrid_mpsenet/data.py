@@ -11,7 +11,6 @@ import io
 import json
 import logging
 import os
-import tempfile
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -25,6 +24,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .audio import AudioError, check_sampling_rate, to_float
+from .utils import write_json_atomic
 
 logger = logging.getLogger(__name__)
 
@@ -45,26 +45,25 @@ def decode_audio(value, sampling_rate: int | None) -> np.ndarray:
     """Mono float32 samples `(samples,)` at `sampling_rate` (`None`: the file's own) from a path, or a
     `{"bytes", "path"}` or `{"array", "sampling_rate"}` dict (the `datasets.Audio` cell formats); channels are
     averaged. Rates outside 4-768 kHz (header damage) are an [`AudioError`]."""
+    name = value if isinstance(value, str) else "an audio cell"
     if isinstance(value, dict) and value.get("array") is not None:
-        audio, rate = to_float(np.asarray(value["array"])), int(value["sampling_rate"])
+        audio, rate = to_float(np.asarray(value["array"])), value["sampling_rate"]
         audio = audio.mean(axis=0) if audio.ndim == 2 else audio  # datasets arrays are (channels, samples)
     else:
         source = value
         if isinstance(value, dict):
             source = io.BytesIO(value["bytes"]) if value.get("bytes") else value.get("path")
-        name = value if isinstance(value, str) else "audio cell"
         if isinstance(source, (str, Path)):
             if not Path(source).is_file():  # a FIFO or device would block the read
                 raise AudioError(f"{source}: not a regular file.")
             source = os.fsencode(source)  # names that are not UTF-8 included
         try:
             with sf.SoundFile(source) as handle:
-                check_sampling_rate(handle.samplerate, f"{name}: the sampling rate")
                 audio, rate = handle.read(dtype="float32", always_2d=True), handle.samplerate
         except (sf.LibsndfileError, RuntimeError, TypeError) as error:
             raise AudioError(f"{name}: not readable ({error}).") from error
         audio = audio.mean(axis=1)
-    rate = check_sampling_rate(rate, "the sampling rate of an audio cell")
+    rate = check_sampling_rate(rate, f"{name}: the sampling rate")
     if sampling_rate is not None and rate != sampling_rate:
         audio = soxr.resample(audio, rate, sampling_rate, quality="VHQ")
     return np.ascontiguousarray(audio, dtype=np.float32)
@@ -366,7 +365,7 @@ def check_audio_files(
     if silent:
         logger.warning("%d %s file(s) are silent and add nothing, e.g. %s", len(silent), role, silent[:3])
     if cache is not None and todo:
-        _write_header_cache(cache, {**known, **{p: [*_stamp(p), *headers[p]] for p in todo}})
+        write_json_atomic(cache, {**known, **{p: [*_stamp(p), *headers[p]] for p in todo}}, indent=None)
     return headers
 
 
@@ -390,15 +389,6 @@ def _read_header_cache(cache: str | Path | None) -> dict[str, list[int]]:
     if not isinstance(entries, dict):
         return {}
     return {key: value for key, value in entries.items() if isinstance(value, list) and len(value) == 4}
-
-
-def _write_header_cache(cache: str | Path, entries: dict[str, list[int]]) -> None:
-    cache = Path(cache)
-    cache.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{cache.name}.", dir=cache.parent)
-    with os.fdopen(fd, "w") as handle:
-        json.dump(entries, handle)
-    os.replace(tmp, cache)
 
 
 def mix_at_snr(clean: np.ndarray, noise: np.ndarray, snr_db: float) -> np.ndarray:

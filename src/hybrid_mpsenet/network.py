@@ -709,10 +709,7 @@ def check_stored_dtypes(files: list[Path]) -> None:
             with safe_open(str(path), "pt") as handle:
                 dtypes = {key: handle.get_slice(key).get_dtype() for key in handle.keys()}
         except (SafetensorError, OSError, ValueError, RuntimeError) as error:
-            raise ValueError(
-                f"{path}: not a readable safetensors file ({error}); it is truncated or damaged, download or save it "
-                "again."
-            ) from None
+            raise _damaged(path, error) from None
         not_float = [f"{key} ({dtype})" for key, dtype in sorted(dtypes.items()) if not dtype.startswith(("F", "BF"))]
         if not_float:
             raise ValueError(
@@ -729,6 +726,10 @@ def read_safetensors(path: str | Path) -> dict[str, torch.Tensor]:
     try:
         return load_file(path)
     except (SafetensorError, ValueError, RuntimeError) as error:
-        raise ValueError(
-            f"{path}: not a readable safetensors file ({error}); it is truncated or damaged, download or save it again."
-        ) from None
+        raise _damaged(path, error) from None
+
+
+def _damaged(path: str | Path, error: Exception) -> ValueError:
+    return ValueError(
+        f"{path}: not a readable safetensors file ({error}); it is truncated or damaged, download or save it again."
+    )

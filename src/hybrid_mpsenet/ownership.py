@@ -116,9 +116,14 @@ def check_replaceable_folder(path: str | Path, overwrite: bool = False, what: st
     foreign = foreign_entries(path)
     if foreign:
         more = f" and {len(foreign) - 5} more" if len(foreign) > 5 else ""
+        unproven = (
+            ""
+            if read_manifest(path)
+            else f" has no manifest ({MANIFEST}: an older version or someone else wrote it) and"
+        )
         raise OwnershipError(
-            f"{path} holds files this package did not write ({', '.join(foreign[:5])}{more}); refusing to replace "
-            "it, even with --overwrite. Choose a new or empty folder, or move those files away."
+            f"{path}{unproven} holds files this package did not write ({', '.join(foreign[:5])}{more}); refusing to "
+            "replace it, even with --overwrite. Choose a new or empty folder, or move those files away."
         )
     if not overwrite:
         raise OwnershipError(f"{path} holds a {what} written before; pass --overwrite to replace it.")
@@ -161,7 +166,7 @@ def publish_file(tmp: Path, path: Path, overwrite: bool, is_ours: Callable[[Path
         check_replaceable_file(path, overwrite, is_ours, what)
         os.replace(tmp, path)
         return
-    try:
+    try:  # absent a moment ago: claim the name exclusively
         os.link(tmp, path)
     except FileExistsError:
         raise OwnershipError(
@@ -181,11 +186,13 @@ def publish_file(tmp: Path, path: Path, overwrite: bool, is_ours: Callable[[Path
 
 
 def check_replaceable_file(path: Path, overwrite: bool, is_ours: Callable[[Path], bool], what: str) -> None:
-    """Allow replacing the existing file `path` only with `overwrite` and if `is_ours(path)`.
+    """Allow writing the file `path`: it is absent, or it exists and `overwrite` is set and `is_ours(path)`.
 
     Raises:
         OwnershipError: with the reason and what to do.
     """
+    if not path.exists() and not path.is_symlink():
+        return
     if path.is_symlink() or not path.is_file():
         raise OwnershipError(f"{path} exists and is not a plain file; refusing to replace it.")
     if not is_ours(path):

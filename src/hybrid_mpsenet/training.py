@@ -41,8 +41,6 @@ from .utils import atomic_directory
 
 logger = logging.getLogger(__name__)
 
-# The headers of the mixing-mode files, remembered in the run folder so that a resumed run reads none again.
-AUDIO_INDEX = "audio_index.json"
 # Training crops longer than this are a typo (`segment_seconds: 200`), not a recipe; they would exhaust memory.
 MAX_SEGMENT_SECONDS = 60.0
 
@@ -254,7 +252,7 @@ def build_datasets(args: TrainingArguments, sampling_rate: int):
         return train, PairedSpeechDataset(held_out, sampling_rate)
     clean, clean_probabilities = list_weighted_audio(args.clean_dirs, args.clean_weights)
     noise, noise_probabilities = list_weighted_audio(args.noise_dirs, args.noise_weights)
-    full, cache = args.check_audio == "full", Path(args.output_dir) / AUDIO_INDEX
+    full, cache = args.check_audio == "full", Path(args.output_dir) / checkpointing.AUDIO_INDEX
     headers = check_audio_files(clean, "clean speech", args.progress, full, cache)
     headers.update(check_audio_files(noise, "noise", args.progress, full, cache))
     eval_seed = args.seed if args.eval_seed is None else args.eval_seed

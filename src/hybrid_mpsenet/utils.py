@@ -6,6 +6,7 @@ import contextlib
 import hashlib
 import json
 import multiprocessing as mp
+import os
 import resource
 import shutil
 import tempfile
@@ -48,13 +49,19 @@ def atomic_directory(path: str | Path, kind: str = "model") -> Iterator[Path]:
             shutil.rmtree(tmp)
 
 
-def write_json_atomic(path: str | Path, data) -> Path:
-    """Write `data` as indented JSON to `path` through a temporary file and a rename."""
+def write_json_atomic(path: str | Path, data, indent: int | None = 2) -> Path:
+    """Write `data` as JSON to `path` through a temporary file of its own (so that concurrent writers cannot mix
+    their bytes) and a rename; the result has the permissions of an ordinary new file."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(data, indent=2))
-    tmp.replace(path)
+    fd, name = tempfile.mkstemp(prefix=temporary_name(path, "tmp"), dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as handle:
+            json.dump(data, handle, indent=indent)
+        Path(name).chmod(new_file_mode())
+        os.replace(name, path)
+    finally:
+        Path(name).unlink(missing_ok=True)
     return path
 
 
