@@ -19,7 +19,8 @@ MAMBA_AXES = ("time_freq", "time")
 # of them would silently take the default (hybrid-large's) and fit the weights wrongly; dropout, Mamba init ranges
 # and kernel choices may be left out. `mamba_axes` came later and may be missing from older configs, whose Mamba
 # blocks all ran along time and frequency (its default); a config that drops it from a time-only model fails the
-# strict weight check instead.
+# strict weight check instead. `causal` and its settings came later too: a config without them is a non-causal model,
+# which is what every config saved before them describes.
 ARCHITECTURE_KEYS = (
     "sampling_rate",
     "n_fft",
@@ -88,6 +89,35 @@ PRESETS: dict[str, dict] = {
         "fusion": "cross_attention",
         "self_attention_kv": "raw",
     },
+    # Causal members (streaming, see `causal`). mpsenet-causal is MP-SENet's 4 TS-Transformer blocks with causal
+    # windowed attention and unidirectional GRUs along time. hybrid-causal runs Mamba along time (a fixed-size state
+    # per bin, the cheapest exact stream) and a Transformer along frequency in a phase branch, fused pointwise (the
+    # criss-cross fusion attends to future frames); 32 channels keep one hop under a millisecond-scale CPU budget.
+    "mpsenet-causal": {
+        "causal": True,
+        "num_shared_blocks": 4,
+        "shared_block_type": "transformer",
+        "num_magnitude_blocks": 0,
+        "num_phase_blocks": 0,
+        "branch_projection": False,
+        "fusion": "none",
+        "self_attention_kv": "normed",
+    },
+    "hybrid-causal": {
+        "causal": True,
+        "dense_channel": 32,
+        "ffn_hidden_size": 64,
+        "num_shared_blocks": 2,
+        "shared_block_type": "mamba",
+        "num_magnitude_blocks": 1,
+        "magnitude_block_type": "mamba",
+        "num_phase_blocks": 1,
+        "phase_block_type": "transformer",
+        "mamba_share_time_freq": False,
+        "branch_projection": True,
+        "fusion": "pointwise",
+        "self_attention_kv": "normed",
+    },
 }
 
 
@@ -138,6 +168,16 @@ class HybridMPSENetConfig(PreTrainedConfig):
         mamba_axes (`str`, defaults to `"time_freq"`): the passes of every Mamba block: `"time_freq"` (along time,
             then along frequency, as the original hybrids) or `"time"` (along time only: half the cost, the
             cheap choice for CPU inference, where the frequency pass costs as much as the time pass).
+        causal (`bool`, defaults to False): every layer sees only present and past STFT frames, so the model can
+            enhance a stream frame by frame (`enhancer.stream(...)`) with exactly its offline output. The STFT pads
+            with zeros instead of reflecting; the instance norms become moving instance norms (statistics over
+            frequency, averaged over past frames with an exponential window of `causal_norm_seconds`); attention
+            along time sees the last `causal_attention_window` frames and the GRUs along time run forwards only;
+            layers along frequency (within a frame) are unchanged. There is no whole-utterance RMS normalisation:
+            the model sees the signal at its own level and trains on randomised levels.
+        causal_attention_window (`int`, defaults to 64): frames a causal time-attention query sees, itself
+            included (64 frames = 0.4 s at the default hop).
+        causal_norm_seconds (`float`, defaults to 1.0): time constant of the causal models' moving norms.
         use_mamba_kernels (`bool`, defaults to True): use `mamba_ssm`/`causal_conv1d` CUDA kernels when installed
             and the input is on CUDA; the pure-PyTorch scan is used otherwise.
         mamba_scan_chunk_size (`int`, defaults to 16): time steps per chunk of the pure-PyTorch scan.
@@ -180,6 +220,9 @@ class HybridMPSENetConfig(PreTrainedConfig):
         mamba_axes: str = "time_freq",
         use_mamba_kernels: bool = True,
         mamba_scan_chunk_size: int = 16,
+        causal: bool = False,
+        causal_attention_window: int = 64,
+        causal_norm_seconds: float = 1.0,
         **kwargs,
     ):
         for name, value in {
@@ -195,6 +238,7 @@ class HybridMPSENetConfig(PreTrainedConfig):
             "mamba_d_conv": mamba_d_conv,
             "mamba_expand": mamba_expand,
             "mamba_scan_chunk_size": mamba_scan_chunk_size,
+            "causal_attention_window": causal_attention_window,
         }.items():
             if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}.")
@@ -268,12 +312,14 @@ class HybridMPSENetConfig(PreTrainedConfig):
             "mamba_dt_min": mamba_dt_min,
             "mamba_dt_max": mamba_dt_max,
             "mamba_dt_init_floor": mamba_dt_init_floor,
+            "causal_norm_seconds": causal_norm_seconds,
         }.items():
             if isinstance(value, bool) or not isinstance(value, (int, float)):
                 raise ValueError(f"{name} must be a number, got {value!r}.")
         for name, value in {
             "branch_projection": branch_projection,
             "mamba_share_time_freq": mamba_share_time_freq,
+            "causal": causal,
         }.items():
             if not isinstance(value, bool):
                 raise ValueError(f"{name} must be true or false, got {value!r}.")
@@ -287,6 +333,25 @@ class HybridMPSENetConfig(PreTrainedConfig):
             raise ValueError(f"mamba_dt_rank must be 'auto' or a positive integer, got {mamba_dt_rank!r}.")
         if not 0 < mamba_dt_min <= mamba_dt_max:
             raise ValueError(f"need 0 < mamba_dt_min <= mamba_dt_max, got {mamba_dt_min} and {mamba_dt_max}.")
+        if not 0 < causal_norm_seconds < math.inf:
+            raise ValueError(f"causal_norm_seconds must be positive and finite, got {causal_norm_seconds}.")
+        if causal_attention_window > limits.MAX_ATTENTION_WINDOW:
+            raise ValueError(
+                f"causal_attention_window must be at most {limits.MAX_ATTENTION_WINDOW}, got {causal_attention_window}."
+            )
+        if causal:
+            non_causal = {
+                "fusion='cross_attention'": fusion == "cross_attention",  # criss-cross attends to every frame
+                f"ts_transformer_axes={ts_transformer_axes!r}": ts_transformer_axes != "time_freq",
+                "hop_length == win_length": hop_length >= win_length,  # frames that do not overlap leave gaps
+            }
+            asked = [name for name, present in non_causal.items() if present]
+            if asked:
+                raise ValueError(
+                    f"causal=True cannot have {', '.join(asked)}: it would look at future frames (or, for the hop, "
+                    "leave samples no frame covers). Use fusion='pointwise' or 'none', ts_transformer_axes='time_freq' "
+                    "and a hop shorter than the window."
+                )
 
         self.sampling_rate = sampling_rate
         self.n_fft = n_fft
@@ -321,6 +386,9 @@ class HybridMPSENetConfig(PreTrainedConfig):
         self.mamba_axes = mamba_axes
         self.use_mamba_kernels = use_mamba_kernels
         self.mamba_scan_chunk_size = mamba_scan_chunk_size
+        self.causal = causal
+        self.causal_attention_window = causal_attention_window
+        self.causal_norm_seconds = causal_norm_seconds
         super().__init__(**kwargs)
 
     @classmethod
@@ -351,7 +419,8 @@ class HybridMPSENetConfig(PreTrainedConfig):
 
     @classmethod
     def from_preset(cls, name: str, **overrides) -> HybridMPSENetConfig:
-        """Build the configuration of a named architecture (`mpsenet`, `hybrid-large`, `hybrid-small`)."""
+        """Build the configuration of a named architecture (`mpsenet`, `hybrid-large`, `hybrid-small`,
+        `mpsenet-causal`, `hybrid-causal`)."""
         if name not in PRESETS:
             raise ValueError(f"Unknown preset {name!r}; choose one of {sorted(PRESETS)}.")
         return cls(**{**PRESETS[name], **overrides})
@@ -360,6 +429,11 @@ class HybridMPSENetConfig(PreTrainedConfig):
     def num_freq_bins(self) -> int:
         """Frequency bins of the one-sided STFT, `n_fft // 2 + 1`."""
         return self.n_fft // 2 + 1
+
+    @property
+    def norm_decay(self) -> float:
+        """Per-frame weight of the past in the causal moving norms: `exp(-hop / (causal_norm_seconds * rate))`."""
+        return math.exp(-self.hop_length / (self.causal_norm_seconds * self.sampling_rate))
 
     @property
     def mamba_d_inner(self) -> int:

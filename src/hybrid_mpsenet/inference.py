@@ -5,6 +5,10 @@ classes.
 Long signals are enhanced in overlapping chunks aligned to the STFT hop, so a chunk's frames are the whole
 signal's frames, and joined with a constant-power-sum raised-cosine crossfade. The RMS normalisation uses one
 factor per channel computed over the whole signal (a first streaming pass), so chunks do not change the level.
+
+Causal models need neither: they run through an [`EnhancementStream`] fed with chunk-sized blocks, which carries
+every layer's state from block to block, so the whole signal gets one pass of the network in bounded memory and
+the output is exactly what a live stream of the same signal gives.
 """
 
 from __future__ import annotations
@@ -41,6 +45,7 @@ from .audio import (
 from .configuration_hybrid_mpsenet import HybridMPSENetConfig
 from .network import HybridMPSENetNetwork
 from .spectral import attenuation_floor, pcs_exponents, perceptual_contrast_stretching
+from .streaming import EnhancementStream
 
 logger = logging.getLogger(__name__)
 
@@ -233,6 +238,9 @@ class WaveformEnhancementMixin:
         up to a few samples of resampler rounding, which the callers trim or pad). `chunk_sizes` comes from
         `_chunk_sizes`, `dtype` from [`resolve_dtype`], `controls` from [`enhancement_controls`]; a non-finite
         output sample is an [`AudioError`] naming `name`, so nothing non-finite is ever returned or written."""
+        if self.config.causal:
+            yield from self._stream_blocks(blocks, rate, channels, chunk_sizes[0], dtype, name, controls)
+            return
         to_model = StreamResampler(rate, self.config.sampling_rate, channels)
         to_input = StreamResampler(self.config.sampling_rate, rate, channels)
         if controls.get("pcs"):
@@ -253,6 +261,73 @@ class WaveformEnhancementMixin:
         yield from restore(chunker.feed(to_model(np.zeros((0, channels), np.float32), last=True).T * norm))
         yield from restore(chunker.finish())
         yield to_input(np.zeros((0, channels), np.float32), last=True)
+
+    def _stream_blocks(
+        self,
+        blocks: Iterable[np.ndarray],
+        rate: int,
+        channels: int,
+        chunk: int,
+        dtype: torch.dtype | None,
+        name: str,
+        controls: dict,
+    ) -> Iterator[np.ndarray]:
+        """`_enhance_blocks` for a causal model: the blocks, cut to about `chunk` model-rate samples, through one
+        [`EnhancementStream`] per group of channels; the signal keeps its own level (no RMS normalisation)."""
+        if controls["pcs"]:
+            raise ValueError(
+                "pcs rescales each segment to its energy, which a causal model's stream cannot know ahead; enhance "
+                "without pcs, or with a non-causal model."
+            )
+        groups = [slice(i, min(i + CHANNEL_GROUP, channels)) for i in range(0, channels, CHANNEL_GROUP)]
+        streams = [
+            EnhancementStream(self, rate, g.stop - g.start, controls["attenuation_limit_db"], dtype) for g in groups
+        ]
+        step = max(1, chunk * rate // self.config.sampling_rate)
+
+        def run(block: np.ndarray | None) -> np.ndarray:
+            outputs = [
+                stream.flush() if block is None else stream.process(block[g])
+                for stream, g in zip(streams, groups, strict=True)
+            ]
+            return np.concatenate([np.atleast_2d(out) for out in outputs]).T
+
+        try:
+            for block in blocks:
+                for start in range(0, block.shape[0], step):
+                    yield run(np.ascontiguousarray(block[start : start + step].T))
+            yield run(None)
+        except AudioError as error:
+            raise AudioError(f"{name}: {error}") from None
+
+    def stream(
+        self,
+        sampling_rate: int,
+        channels: int = 1,
+        attenuation_limit_db: float | None = None,
+        dtype: torch.dtype | str | None = None,
+    ) -> EnhancementStream:
+        """Start enhancing a live stream with a causal model (`config.causal`), frame by frame.
+
+        Args:
+            sampling_rate: rate of the stream in Hz (resampled to the model's and back inside the stream).
+            channels: channels of the stream; `process` then takes `(channels, samples)` (or `(samples,)` mono).
+            attenuation_limit_db, dtype: as for [`enhance`].
+
+        Returns:
+            An [`EnhancementStream`]: `process(samples)` returns the enhanced samples delayed by exactly
+            `latency_samples`, `flush()` the rest; together they equal `enhance()` of the whole signal.
+
+        Example:
+            ```python
+            stream = model.stream(sampling_rate=16000)
+            for block in blocks:  # any sizes, float32
+                play(stream.process(block))
+            play(stream.flush())
+            ```
+        """
+        limit = enhancement_controls(attenuation_limit_db, False)["attenuation_limit_db"]
+        return EnhancementStream(self, sampling_rate, channels, limit, resolve_dtype(dtype))
 
     def enhance(
         self,

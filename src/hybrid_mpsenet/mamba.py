@@ -67,7 +67,9 @@ def selective_scan_reference(
     z: torch.Tensor | None = None,
     delta_bias: torch.Tensor | None = None,
     delta_softplus: bool = False,
-) -> torch.Tensor:
+    initial_state: torch.Tensor | None = None,
+    return_last_state: bool = False,
+) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     """Naive selective scan, one Python step per time step (the oracle for the fast paths).
 
     Args:
@@ -77,19 +79,22 @@ def selective_scan_reference(
         B, C: `(batch, d_state, length)` input and output projections.
         D: `(d_inner,)` skip connection; z: `(batch, d_inner, length)` gate (multiplied by `silu(z)`).
         delta_bias: `(d_inner,)`; delta_softplus: apply softplus to `delta + delta_bias`.
+        initial_state: `(batch, d_inner, d_state)` state before the first step (zeros when omitted).
+        return_last_state: also return the `(batch, d_inner, d_state)` float32 state after the last step.
 
     Returns:
-        `(batch, d_inner, length)` output in the dtype of `u`, computed in float32.
+        `(batch, d_inner, length)` output in the dtype of `u`, computed in float32 (and the last state).
     """
     dtype = u.dtype
     u, delta, A, B, C = _prepare(u, delta, A, B, C, delta_bias, delta_softplus)
-    state = u.new_zeros(u.shape[0], u.shape[1], A.shape[1])
+    state = u.new_zeros(u.shape[0], u.shape[1], A.shape[1]) if initial_state is None else initial_state.float()
     outputs = []
     for t in range(u.shape[2]):
         decay = torch.exp(delta[:, :, t, None] * A)
         state = decay * state + (delta[:, :, t] * u[:, :, t])[..., None] * B[:, None, :, t]
         outputs.append((state * C[:, None, :, t]).sum(-1))
-    return _finish(torch.stack(outputs, dim=2), u, D, z, dtype)
+    y = _finish(torch.stack(outputs, dim=2), u, D, z, dtype)
+    return (y, state) if return_last_state else y
 
 
 # exp(x) for x < -87 is subnormal in float32, and subnormal arithmetic is ~8x slower on x86. Clamping the exponent
@@ -133,6 +138,32 @@ def _transposed_scan_(grads, decay, inflow):
         grads[t].addcmul_(decay[t + 1], grads[t + 1])
 
 
+def _time_major(*tensors):
+    """`(batch, channels, length)` tensors as contiguous `(length, batch, channels)`, so that a chunk and a step are
+    contiguous views."""
+    return [t.permute(2, 0, 1).contiguous() for t in tensors]
+
+
+def _scan_chunks(u, delta, A, B, C, chunk_size, initial):
+    """The forward scan of time-major u, delta `(length, batch, d_inner)` and B, C `(length, batch, d_state)` from
+    the state `initial` (zeros when `None`): the output `(length, batch, d_inner)`, the state entering each chunk
+    and the last state, both `(..., batch, d_inner, d_state)`."""
+    (length, batch, d_inner), d_state = u.shape, A.shape[1]
+    chunks = _chunks(length, chunk_size)
+    decay_buffer, states_buffer = _chunk_buffers(u, A, chunk_size, 2)
+    entering = u.new_zeros(len(chunks), batch, d_inner, d_state)
+    if initial is not None:
+        entering[0] = initial
+    y = u.new_empty(length, batch, d_inner)
+    for index, chunk in enumerate(chunks):
+        _, states = _chunk_states(u, delta, A, B, chunk, entering[index], decay_buffer, states_buffer)
+        rows = states.shape[0] * batch
+        torch.bmm(states.view(rows, d_inner, d_state), C[chunk].view(rows, d_state, 1), out=y[chunk].view(rows, d_inner, 1))
+        if index + 1 < len(chunks):
+            entering[index + 1] = states[-1]
+    return y, entering, states[-1].clone()
+
+
 class _ChunkedScan(torch.autograd.Function):
     """Selective scan in time chunks with a hand-written backward.
 
@@ -143,24 +174,8 @@ class _ChunkedScan(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, u, delta, A, B, C, chunk_size):
-        # Time-major and contiguous, so a chunk and a step are contiguous views.
-        u, delta = u.permute(2, 0, 1).contiguous(), delta.permute(2, 0, 1).contiguous()
-        B, C = B.permute(2, 0, 1).contiguous(), C.permute(2, 0, 1).contiguous()
-        (length, batch, d_inner), d_state = u.shape, A.shape[1]
-        chunks = _chunks(length, chunk_size)
-        decay_buffer, states_buffer = _chunk_buffers(u, A, chunk_size, 2)
-        entering = u.new_zeros(len(chunks), batch, d_inner, d_state)
-        y = u.new_empty(length, batch, d_inner)
-        for index, chunk in enumerate(chunks):
-            _, states = _chunk_states(u, delta, A, B, chunk, entering[index], decay_buffer, states_buffer)
-            rows = states.shape[0] * batch
-            torch.bmm(
-                states.view(rows, d_inner, d_state),
-                C[chunk].view(rows, d_state, 1),
-                out=y[chunk].view(rows, d_inner, 1),
-            )
-            if index + 1 < len(chunks):
-                entering[index + 1] = states[-1]
+        u, delta, B, C = _time_major(u, delta, B, C)
+        y, entering, _ = _scan_chunks(u, delta, A, B, C, chunk_size, None)
         ctx.chunk_size = chunk_size
         ctx.save_for_backward(u, delta, A, B, C, entering)
         return y.permute(1, 2, 0)
@@ -222,15 +237,24 @@ def selective_scan(
     delta_bias: torch.Tensor | None = None,
     delta_softplus: bool = False,
     chunk_size: int = 16,
-) -> torch.Tensor:
+    initial_state: torch.Tensor | None = None,
+    return_last_state: bool = False,
+) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     """Chunked pure-PyTorch selective scan; same arguments and result as [`selective_scan_reference`].
 
     The state is kept in float32 whatever the input dtype (bfloat16 inputs are upcast, the output is cast back).
+    A scan that carries a state (`initial_state`, `return_last_state`) is for inference: it takes no gradients.
     """
     dtype = u.dtype
     u, delta, A, B, C = _prepare(u, delta, A, B, C, delta_bias, delta_softplus)
-    y = _ChunkedScan.apply(u, delta, A, B, C, chunk_size)
-    return _finish(y, u, D, z, dtype)
+    if initial_state is None and not return_last_state:
+        return _finish(_ChunkedScan.apply(u, delta, A, B, C, chunk_size), u, D, z, dtype)
+    if torch.is_grad_enabled() and any(t.requires_grad for t in (u, delta, A, B, C)):
+        raise RuntimeError("selective_scan with a carried state is for inference; run it under torch.no_grad().")
+    initial = None if initial_state is None else initial_state.float()
+    y, _, last = _scan_chunks(*_time_major(u, delta), A, *_time_major(B, C), chunk_size, initial)
+    y = _finish(y.permute(1, 2, 0), u, D, z, dtype)
+    return (y, last) if return_last_state else y
 
 
 class Mamba(nn.Module):
@@ -329,3 +353,59 @@ class Mamba(nn.Module):
             chunk_size=self.chunk_size,
         )
         return self.out_proj(y.transpose(1, 2))
+
+    def allocate_state(self, batch: int, device: torch.device | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """A fresh (zero) carried state for `batch` sequences: the convolution state `(batch, d_inner, d_conv - 1)`
+        (the last inputs of the causal convolution) and the SSM state `(batch, d_inner, d_state)`, float32."""
+        return (
+            torch.zeros(batch, self.d_inner, self.d_conv - 1, device=device),
+            torch.zeros(batch, self.d_inner, self.d_state, device=device),
+        )
+
+    def forward_with_state(
+        self, hidden_states: torch.Tensor, state: tuple[torch.Tensor, torch.Tensor]
+    ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
+        """[`forward`] on the next `(batch, length, d_model)` piece of sequences that continue from `state` (see
+        [`allocate_state`]): the output `(batch, length, d_model)` and the state after the piece. Pieces fed one
+        after another give [`forward`] of the whole sequence. Inference only (no gradients)."""
+        conv_state, ssm_state = state
+        xz = self.in_proj(hidden_states).transpose(1, 2)
+        x, z = xz.chunk(2, dim=1)
+        x = torch.cat([conv_state.to(x.dtype), x], dim=2)
+        conv_state = x[:, :, x.shape[2] - (self.d_conv - 1) :]
+        x = F.silu(F.conv1d(x, self.conv1d.weight, self.conv1d.bias, groups=self.d_inner))
+        dt, B, C = torch.split(self.x_proj(x.transpose(1, 2)), [self.dt_rank, self.d_state, self.d_state], dim=-1)
+        dt = F.linear(dt, self.dt_proj.weight).transpose(1, 2)
+        y, ssm_state = selective_scan(
+            x,
+            dt,
+            -torch.exp(self.A_log.float()),
+            B.transpose(1, 2),
+            C.transpose(1, 2),
+            self.D,
+            z,
+            delta_bias=self.dt_proj.bias,
+            delta_softplus=True,
+            chunk_size=self.chunk_size,
+            initial_state=ssm_state,
+            return_last_state=True,
+        )
+        return self.out_proj(y.transpose(1, 2)), (conv_state, ssm_state)
+
+    def step(
+        self, hidden_states: torch.Tensor, state: tuple[torch.Tensor, torch.Tensor]
+    ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
+        """One time step of the recurrence, `mamba_ssm.Mamba.step`'s form: `(batch, d_model)` and the state in, the
+        output `(batch, d_model)` and the next state out."""
+        conv_state, ssm_state = state
+        x, z = self.in_proj(hidden_states).chunk(2, dim=-1)  # (batch, d_inner) each
+        window = torch.cat([conv_state.to(x.dtype), x[:, :, None]], dim=2)  # (batch, d_inner, d_conv)
+        x = F.silu((window * self.conv1d.weight[:, 0]).sum(-1) + self.conv1d.bias)
+        dt, B, C = torch.split(self.x_proj(x), [self.dt_rank, self.d_state, self.d_state], dim=-1)
+        dt = F.softplus(self.dt_proj(dt).float())
+        x = x.float()
+        decay = torch.exp((dt[:, :, None] * -torch.exp(self.A_log.float())).clamp(min=_MIN_LOG_DECAY))
+        ssm_state = decay * ssm_state + (dt * x)[:, :, None] * B.float()[:, None, :]
+        y = (ssm_state * C.float()[:, None, :]).sum(-1) + x * self.D.float()
+        y = (y * F.silu(z.float())).to(hidden_states.dtype)
+        return self.out_proj(y), (window[:, :, 1:], ssm_state)

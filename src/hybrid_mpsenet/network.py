@@ -11,6 +11,12 @@ with transformers' loading, saving and training machinery.
 Feature maps inside the network are `(batch, channels, time, freq)`. Every sequence module is batch-first and runs
 along the axis its name says, so an item's output never depends on the other items of a batch; right-padded
 batches are handled with a `frame_mask` that masks statistics, attention keys and GRU sequences.
+
+Causal models (`config.causal`) look only at present and past frames, and every layer that looks at past frames
+carries what it needs between calls in a `cache`: a dict, owned by the caller and empty at the start of a stream,
+that maps each such layer to its state tensors (each layer's docstring says which). The forward pass of consecutive
+pieces of a spectrum with one cache equals the forward pass of the whole spectrum. Right padding never reaches an
+earlier frame of a causal model, so it needs no `frame_mask`.
 """
 
 from __future__ import annotations
@@ -84,6 +90,62 @@ class InstanceNorm(nn.InstanceNorm2d):
         return x * self.weight[None, :, None, None] + self.bias[None, :, None, None]
 
 
+class MovingInstanceNorm(nn.Module):
+    """The causal models' instance norm on `(batch, C, time, freq)`: each channel's mean and variance over frequency
+    in each frame, averaged over the frames so far with weights `decay ** age` (bias-corrected, so the first frame
+    uses its own statistics), then the affine map of `nn.InstanceNorm2d` (same parameter names and shapes).
+
+    Carried state (`cache[self]`): the weighted sums of the frame means and mean squares `(batch, 2, C)` and the
+    number of frames seen `(1,)`, float64.
+    """
+
+    # Frames averaged per matrix product; bounds the `(piece, piece)` weight matrix of a long input.
+    PIECE = 256
+
+    def __init__(self, channels: int, decay: float, eps: float = 1e-5):
+        super().__init__()
+        self.decay, self.eps = decay, eps
+        self.weight = nn.Parameter(torch.ones(channels))
+        self.bias = nn.Parameter(torch.zeros(channels))
+
+    def reset_parameters(self) -> None:
+        init.ones_(self.weight)
+        init.zeros_(self.bias)
+
+    def forward(
+        self, x: torch.Tensor, frame_mask: torch.Tensor | None = None, cache: dict | None = None
+    ) -> torch.Tensor:
+        # Float64 statistics: a stream's pieces and the whole input then give the same float32 outputs.
+        x64 = x.double()
+        stats = torch.stack((x64.mean(-1), x64.square().mean(-1)), dim=1)  # (batch, 2, C, time)
+        past = cache.get(self) if cache is not None else None
+        sums, seen = (stats.new_zeros(stats.shape[:3]), stats.new_zeros(1)) if past is None else past
+        averages = []
+        for start in range(0, stats.shape[-1], self.PIECE):
+            piece = stats[..., start : start + self.PIECE]
+            age = torch.arange(piece.shape[-1], device=x.device, dtype=torch.float64)
+            lag = age[:, None] - age[None, :]
+            weights = torch.where(lag >= 0, self.decay ** lag.clamp(min=0), 0.0)  # (frame, earlier frame)
+            totals = piece @ weights.T + sums[..., None] * self.decay ** (age + 1)
+            averages.append(totals * ((1 - self.decay) / (1 - self.decay ** (seen + age + 1))))
+            sums, seen = totals[..., -1], seen + piece.shape[-1]
+        if cache is not None:
+            cache[self] = (sums, seen)
+        mean, mean_square = torch.cat(averages, dim=-1).unbind(1)  # (batch, C, time) each
+        scale = torch.rsqrt((mean_square - mean.square()).clamp(min=0) + self.eps).float()
+        mean = mean.float()
+        normed = (x - mean[..., None].to(x.dtype)) * scale[..., None].to(x.dtype)
+        return normed * self.weight[None, :, None, None] + self.bias[None, :, None, None]
+
+
+def make_norm(config: HybridMPSENetConfig, channels: int) -> nn.Module:
+    """The feature norm of the encoder and decoders: MP-SENet's instance norm, or for a causal model its moving
+    form."""
+    if config.causal:
+        return MovingInstanceNorm(channels, config.norm_decay)
+    return InstanceNorm(channels, affine=True)
+
+
 class ConvNormActivation(nn.Module):
     """Zero padding -> Conv2d -> instance norm -> PReLU on `(batch, channels, time, freq)`.
 
@@ -91,33 +153,58 @@ class ConvNormActivation(nn.Module):
     convolution is causal in time.
     """
 
-    def __init__(self, in_channels, out_channels, kernel_size, stride=(1, 1), dilation=(1, 1), padding=(0, 0, 0, 0)):
+    def __init__(
+        self,
+        config: HybridMPSENetConfig,
+        in_channels,
+        out_channels,
+        kernel_size,
+        stride=(1, 1),
+        dilation=(1, 1),
+        padding=(0, 0, 0, 0),
+    ):
         super().__init__()
         self.padding = padding
         self.conv = nn.Conv2d(in_channels, out_channels, kernel_size, stride=stride, dilation=dilation)
-        self.norm = InstanceNorm(out_channels, affine=True)
+        self.norm = make_norm(config, out_channels)
         self.activation = nn.PReLU(out_channels)
 
-    def forward(self, x: torch.Tensor, frame_mask: torch.Tensor | None = None) -> torch.Tensor:
-        return self.forward_padded(F.pad(x, self.padding), frame_mask)
+    def forward(
+        self, x: torch.Tensor, frame_mask: torch.Tensor | None = None, cache: dict | None = None
+    ) -> torch.Tensor:
+        return self.forward_padded(F.pad(x, self.padding), frame_mask, cache)
 
-    def forward_padded(self, x: torch.Tensor, frame_mask: torch.Tensor | None = None) -> torch.Tensor:
+    def forward_padded(
+        self, x: torch.Tensor, frame_mask: torch.Tensor | None = None, cache: dict | None = None
+    ) -> torch.Tensor:
         """`forward` on an input that already carries the zero padding."""
-        return self.activation(self.norm(self.conv(x), frame_mask))
+        x = self.conv(x)
+        x = self.norm(x, frame_mask, cache) if cache is not None else self.norm(x, frame_mask)
+        return self.activation(x)
 
 
 class DenseBlock(nn.Module):
-    """Densely connected causal (2, 3) convolutions with time dilations 1, 2, 4, 8, ...; `(b, C, t, f)` in and out."""
+    """Densely connected causal (2, 3) convolutions with time dilations 1, 2, 4, 8, ...; `(b, C, t, f)` in and out.
+
+    Carried state (`cache[layer]` for each convolution `layer`): its last `2**i` input frames `(batch, (i + 1) * C,
+    2**i, freq)`.
+    """
 
     def __init__(self, config: HybridMPSENetConfig):
         super().__init__()
         channels = config.dense_channel
         self.layers = nn.ModuleList(
-            ConvNormActivation(channels * (i + 1), channels, (2, 3), dilation=(2**i, 1), padding=(1, 1, 2**i, 0))
+            ConvNormActivation(
+                config, channels * (i + 1), channels, (2, 3), dilation=(2**i, 1), padding=(1, 1, 2**i, 0)
+            )
             for i in range(config.dense_depth)
         )
 
-    def forward(self, x: torch.Tensor, frame_mask: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(
+        self, x: torch.Tensor, frame_mask: torch.Tensor | None = None, cache: dict | None = None
+    ) -> torch.Tensor:
+        if cache is not None:
+            return self._forward_cached(x, cache)
         if not torch.is_grad_enabled():
             return self._forward_in_place(x, frame_mask)
         skip = x
@@ -143,6 +230,20 @@ class DenseBlock(nn.Module):
                 buffer[:, start - c : start, reach:, 1:-1] = x
         return x
 
+    def _forward_cached(self, x: torch.Tensor, cache: dict) -> torch.Tensor:
+        """The forward pass continuing a stream: each convolution's time padding is its input's previous frames."""
+        skip = x
+        for layer in self.layers:
+            reach = layer.padding[2]
+            past = cache.get(layer)
+            if past is None:
+                past = skip.new_zeros(*skip.shape[:2], reach, skip.shape[3])
+            frames = torch.cat([past, skip], dim=2)
+            cache[layer] = frames[:, :, frames.shape[2] - reach :]
+            x = layer.forward_padded(F.pad(frames, (*layer.padding[:2], 0, 0)), None, cache)
+            skip = torch.cat([x, skip], dim=1)
+        return x
+
 
 class DenseEncoder(nn.Module):
     """`(batch, 2, time, freq)` magnitude/phase -> `(batch, C, time, (freq + 1) // 2)` features."""
@@ -150,14 +251,18 @@ class DenseEncoder(nn.Module):
     def __init__(self, config: HybridMPSENetConfig):
         super().__init__()
         channels = config.dense_channel
-        self.input_conv = ConvNormActivation(2, channels, (1, 1))
+        self.input_conv = ConvNormActivation(config, 2, channels, (1, 1))
         self.dense_block = DenseBlock(config)
-        self.output_conv = ConvNormActivation(channels, channels, (1, 3), stride=(1, 2), padding=(1, 1, 0, 0))
+        self.output_conv = ConvNormActivation(
+            config, channels, channels, (1, 3), stride=(1, 2), padding=(1, 1, 0, 0)
+        )
 
-    def forward(self, x: torch.Tensor, frame_mask: torch.Tensor | None = None) -> torch.Tensor:
-        x = self.input_conv(x, frame_mask)
-        x = self.dense_block(x, frame_mask)
-        return self.output_conv(x, frame_mask)
+    def forward(
+        self, x: torch.Tensor, frame_mask: torch.Tensor | None = None, cache: dict | None = None
+    ) -> torch.Tensor:
+        x = self.input_conv(x, frame_mask, cache)
+        x = self.dense_block(x, frame_mask, cache)
+        return self.output_conv(x, frame_mask, cache)
 
 
 class SubPixelConv(nn.Module):
@@ -202,12 +307,15 @@ class DecoderTrunk(nn.Module):
         channels = config.dense_channel
         self.dense_block = DenseBlock(config)
         self.upsample = SubPixelConv(channels)
-        self.norm = InstanceNorm(channels, affine=True)
+        self.norm = make_norm(config, channels)
         self.activation = nn.PReLU(channels)
 
-    def upsampled(self, x: torch.Tensor, frame_mask: torch.Tensor | None = None) -> torch.Tensor:
-        x = self.dense_block(x, frame_mask)
-        return self.activation(self.norm(self.upsample(x), frame_mask))
+    def upsampled(
+        self, x: torch.Tensor, frame_mask: torch.Tensor | None = None, cache: dict | None = None
+    ) -> torch.Tensor:
+        x = self.upsample(self.dense_block(x, frame_mask, cache))
+        x = self.norm(x, frame_mask, cache) if cache is not None else self.norm(x, frame_mask)
+        return self.activation(x)
 
 
 class MaskDecoder(DecoderTrunk):
@@ -218,8 +326,10 @@ class MaskDecoder(DecoderTrunk):
         self.output_conv = nn.Conv2d(config.dense_channel, 1, (1, 2))
         self.mask_activation = LearnableSigmoid(config.num_freq_bins, config.beta)
 
-    def forward(self, x: torch.Tensor, frame_mask: torch.Tensor | None = None) -> torch.Tensor:
-        x = self.output_conv(self.upsampled(x, frame_mask)).squeeze(1).transpose(1, 2)
+    def forward(
+        self, x: torch.Tensor, frame_mask: torch.Tensor | None = None, cache: dict | None = None
+    ) -> torch.Tensor:
+        x = self.output_conv(self.upsampled(x, frame_mask, cache)).squeeze(1).transpose(1, 2)
         return self.mask_activation(x)
 
 
@@ -231,8 +341,10 @@ class PhaseDecoder(DecoderTrunk):
         self.real_conv = nn.Conv2d(config.dense_channel, 1, (1, 2))
         self.imag_conv = nn.Conv2d(config.dense_channel, 1, (1, 2))
 
-    def forward(self, x: torch.Tensor, frame_mask: torch.Tensor | None = None) -> torch.Tensor:
-        x = self.upsampled(x, frame_mask)
+    def forward(
+        self, x: torch.Tensor, frame_mask: torch.Tensor | None = None, cache: dict | None = None
+    ) -> torch.Tensor:
+        x = self.upsampled(x, frame_mask, cache)
         phase = torch.atan2(self.imag_conv(x), self.real_conv(x))
         return phase.squeeze(1).transpose(1, 2)
 
@@ -270,9 +382,33 @@ class MultiHeadAttention(nn.Module):
         """query `(N, L, C)`, key/value `(N, S, C)`, key_mask `(N, S)` (True = real frame) -> `(N, L, C)`."""
         q, k, v = (self.project(x, i).transpose(1, 2) for i, x in enumerate((query, key, value)))
         attn_mask = None if key_mask is None else key_mask[:, None, None, :]
+        return self._attend(q, k, v, attn_mask)
+
+    def _attend(self, q, k, v, attn_mask):
+        """Scaled dot-product attention of `(N, heads, L, head_dim)` queries on `(N, heads, S, head_dim)` keys and
+        values -> `(N, L, C)`."""
         dropout = self.dropout if self.training else 0.0
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, dropout_p=dropout)
         return self.out_proj(out.transpose(1, 2).flatten(2))
+
+    def windowed(self, query: torch.Tensor, context: torch.Tensor, window: int, cache: dict | None = None):
+        """Causal attention along time over a bounded window: the query at frame t attends to the context at frames
+        `t - window + 1 ... t`. query/context `(N, L, C)` -> `(N, L, C)`.
+
+        Carried state (`cache[self]`): the projected keys and values of the last `window - 1` context frames, each
+        `(N, heads, <= window - 1, head_dim)`.
+        """
+        q, k, v = (self.project(x, i).transpose(1, 2) for i, x in enumerate((query, context, context)))
+        past = cache.get(self) if cache is not None else None
+        if past is not None:
+            k, v = torch.cat([past[0], k], dim=2), torch.cat([past[1], v], dim=2)
+        if cache is not None:
+            keep = k.shape[2] - min(window - 1, k.shape[2])
+            cache[self] = (k[:, :, keep:], v[:, :, keep:])
+        offset = k.shape[2] - q.shape[2]  # key index of the first query's own frame
+        frame = torch.arange(q.shape[2], device=q.device)[:, None] + offset
+        key = torch.arange(k.shape[2], device=q.device)[None, :]
+        return self._attend(q, k, v, (key <= frame) & (key > frame - window))
 
     def criss_cross(
         self, query: torch.Tensor, context: torch.Tensor, frame_mask: torch.Tensor | None = None
@@ -296,16 +432,23 @@ class MultiHeadAttention(nn.Module):
 
 
 class GRUFeedForward(nn.Module):
-    """MP-SENet's FFN: bidirectional GRU -> LeakyReLU -> Linear, on `(N, L, C)`; padded steps are packed away."""
+    """MP-SENet's FFN: bidirectional GRU -> LeakyReLU -> Linear, on `(N, L, C)`; padded steps are packed away.
 
-    def __init__(self, config: HybridMPSENetConfig):
+    `causal`: a forward-only GRU (the causal models' FFN along time). Carried state (`cache[self]`): its hidden
+    state `(1, N, ffn_hidden_size)`.
+    """
+
+    def __init__(self, config: HybridMPSENetConfig, causal: bool = False):
         super().__init__()
-        self.gru = nn.GRU(config.dense_channel, config.ffn_hidden_size, batch_first=True, bidirectional=True)
+        directions = 1 if causal else 2
+        self.gru = nn.GRU(config.dense_channel, config.ffn_hidden_size, batch_first=True, bidirectional=not causal)
         self.dropout = nn.Dropout(config.dropout)
-        self.linear = nn.Linear(2 * config.ffn_hidden_size, config.dense_channel)
+        self.linear = nn.Linear(directions * config.ffn_hidden_size, config.dense_channel)
 
-    def forward(self, x: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
-        if lengths is None:
+    def forward(self, x: torch.Tensor, lengths: torch.Tensor | None = None, cache: dict | None = None) -> torch.Tensor:
+        if cache is not None:
+            x, cache[self] = self.gru(x, cache.get(self))
+        elif lengths is None:
             x, _ = self.gru(x)
         else:
             packed = nn.utils.rnn.pack_padded_sequence(x, lengths.cpu(), batch_first=True, enforce_sorted=False)
@@ -317,33 +460,39 @@ class TransformerBlock(nn.Module):
     """Pre-norm attention + GRU FFN with residuals, then a final LayerNorm, on `(N, L, C)` sequences.
 
     With `context` it is a cross-attention block: the normalised input queries the raw `context`. Without it, the
-    keys and values are the normalised input or the raw input (`config.self_attention_kv`).
+    keys and values are the normalised input or the raw input (`config.self_attention_kv`). `causal` (a causal
+    model's block along time): windowed causal attention and a forward-only GRU, each carrying its state in
+    `cache`; key masks and lengths are then not needed (padding only follows the real frames).
     """
 
-    def __init__(self, config: HybridMPSENetConfig):
+    def __init__(self, config: HybridMPSENetConfig, causal: bool = False):
         super().__init__()
         hidden = config.dense_channel
         self.norm1 = nn.LayerNorm(hidden)
         self.attention = MultiHeadAttention(config)
         self.dropout1 = nn.Dropout(config.dropout)
         self.norm2 = nn.LayerNorm(hidden)
-        self.ffn = GRUFeedForward(config)
+        self.ffn = GRUFeedForward(config, causal)
         self.dropout2 = nn.Dropout(config.dropout)
         self.norm3 = nn.LayerNorm(hidden)
         self.normed_self_attention_kv = config.self_attention_kv == "normed"
+        self.window = config.causal_attention_window if causal else None
 
-    def attend(self, query, context, key_mask):
+    def attend(self, query, context, key_mask, cache):
+        if self.window is not None:
+            return self.attention.windowed(query, context, self.window, cache)
         return self.attention(query, context, context, key_mask)
 
-    def feed_forward(self, x, lengths):
-        return self.ffn(x, lengths)
+    def feed_forward(self, x, lengths, cache):
+        # A causal FFN runs forwards only, so padded steps (after the real ones) need no packing.
+        return self.ffn(x, None if self.window is not None else lengths, cache)
 
-    def forward(self, hidden, context=None, key_mask=None, lengths=None):
+    def forward(self, hidden, context=None, key_mask=None, lengths=None, cache=None):
         normed = self.norm1(hidden)
         if context is None:
             context = normed if self.normed_self_attention_kv else hidden
-        hidden = hidden + self.dropout1(self.attend(normed, context, key_mask))
-        hidden = hidden + self.dropout2(self.feed_forward(self.norm2(hidden), lengths))
+        hidden = hidden + self.dropout1(self.attend(normed, context, key_mask, cache))
+        hidden = hidden + self.dropout2(self.feed_forward(self.norm2(hidden), lengths, cache))
         return self.norm3(hidden)
 
 
@@ -351,10 +500,10 @@ class CrissCrossTransformerBlock(TransformerBlock):
     """[`TransformerBlock`] on `(batch, time, freq, C)` maps: criss-cross attention, GRU FFN along time.
     `key_mask` is the `(batch, time)` frame mask and `lengths` the `(batch,)` frame counts."""
 
-    def attend(self, query, context, key_mask):
+    def attend(self, query, context, key_mask, cache):
         return self.attention.criss_cross(query, context, key_mask)
 
-    def feed_forward(self, x, lengths):
+    def feed_forward(self, x, lengths, cache):
         b, t, f, c = x.shape
         sequences = x.transpose(1, 2).reshape(b * f, t, c)
         lengths = None if lengths is None else lengths.repeat_interleave(f)
@@ -368,11 +517,13 @@ class SequenceBlock(nn.Module):
 
     gradient_checkpointing = False
 
-    def run(self, x: torch.Tensor, frame_mask: torch.Tensor | None = None) -> torch.Tensor:
-        """`self(x, frame_mask)`, checkpointed when enabled and training with gradients."""
-        if self.gradient_checkpointing and self.training and torch.is_grad_enabled():
+    def run(
+        self, x: torch.Tensor, frame_mask: torch.Tensor | None = None, cache: dict | None = None
+    ) -> torch.Tensor:
+        """`self(x, frame_mask, cache)`, checkpointed when enabled and training with gradients."""
+        if self.gradient_checkpointing and self.training and torch.is_grad_enabled() and cache is None:
             return self._gradient_checkpointing_func(self.__call__, x, frame_mask)
-        return self(x, frame_mask)
+        return self(x, frame_mask, cache)
 
 
 class TSTransformerBlock(SequenceBlock):
@@ -385,10 +536,12 @@ class TSTransformerBlock(SequenceBlock):
         # The original modules were batch_first=False on (batch * freq, time, C) and (batch * time, freq, C) inputs:
         # swapping the first two dimensions of those layouts gives the sequences they actually ran on.
         self.batch_mixed = config.ts_transformer_axes == "batch_mixed"
-        self.time_transformer = TransformerBlock(config)
+        self.time_transformer = TransformerBlock(config, causal=config.causal)
         self.freq_transformer = TransformerBlock(config)
 
-    def forward(self, x: torch.Tensor, frame_mask: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(
+        self, x: torch.Tensor, frame_mask: torch.Tensor | None = None, cache: dict | None = None
+    ) -> torch.Tensor:
         if self.batch_mixed:
             if frame_mask is not None:
                 raise ValueError("ts_transformer_axes='batch_mixed' mixes a batch's items; it takes no frame_mask.")
@@ -401,14 +554,19 @@ class TSTransformerBlock(SequenceBlock):
             shape = x.shape
             sequences = _to_sequences(x, axis)
             key_mask, lengths = _sequence_masks(frame_mask, axis, shape[3])
-            x = _from_sequences(module(sequences, key_mask=key_mask, lengths=lengths) + sequences, axis, shape)
+            out = module(sequences, key_mask=key_mask, lengths=lengths, cache=cache if axis == "time" else None)
+            x = _from_sequences(out + sequences, axis, shape)
         return x
 
 
 class MambaBlock(SequenceBlock):
     """Pre-norm unidirectional Mamba along time, then along frequency (or along time only, `mamba_axes="time"`),
     each pass with a residual (one LayerNorm shared by the passes). `(batch, C, time, freq)` in and out; causal in
-    time, so right padding never leaks back."""
+    time, so right padding never leaks back.
+
+    Carried state (`cache[self]`): the time pass's Mamba state ([`Mamba.allocate_state`]) for each of the
+    `batch * freq` sequences; a stream of one frame per call takes [`Mamba.step`].
+    """
 
     def __init__(self, config: HybridMPSENetConfig):
         super().__init__()
@@ -443,11 +601,23 @@ class MambaBlock(SequenceBlock):
             return [self.mamba] * len(self.axes)
         return [self.mamba_t, self.mamba_f] if "freq" in self.axes else [self.mamba_t]
 
-    def forward(self, x: torch.Tensor, frame_mask: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(
+        self, x: torch.Tensor, frame_mask: torch.Tensor | None = None, cache: dict | None = None
+    ) -> torch.Tensor:
         for mamba, axis in zip(self.mambas(), self.axes, strict=True):
             shape = x.shape
             sequences = _to_sequences(x, axis)
-            x = _from_sequences(self.dropout(mamba(self.norm(sequences)) + sequences), axis, shape)
+            normed = self.norm(sequences)
+            if cache is not None and axis == "time":
+                state = cache.get(self) or mamba.allocate_state(len(normed), normed.device)
+                if normed.shape[1] == 1:
+                    out, cache[self] = mamba.step(normed[:, 0], state)
+                    out = out[:, None]
+                else:
+                    out, cache[self] = mamba.forward_with_state(normed, state)
+            else:
+                out = mamba(normed)
+            x = _from_sequences(self.dropout(out + sequences), axis, shape)
         return x
 
 
@@ -543,7 +713,9 @@ class HybridMPSENetLayers:
     def spectrum(self, waveform: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """`(batch, samples)` -> compressed magnitude, phase `(batch, freq, frames)` and complex `(..., 2)`."""
         c = self.config
-        return mag_phase_stft(waveform, c.n_fft, c.hop_length, c.win_length, c.compress_factor, self.window)
+        return mag_phase_stft(
+            waveform, c.n_fft, c.hop_length, c.win_length, c.compress_factor, self.window, causal=c.causal
+        )
 
     def waveform(self, magnitude: torch.Tensor, phase: torch.Tensor, length: int | None = None) -> torch.Tensor:
         """Compressed magnitude and phase `(batch, freq, frames)` -> waveform `(batch, samples)`."""
@@ -560,6 +732,7 @@ class HybridMPSENetLayers:
         return_dict: bool | None = None,
         norm_factor: torch.Tensor | None = None,
         num_samples: torch.Tensor | None = None,
+        cache: dict | None = None,
     ) -> HybridMPSENetOutput | tuple:
         r"""
         Args:
@@ -569,6 +742,9 @@ class HybridMPSENetLayers:
                 then give each item the output it would get alone.
             norm_factor, num_samples: accepted and unused, so that `model(**feature_extractor(audio))` works; the
                 feature extractor's `post_process` needs them.
+            cache: causal models only: a dict (empty at the start of a stream) in which every layer carries its
+                state from one call to the next, so that consecutive pieces of a spectrum, fed with one cache, give
+                the output of the whole spectrum. Inference only.
         """
         if magnitude.dim() != 3 or magnitude.shape != phase.shape:
             raise ValueError(
@@ -581,26 +757,30 @@ class HybridMPSENetLayers:
                 f"{magnitude.shape[1]}. Compute features with HybridMPSENetFeatureExtractor."
             )
         return_dict = return_dict if return_dict is not None else self.config.return_dict
+        if cache is not None and not self.config.causal:
+            raise ValueError("Only causal models (config.causal=True) carry a stream cache; this one looks ahead.")
+        if self.config.causal:
+            frame_mask = None  # right padding never reaches an earlier frame of a causal model
         if frame_mask is not None:
             frame_mask = frame_mask.to(device=magnitude.device, dtype=torch.bool)
             if bool(frame_mask.all()):
                 frame_mask = None
 
         x = torch.stack((magnitude, phase), dim=1).transpose(2, 3)  # (batch, 2, time, freq)
-        x = self.encoder(x, frame_mask)
+        x = self.encoder(x, frame_mask, cache)
         for block in self.shared_blocks:
-            x = block.run(x, frame_mask)
+            x = block.run(x, frame_mask, cache)
         mag_features = self.magnitude_projection(x) if self.magnitude_projection is not None else x
         phase_features = self.phase_projection(x) if self.phase_projection is not None else x
         for block in self.magnitude_blocks:
-            mag_features = block.run(mag_features, frame_mask)
+            mag_features = block.run(mag_features, frame_mask, cache)
         for block in self.phase_blocks:
-            phase_features = block.run(phase_features, frame_mask)
+            phase_features = block.run(phase_features, frame_mask, cache)
         if self.fusion is not None:
             mag_features, phase_features = self.fusion(mag_features, phase_features, frame_mask)
 
-        enhanced_magnitude = magnitude * self.mask_decoder(mag_features, frame_mask)
-        enhanced_phase = self.phase_decoder(phase_features, frame_mask)
+        enhanced_magnitude = magnitude * self.mask_decoder(mag_features, frame_mask, cache)
+        enhanced_phase = self.phase_decoder(phase_features, frame_mask, cache)
         complex_spectrum = torch.stack(
             (enhanced_magnitude * torch.cos(enhanced_phase), enhanced_magnitude * torch.sin(enhanced_phase)), dim=-1
         )

@@ -12,12 +12,15 @@ def mag_phase_stft(
     win_length: int,
     compress_factor: float,
     window: torch.Tensor | None = None,
+    causal: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Compressed magnitude, phase and complex spectrum of `waveform`.
 
     Args:
         waveform: `(batch, samples)` float waveform.
         window: periodic Hann window of `win_length` (made on the fly when omitted).
+        causal: pad the centred frames at the edges with zeros, as a stream does (it cannot reflect the end
+            before it has arrived), instead of reflecting the signal as MP-SENet does.
 
     Returns:
         magnitude `(batch, freq, frames)` raised to `compress_factor`, phase `(batch, freq, frames)` in (-pi, pi],
@@ -32,7 +35,7 @@ def mag_phase_stft(
         win_length=win_length,
         window=window,
         center=True,
-        pad_mode="reflect",
+        pad_mode="constant" if causal else "reflect",
         normalized=False,
         return_complex=True,
     )
