@@ -140,7 +140,7 @@ def test_cli_convert_and_info(tmp_path, capsys):
     assert '"parameters": 2263372' in capsys.readouterr().out
     assert cli_main(["convert", str(tmp_path / "missing"), str(tmp_path / "x")]) == 2
     assert "Could not read checkpoint" in capsys.readouterr().err
-    assert set(PRESETS) == {"mpsenet", "hybrid-large", "hybrid-small"}
+    assert set(PRESETS) == {"mpsenet", "hybrid-large", "hybrid-small", "mpsenet-causal", "hybrid-causal"}
 
 
 def test_convert_never_replaces_a_folder_it_did_not_write(tmp_path, capsys):

@@ -1,4 +1,5 @@
-"""`hybrid-mpsenet` command line: enhance audio, convert original checkpoints, describe models."""
+"""`hybrid-mpsenet` command line: enhance audio files and live streams, convert original checkpoints, describe
+models."""
 
 from __future__ import annotations
 
@@ -185,19 +186,25 @@ def _add_inference_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--threads", type=int, help="CPU threads for PyTorch")
 
 
-def _add_control_arguments(parser: argparse.ArgumentParser) -> None:
+def _add_control_arguments(parser: argparse.ArgumentParser, pcs: bool = True) -> None:
     parser.add_argument(
         "--attenuation-limit-db",
         "--attenuation_limit_db",
         type=float,
         help="strength control: no time-frequency bin ends more than this many dB below the input (default: no limit)",
     )
-    parser.add_argument("--pcs", action="store_true", help="perceptual contrast stretching post-filter (SEMamba)")
+    if pcs:  # a stream cannot rescale a segment it has not seen yet
+        parser.add_argument("--pcs", action="store_true", help="perceptual contrast stretching post-filter (SEMamba)")
 
 
 def _enhance(args: argparse.Namespace) -> int:
     jobs = collect_jobs(args.inputs, args.output, args.suffix, args.glob)
     model = _load_model(args)
+    if args.stream:
+        if not model.config.causal:
+            raise ValueError("--stream needs a causal model (e.g. --model default-streaming); this one looks ahead.")
+        # A causal model's chunks are the blocks its stream is fed: one hop each, as a live stream gets them.
+        args.chunk_seconds = model.config.hop_length / model.config.sampling_rate
     failures = 0
     for source, target in tqdm(jobs, desc="files", unit="file", disable=len(jobs) < 2 or args.quiet):
         try:
@@ -222,6 +229,64 @@ def _enhance(args: argparse.Namespace) -> int:
     if failures:
         print(f"{failures} of {len(jobs)} files failed.", file=sys.stderr)
     return 1 if failures else 0
+
+
+# Raw PCM sample formats of `stream`: numpy dtype and the scale of full scale.
+PCM_FORMATS = {"f32": ("<f4", 1.0), "s16": ("<i2", 32768.0)}
+# Bytes read from stdin at most per call; a read returns what has arrived, so a live source is never waited on.
+STREAM_READ_BYTES = 1 << 16
+
+
+def _stream(args: argparse.Namespace) -> int:
+    """stdin PCM -> enhanced stdout PCM, block by block, flushed after each (see `stream --help`)."""
+    import numpy as np
+
+    dtype, scale = PCM_FORMATS[args.format]
+    frame_bytes = np.dtype(dtype).itemsize * args.channels
+    model = _load_model(args)
+    session = model.stream(args.rate, args.channels, attenuation_limit_db=args.attenuation_limit_db)
+    logging.getLogger(__name__).info(
+        "streaming at %d Hz, %d channel(s): latency %d samples (%.1f ms)",
+        args.rate,
+        args.channels,
+        session.latency_samples,
+        1000 * session.latency_seconds,
+    )
+    source, sink = sys.stdin.buffer, sys.stdout.buffer
+
+    def write(samples: np.ndarray) -> None:
+        block = np.atleast_2d(samples).T  # (samples, channels): interleaved
+        if scale != 1.0:
+            block = np.clip(np.round(block * scale), -scale, scale - 1)
+        sink.write(block.astype(dtype).tobytes())
+        sink.flush()
+
+    leftover = b""
+    try:
+        try:
+            while chunk := (source.read1(STREAM_READ_BYTES) if hasattr(source, "read1") else source.read(4096)):
+                data = leftover + chunk
+                whole = len(data) - len(data) % frame_bytes
+                leftover = data[whole:]
+                if whole:
+                    samples = np.frombuffer(data[:whole], dtype=dtype).reshape(-1, args.channels).T / scale
+                    write(session.process(samples.astype(np.float32)))
+        except KeyboardInterrupt:
+            write(session.flush())
+            print("hybrid-mpsenet stream: interrupted; the enhanced tail was written.", file=sys.stderr)
+            return 130
+        write(session.flush())
+    except BrokenPipeError:
+        # The reader went away (e.g. `| head`): nothing more can be written, which is not an error of ours.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        print("hybrid-mpsenet stream: the output was closed; stopped.", file=sys.stderr)
+        return 0
+    if leftover:
+        raise ValueError(
+            f"the input ended with {len(leftover)} byte(s) that are not a whole {args.channels}-channel {args.format} "
+            f"sample frame ({frame_bytes} bytes); is --format or --channels wrong? Everything before them was written."
+        )
+    return 0
 
 
 def _convert(args: argparse.Namespace) -> int:
@@ -385,6 +450,7 @@ def _print_help(parser: argparse.ArgumentParser) -> int:
 
 COMMANDS: dict[str, tuple[str, Callable[[argparse.Namespace], int]]] = {
     "enhance": ("denoise audio files, folders or glob patterns", _enhance),
+    "stream": ("enhance raw PCM from stdin to stdout in real time with a causal model", _stream),
     "evaluate": ("score a model on clean/noisy test pairs: PESQ, CSIG, CBAK, COVL, STOI, SSNR", _evaluate),
     "train": ("train a model (YAML config + --name value overrides); works under `accelerate launch`", _train),
     "finetune": ("fine-tune a model on clean speech mixed with new noise", _finetune),
@@ -427,6 +493,18 @@ def build_parser() -> argparse.ArgumentParser:
     enhance.add_argument(
         "--glob", action="store_true", help="treat every INPUT as a glob pattern, even one naming an existing file"
     )
+    enhance.add_argument(
+        "--stream", action="store_true", help="causal models: feed the file to a live stream hop by hop (same output)"
+    )
+
+    stream = sub.choices["stream"]
+    _add_inference_arguments(stream)
+    stream.add_argument("--rate", type=int, required=True, help="sampling rate of the PCM stream (Hz)")
+    stream.add_argument("--channels", type=int, default=1, help="interleaved channels of the stream (default 1)")
+    stream.add_argument(
+        "--format", choices=sorted(PCM_FORMATS), default="f32", help="f32 (float32 LE, default) or s16 (int16 LE)"
+    )
+    _add_control_arguments(stream, pcs=False)
 
     evaluate = sub.choices["evaluate"]
     evaluate.add_argument("--data", required=True, help="VoiceBank+DEMAND folder (test split), saved dataset or id")

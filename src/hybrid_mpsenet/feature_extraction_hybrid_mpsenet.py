@@ -22,12 +22,14 @@ class HybridMPSENetFeatureExtractor(SequenceFeatureExtractor):
     STFT (periodic Hann window, reflect padding) and split into a compressed magnitude `|X|^compress_factor` and a
     phase. A batch of different lengths is transformed item by item, then right-padded; `frame_mask` marks the
     real frames. [`~HybridMPSENetFeatureExtractor.post_process`] inverts all of it, back to the original lengths and
-    levels.
+    levels. For a causal model (`causal=True`) the frames are zero-padded at the edges and the level is left as it
+    is (a stream cannot know a whole utterance's RMS; the model's moving norms handle the level).
 
     Args:
         sampling_rate (`int`, defaults to 16000): the rate the model works at; inputs must already be at it.
         n_fft, hop_length, win_length (`int`): STFT settings (400, 100, 400).
         compress_factor (`float`, defaults to 0.3): magnitude compression exponent.
+        causal (`bool`, defaults to False): the features of a causal model (see [`HybridMPSENetConfig`]).
     """
 
     model_input_names = ["magnitude", "phase", "frame_mask"]
@@ -41,6 +43,7 @@ class HybridMPSENetFeatureExtractor(SequenceFeatureExtractor):
         hop_length: int = 100,
         win_length: int = 400,
         compress_factor: float = 0.3,
+        causal: bool = False,
         **kwargs,
     ):
         super().__init__(feature_size=feature_size, sampling_rate=sampling_rate, padding_value=padding_value, **kwargs)
@@ -48,6 +51,7 @@ class HybridMPSENetFeatureExtractor(SequenceFeatureExtractor):
         self.hop_length = hop_length
         self.win_length = win_length
         self.compress_factor = compress_factor
+        self.causal = causal
 
     @classmethod
     def from_model_config(cls, config) -> HybridMPSENetFeatureExtractor:
@@ -58,6 +62,7 @@ class HybridMPSENetFeatureExtractor(SequenceFeatureExtractor):
             hop_length=config.hop_length,
             win_length=config.win_length,
             compress_factor=config.compress_factor,
+            causal=config.causal,
         )
 
     @property
@@ -130,8 +135,8 @@ class HybridMPSENetFeatureExtractor(SequenceFeatureExtractor):
             samples = torch.from_numpy(np.ascontiguousarray(waveform, dtype=np.float32))
             energy = float(samples.double().pow(2).sum())
             # Silence has no level to normalise; it passes through unscaled.
-            norm_factor = (samples.shape[0] / energy) ** 0.5 if energy > 0 else 1.0
-            magnitude, phase, _ = mag_phase_stft((samples * norm_factor)[None], *self._stft_args())
+            norm_factor = (samples.shape[0] / energy) ** 0.5 if energy > 0 and not self.causal else 1.0
+            magnitude, phase, _ = mag_phase_stft((samples * norm_factor)[None], *self._stft_args(), causal=self.causal)
             magnitudes.append(magnitude[0])
             phases.append(phase[0])
             norm_factors.append(norm_factor)

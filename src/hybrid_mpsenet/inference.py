@@ -52,6 +52,8 @@ logger = logging.getLogger(__name__)
 DEFAULT_MODEL_DIR = Path(__file__).parent / "pretrained"
 # The public name of the bundled checkpoint: `from_pretrained("default")`, `--model default`, `info default`.
 DEFAULT_MODEL = "default"
+# The bundled checkpoints by public name: the offline default and its causal (streaming) sibling.
+BUNDLED_MODELS = {DEFAULT_MODEL: DEFAULT_MODEL_DIR, "default-streaming": Path(__file__).parent / "pretrained_streaming"}
 # Autocast precisions by the names the CLI and the usual shorthands give them; float32 means no autocast.
 DTYPE_NAMES = {
     "float32": None,
@@ -122,11 +124,14 @@ class WaveformEnhancementMixin:
     config: HybridMPSENetConfig
 
     def _chunk_sizes(self, chunk_seconds: float, overlap_seconds: float) -> tuple[int, int]:
-        """Chunk and overlap in samples at the model rate, as multiples of the hop."""
+        """Chunk and overlap in samples at the model rate, as multiples of the hop; for a causal model, the blocks
+        its stream is fed (`overlap_seconds` unused)."""
         hop, rate = self.config.hop_length, self.config.sampling_rate
         for name, value in (("chunk_seconds", chunk_seconds), ("overlap_seconds", overlap_seconds)):
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
                 raise ValueError(f"{name} must be a finite number of seconds, got {value!r}.")
+        if self.config.causal and chunk_seconds > 0:  # streamed blocks: no overlap, any whole number of hops
+            return max(hop, round(chunk_seconds * rate / hop) * hop), 0
         if overlap_seconds <= 0 or chunk_seconds < 2 * overlap_seconds:
             raise ValueError(
                 f"Need overlap_seconds > 0 and chunk_seconds >= 2 * overlap_seconds, got chunk_seconds="
@@ -456,19 +461,23 @@ class WaveformEnhancementMixin:
 
 
 def model_location(name: str | Path | None) -> str | Path:
-    """`name` itself (a folder or Hub id), or the bundled checkpoint's folder for no name or the string `"default"`.
+    """`name` itself (a folder or Hub id), or a bundled checkpoint's folder: the default for no name or the string
+    `"default"`, the causal one for `"default-streaming"` (a local folder of either name is reached as `./NAME`).
 
     Raises:
         OSError: the bundled checkpoint is missing from the installation.
     """
-    if name is not None and not (isinstance(name, str) and name == DEFAULT_MODEL):
+    if name is None:
+        name = DEFAULT_MODEL
+    if not (isinstance(name, str) and name in BUNDLED_MODELS):
         return name
-    if not (DEFAULT_MODEL_DIR / "config.json").is_file():
+    folder = BUNDLED_MODELS[name]
+    if not (folder / "config.json").is_file():
         raise OSError(
-            f"The bundled default checkpoint is missing from {DEFAULT_MODEL_DIR}; reinstall the package or pass a "
-            "model folder or Hub id."
+            f"The bundled {name} checkpoint is missing from {folder}; reinstall the package or pass a model folder or "
+            "Hub id."
         )
-    return DEFAULT_MODEL_DIR
+    return folder
 
 
 def enhancement_controls(attenuation_limit_db: float | None, pcs: bool) -> dict:

@@ -158,7 +158,9 @@ def _scan_chunks(u, delta, A, B, C, chunk_size, initial):
     for index, chunk in enumerate(chunks):
         _, states = _chunk_states(u, delta, A, B, chunk, entering[index], decay_buffer, states_buffer)
         rows = states.shape[0] * batch
-        torch.bmm(states.view(rows, d_inner, d_state), C[chunk].view(rows, d_state, 1), out=y[chunk].view(rows, d_inner, 1))
+        torch.bmm(
+            states.view(rows, d_inner, d_state), C[chunk].view(rows, d_state, 1), out=y[chunk].view(rows, d_inner, 1)
+        )
         if index + 1 < len(chunks):
             entering[index + 1] = states[-1]
     return y, entering, states[-1].clone()

@@ -167,5 +167,31 @@ class HybridMPSENetModel(HybridMPSENetLayers, HybridMPSENetPreTrainedModel):
         _check_same_output(self, grown, changes)
         return grown
 
+    @torch.no_grad()
+    def to_causal(self) -> HybridMPSENetModel:
+        """A causal model (`config.causal=True`) of the same sizes that starts from this model's weights wherever the
+        shapes allow: every convolution, norm, attention projection and layer along frequency, and the forward
+        direction of each GRU along time with its output layer's forward half (the backward direction has no
+        causal counterpart). It does not compute what this model computes (its norms, frames and attention
+        differ), so it is a warm start for training, not a conversion.
+        """
+        if self.config.causal:
+            raise ValueError("This model is already causal.")
+        try:
+            config = type(self.config).from_dict({**self.config.to_dict(), "causal": True})
+        except ValueError as error:
+            raise ValueError(f"This architecture has no causal form: {error}") from None
+        causal = type(self)(config)
+        state = causal.state_dict()
+        for name, tensor in self.state_dict().items():
+            if name not in state:  # a backward GRU direction along time
+                continue
+            if state[name].shape == tensor.shape:
+                state[name] = tensor
+            else:  # a time GRU's output layer: PyTorch orders the forward direction's features first
+                state[name] = tensor[:, : state[name].shape[1]]
+        causal.load_state_dict(state)
+        return causal
+
 
 HybridMPSENetModel.register_for_auto_class("AutoModel")

@@ -253,9 +253,7 @@ class DenseEncoder(nn.Module):
         channels = config.dense_channel
         self.input_conv = ConvNormActivation(config, 2, channels, (1, 1))
         self.dense_block = DenseBlock(config)
-        self.output_conv = ConvNormActivation(
-            config, channels, channels, (1, 3), stride=(1, 2), padding=(1, 1, 0, 0)
-        )
+        self.output_conv = ConvNormActivation(config, channels, channels, (1, 3), stride=(1, 2), padding=(1, 1, 0, 0))
 
     def forward(
         self, x: torch.Tensor, frame_mask: torch.Tensor | None = None, cache: dict | None = None
@@ -517,9 +515,7 @@ class SequenceBlock(nn.Module):
 
     gradient_checkpointing = False
 
-    def run(
-        self, x: torch.Tensor, frame_mask: torch.Tensor | None = None, cache: dict | None = None
-    ) -> torch.Tensor:
+    def run(self, x: torch.Tensor, frame_mask: torch.Tensor | None = None, cache: dict | None = None) -> torch.Tensor:
         """`self(x, frame_mask, cache)`, checkpointed when enabled and training with gradients."""
         if self.gradient_checkpointing and self.training and torch.is_grad_enabled() and cache is None:
             return self._gradient_checkpointing_func(self.__call__, x, frame_mask)

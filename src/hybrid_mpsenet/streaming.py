@@ -248,9 +248,7 @@ class EnhancementStream:
         # mag_phase_stft's conventions, epsilons included.
         magnitude = torch.sqrt(spec.real.square() + spec.imag.square() + 1e-9).pow(config.compress_factor)
         phase = torch.atan2(spec.imag + 1e-10, spec.real + 1e-5)
-        autocast = (
-            torch.autocast(device.type, dtype=self.dtype) if self.dtype is not None else contextlib.nullcontext()
-        )
+        autocast = torch.autocast(device.type, dtype=self.dtype) if self.dtype is not None else contextlib.nullcontext()
         with autocast:
             output = self.model(magnitude, phase, cache=self.cache)
         enhanced, enhanced_phase = output.magnitude.float(), output.phase.float()

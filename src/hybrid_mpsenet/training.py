@@ -238,8 +238,10 @@ def parse_training_arguments(
     return arguments
 
 
-def build_datasets(args: TrainingArguments, sampling_rate: int):
-    """(train, validation) torch datasets for pairs or for mixing mode."""
+def build_datasets(args: TrainingArguments, sampling_rate: int, normalise: bool = True):
+    """(train, validation) torch datasets for pairs or for mixing mode. `normalise`: scale each training pair by
+    the noisy signal's RMS, as MP-SENet does; causal models train without it, at the data's own (randomised)
+    levels, since a stream cannot know a whole utterance's RMS."""
     segment = int(args.segment_seconds * sampling_rate)
     if args.train_data is not None:
         pairs = load_voicebank(args.train_data, "train")
@@ -248,7 +250,7 @@ def build_datasets(args: TrainingArguments, sampling_rate: int):
             for column in ("clean", "noisy"):
                 if getattr(split.features[column], "dtype", None) == "string":  # paths; Audio cells decode later
                     check_audio_files(split[column], f"{name} {column}", args.progress)
-        train = PairedSpeechDataset(pairs, sampling_rate, segment, args.seed, normalise=True)
+        train = PairedSpeechDataset(pairs, sampling_rate, segment, args.seed, normalise=normalise)
         return train, PairedSpeechDataset(held_out, sampling_rate)
     clean, clean_probabilities = list_weighted_audio(args.clean_dirs, args.clean_weights)
     noise, noise_probabilities = list_weighted_audio(args.noise_dirs, args.noise_weights)
@@ -276,7 +278,7 @@ def build_datasets(args: TrainingArguments, sampling_rate: int):
         babble_prob=args.babble_prob,
         eq_prob=args.eq_prob,
         reverb_prob=args.reverb_prob,
-        normalise=True,
+        normalise=normalise,
         headers=headers,
         clean_probabilities=clean_probabilities,
         noise_probabilities=noise_probabilities,
@@ -287,7 +289,8 @@ def build_datasets(args: TrainingArguments, sampling_rate: int):
 
 def build_model(args: TrainingArguments, checkpoint: Path | None = None) -> HybridMPSENetForSpeechEnhancement:
     """The generator: the architecture of `checkpoint` when resuming (its weights are loaded later), else `--model`
-    (grown by `config_overrides`), else a new model of `--preset` with `config_overrides`."""
+    (grown by `config_overrides`; `{"causal": true}` warm-starts its causal form), else a new model of `--preset`
+    with `config_overrides`."""
     if checkpoint is not None:
         return HybridMPSENetForSpeechEnhancement(checkpointing.read_generator_config(checkpoint))
     try:
@@ -300,6 +303,8 @@ def build_model(args: TrainingArguments, checkpoint: Path | None = None) -> Hybr
         model = HybridMPSENetForSpeechEnhancement.from_pretrained(args.model)
         # Settings that restate the model's own (a whole saved config, say) change nothing.
         changes = {key: value for key, value in overrides.items() if getattr(model.config, key, None) != value}
+        if changes.pop("causal", False):  # a causal model warm-started from this one
+            model = model.to_causal()
         return model.grow(**changes) if changes else model
     return HybridMPSENetForSpeechEnhancement(HybridMPSENetConfig.from_preset(args.preset, **overrides))
 
@@ -454,7 +459,7 @@ def _train(args: TrainingArguments, accelerator: Accelerator, output_dir: Path, 
     checkpoint = latest_checkpoint(output_dir) if args.resume else None
     model = build_model(args, checkpoint)
     rate = model.config.sampling_rate
-    train_set, eval_set = build_datasets(args, rate)
+    train_set, eval_set = build_datasets(args, rate, normalise=not model.config.causal)
     if len(train_set) < args.batch_size:
         raise ValueError(f"The training set has {len(train_set)} items, fewer than one batch of {args.batch_size}.")
     # A generator of its own, so that starting an epoch's iterator does not draw from the global RNG (which
