@@ -29,7 +29,8 @@ def main() -> None:
     source, target = Path(args.model), BUNDLED_MODELS[args.name]
     model = HybridMPSENetForSpeechEnhancement.from_pretrained(source)  # refuse a folder that does not load
     if model.config.causal != (args.name == "default-streaming"):
-        parser.error(f"{source} is {'' if model.config.causal else 'not '}causal; default-streaming must be, default not.")
+        kind = "causal" if model.config.causal else "not causal"
+        parser.error(f"{source} is {kind}; default-streaming must be causal, default must not.")
     with atomic_directory(target) as tmp:
         for name in FILES:
             shutil.copyfile(source / name, tmp / name)

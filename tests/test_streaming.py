@@ -268,7 +268,8 @@ def test_causal_models_keep_the_level_and_the_feature_extractor_agrees(speech):
     assert float(features["norm_factor"][0]) == 1.0
     with torch.no_grad():
         output = model(features["magnitude"], features["phase"])
-    (waveform,) = extractor.post_process(output.magnitude, output.phase, features["norm_factor"], features["num_samples"])
+    levels, lengths = features["norm_factor"], features["num_samples"]
+    (waveform,) = extractor.post_process(output.magnitude, output.phase, levels, lengths)
     assert relative_error(waveform, model.enhance(speech[:4000], 16000)) < 1e-5
 
 
