@@ -120,22 +120,26 @@ class MovingInstanceNorm(nn.Module):
         stats = torch.stack((x64.mean(-1), x64.square().mean(-1)), dim=1)  # (batch, 2, C, time)
         past = cache.get(self) if cache is not None else None
         sums, seen = (stats.new_zeros(stats.shape[:3]), stats.new_zeros(1)) if past is None else past
-        averages = []
-        for start in range(0, stats.shape[-1], self.PIECE):
-            piece = stats[..., start : start + self.PIECE]
-            age = torch.arange(piece.shape[-1], device=x.device, dtype=torch.float64)
-            lag = age[:, None] - age[None, :]
-            weights = torch.where(lag >= 0, self.decay ** lag.clamp(min=0), 0.0)  # (frame, earlier frame)
-            totals = piece @ weights.T + sums[..., None] * self.decay ** (age + 1)
-            averages.append(totals * ((1 - self.decay) / (1 - self.decay ** (seen + age + 1))))
-            sums, seen = totals[..., -1], seen + piece.shape[-1]
+        if stats.shape[-1] == 1:  # one frame of a stream: the recurrence itself, a few operations
+            sums, seen = sums * self.decay + stats[..., 0], seen + 1
+            averages = (sums * ((1 - self.decay) / (1 - self.decay**seen)))[..., None]
+        else:
+            pieces = []
+            for start in range(0, stats.shape[-1], self.PIECE):
+                piece = stats[..., start : start + self.PIECE]
+                age = torch.arange(piece.shape[-1], device=x.device, dtype=torch.float64)
+                lag = age[:, None] - age[None, :]
+                weights = torch.where(lag >= 0, self.decay ** lag.clamp(min=0), 0.0)  # (frame, earlier frame)
+                totals = piece @ weights.T + sums[..., None] * self.decay ** (age + 1)
+                pieces.append(totals * ((1 - self.decay) / (1 - self.decay ** (seen + age + 1))))
+                sums, seen = totals[..., -1], seen + piece.shape[-1]
+            averages = torch.cat(pieces, dim=-1)
         if cache is not None:
             cache[self] = (sums, seen)
-        mean, mean_square = torch.cat(averages, dim=-1).unbind(1)  # (batch, C, time) each
+        mean, mean_square = averages.unbind(1)  # (batch, C, time) each
         scale = torch.rsqrt((mean_square - mean.square()).clamp(min=0) + self.eps).float()
-        mean = mean.float()
-        normed = (x - mean[..., None].to(x.dtype)) * scale[..., None].to(x.dtype)
-        return normed * self.weight[None, :, None, None] + self.bias[None, :, None, None]
+        normed = (x - mean.float()[..., None].to(x.dtype)) * scale[..., None].to(x.dtype)
+        return normed * self.weight[:, None, None] + self.bias[:, None, None]
 
 
 def make_norm(config: HybridMPSENetConfig, channels: int) -> nn.Module:
