@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import ctypes
+import time
 from pathlib import Path
 
 import numpy as np
@@ -68,8 +69,9 @@ class DeepFilterNet3:
         self.lib, self.model_path, self.pointer = lib, str(assets.model_path).encode(), pointer
         self.delay = None
 
-    def _stream(self, audio: np.ndarray) -> np.ndarray:
-        """Run a 48 kHz signal through a fresh DFN state, frame by frame; returns the raw (delayed) output."""
+    def _stream(self, audio: np.ndarray, timings: list | None = None) -> np.ndarray:
+        """Run a 48 kHz signal through a fresh DFN state, frame by frame; returns the raw (delayed) output. Each
+        frame's compute time (s) is appended to `timings` when given."""
         state = self.lib.df_create(self.model_path, 100.0, None)  # 100 dB: no attenuation limit
         if not state:
             raise RuntimeError("df_create failed to load the DeepFilterNet3 model")
@@ -80,17 +82,21 @@ class DeepFilterNet3:
             source[: len(audio)] = audio
             output = np.zeros_like(source)
             for start in range(0, len(source), hop):
+                began = time.perf_counter()
                 self.lib.df_process_frame(
                     state, source[start:].ctypes.data_as(self.pointer), output[start:].ctypes.data_as(self.pointer)
                 )
+                if timings is not None:
+                    timings.append(time.perf_counter() - began)
+            self.hop = hop
             return output
         finally:
             self.lib.df_free(state)
 
-    def enhance(self, audio: np.ndarray) -> np.ndarray:
-        """`(samples,)` at 16 kHz in and out."""
+    def enhance(self, audio: np.ndarray, timings: list | None = None) -> np.ndarray:
+        """`(samples,)` at 16 kHz in and out; per-frame compute times go to `timings` (see `_stream`)."""
         upsampled = soxr.resample(audio, RATE, DFN_RATE, quality="VHQ").astype(np.float32)
-        output = self._stream(upsampled)
+        output = self._stream(upsampled, timings)
         if self.delay is None:  # the runtime's fixed latency, found once by cross-correlation with the input
             from hybrid_mpsenet.metrics import correlation_lag
 

@@ -351,7 +351,8 @@ class WaveformEnhancementMixin:
             waveform: `(samples,)` mono or `(channels, samples)`, float in [-1, 1] or integer PCM, numpy or torch.
             sampling_rate: rate of `waveform` in Hz; it is resampled to the model's rate and back.
             chunk_seconds, overlap_seconds: inputs longer than `chunk_seconds` are enhanced in chunks that overlap
-                by `overlap_seconds` and are crossfaded.
+                by `overlap_seconds` and are crossfaded. A causal model streams the signal in blocks of
+                `chunk_seconds` instead (no overlap): the output is the same for any block size.
             downmix: average the channels and return mono.
             dtype: autocast dtype (`torch.bfloat16`, `torch.float16`, or a name such as "bfloat16") or `None`
                 for full precision.
