@@ -1,6 +1,8 @@
 """Causal models and streaming: every layer's carried state, the stream equal to the offline pass for any chunking,
 the fixed latency, the streaming resampler, and the `stream` command."""
 
+import shlex
+import signal
 import subprocess
 import sys
 
@@ -347,3 +349,21 @@ def test_enhance_stream_flag_gives_the_offline_file(causal_folder, tmp_path):
     b, _ = sf.read(streamed, dtype="float32")
     assert relative_error(b, a) < 1e-5
     assert main(["enhance", str(noisy), "-o", str(tmp_path / "x.wav"), "--stream", "-q"]) == 2  # default: offline
+
+
+def test_stream_command_ends_cleanly_on_sigint_and_on_a_closed_output(causal_folder, speech):
+    command = [sys.executable, "-m", "hybrid_mpsenet.cli", "stream", "--model", str(causal_folder), "--rate", "16000"]
+    raw = np.tile(speech, 2).astype("<f4").tobytes()
+    process = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    process.stdin.write(raw[:16000])  # less than a pipe buffer each way, so neither side blocks on the other
+    process.stdin.flush()
+    assert len(process.stdout.read(4)) == 4  # running, and waiting for more input once this is done
+    process.send_signal(signal.SIGINT)
+    _, error = process.communicate(timeout=120)
+    assert process.returncode == 130
+    assert "interrupted; the enhanced tail was written" in error.decode()
+    script = f"{shlex.join(command)} | head -c 16 > /dev/null; exit ${{PIPESTATUS[0]}}"
+    closed = subprocess.run(["bash", "-c", script], input=raw, capture_output=True, timeout=120)
+    assert closed.returncode == 0
+    assert "the output was closed; stopped" in closed.stderr.decode()
+    assert "Traceback" not in closed.stderr.decode()
