@@ -9,6 +9,7 @@ import soxr
 import torch
 from helpers import DATA
 
+from hybrid_mpsenet.audio import AudioError
 from hybrid_mpsenet.data import (
     NoiseMixingDataset,
     PairedSpeechDataset,
@@ -326,3 +327,66 @@ def test_training_reads_weighted_sources_from_the_command_line(tmp_path):
     assert json.loads((tmp_path / "run" / "audio_index.json").read_text()).keys() == {
         str(DATA / n) for n in ("LJ001-0002.wav", "arctic_a0001.wav", "p232_001_clean.wav", "running_tap_8s.wav")
     }
+
+
+def test_dns_synthesised_pairs_match_by_fileid(tmp_path):
+    """The DNS Challenge synthesiser's naming: `noisy/<...>_fileid_<K>.wav` pairs with `clean/clean_fileid_<K>.wav`."""
+    write_pairs(tmp_path / "clean", tmp_path / "noisy", ["clean_fileid_3", "clean_fileid_12"])
+    for name, new in (("clean_fileid_3", "book_0001_snr5_tl-25_fileid_3"), ("clean_fileid_12", "x_snr0_fileid_12")):
+        (tmp_path / "noisy" / f"{name}.wav").rename(tmp_path / "noisy" / f"{new}.wav")
+    pairs = load_voicebank(tmp_path, "train")
+    assert pairs["id"] == ["fileid_12", "fileid_3"]
+    assert [p.rsplit("/", 1)[1] for p in pairs["noisy"]] == [
+        "x_snr0_fileid_12.wav",
+        "book_0001_snr5_tl-25_fileid_3.wav",
+    ]
+    sf.write(tmp_path / "noisy" / "other_fileid_3.wav", np.zeros(800), 16000)
+    with pytest.raises(ValueError, match="both pair as 'fileid_3'"):
+        load_voicebank(tmp_path, "train")
+
+
+def test_a_dns_tree_gives_speech_noise_and_measured_rooms(tmp_path):
+    from hybrid_mpsenet.training import TrainingArguments, build_datasets
+
+    root = tmp_path / "DNS" / "datasets_fullband"
+    for folder, source in (("clean_fullband/read_speech", SPEECH[0]), ("noise_fullband", NOISE[1])):
+        (root / folder).mkdir(parents=True)
+        sf.write(root / folder / source, decode_audio(str(DATA / source), 16000), 16000)
+    (root / "impulse_responses" / "SLR26").mkdir(parents=True)
+    response = np.zeros(4000, np.float32)
+    response[100], response[2000] = -0.5, 0.25  # direct path, then an echo 119 ms later
+    sf.write(root / "impulse_responses" / "SLR26" / "room.wav", response, 16000)
+    settings = {"output_dir": str(tmp_path / "run"), "dns_root": str(tmp_path / "DNS"), "reverb_prob": 1.0}
+    args = TrainingArguments(**settings, eval_fraction=0.0, progress=False)
+    assert args.clean_dirs == [str(root / "clean_fullband")] and args.noise_dirs == [str(root / "noise_fullband")]
+    assert args.rir_dirs == [str(root / "impulse_responses")]
+    train, _ = build_datasets(args, 16000)
+    assert train.rir_files == [str(root / "impulse_responses" / "SLR26" / "room.wav")]
+    full, early = train._measured(train.rir_files[0])
+    assert full[100] == -1.0 and full[2000] == 0.5  # scaled so the direct path has magnitude 1, signs kept
+    assert len(early) == 100 + 800  # the direct path and 50 ms of reflections: the echo is not in the target
+    with pytest.raises(ValueError, match="set reverb_prob > 0"):
+        TrainingArguments(output_dir=str(tmp_path / "run"), dns_root=str(tmp_path / "DNS"))
+    with pytest.raises(FileNotFoundError, match="not a DNS Challenge tree"):
+        TrainingArguments(output_dir=str(tmp_path / "run"), dns_root=str(root / "noise_fullband"))
+
+
+def test_measured_impulse_responses_are_drawn_beside_the_simulated_rooms(tmp_path, monkeypatch):
+    response = np.zeros(4000, np.float32)
+    response[0], response[2400] = 1.0, 0.7  # an echo 150 ms late, far beyond the target's early reflections
+    sf.write(tmp_path / "echo.wav", response, 16000)
+    sf.write(tmp_path / "silent.wav", np.zeros(100, np.float32), 16000)
+
+    def make(reverb_prob, rir_files):
+        args = ([DATA / SPEECH[0]], [DATA / NOISE[1]], 16000, 16000, (30.0, 30.0), (0.0, 0.0), 2, 7)
+        return NoiseMixingDataset(*args, reverb_prob=reverb_prob, rir_files=rir_files)
+
+    monkeypatch.setattr(NoiseMixingDataset, "ROOMS", 0)  # every reverberant draw takes a measured response
+    dry, wet = make(0.0, [])[0], make(1.0, [tmp_path / "echo.wav"])[0]
+    np.testing.assert_allclose(wet["clean"].numpy(), dry["clean"].numpy(), atol=1e-6)  # target: direct path only
+    echo = wet["noisy"].numpy() - dry["noisy"].numpy()
+    # The input carries the echo (plus a slightly different noise gain: the SNR is the reverberant speech's).
+    np.testing.assert_allclose(echo[2400:], 0.7 * dry["clean"].numpy()[:-2400], atol=1e-2)
+    assert np.abs(echo[2400:] - 0.7 * dry["clean"].numpy()[:-2400]).mean() < 1e-3
+    with pytest.raises(AudioError, match="not an impulse response"):
+        make(1.0, [tmp_path / "silent.wav"])[0]

@@ -11,6 +11,7 @@ import io
 import json
 import logging
 import os
+import re
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -96,8 +97,27 @@ def read_window(path: str | Path, start: int, length: int) -> np.ndarray:
     return np.ascontiguousarray(audio.mean(axis=1), dtype=np.float32)
 
 
+# The DNS Challenge synthesiser names a mixture `<clean>_snr<N>_..._fileid_<K>.wav` and its target
+# `clean_fileid_<K>.wav`: the pair shares its `fileid_<K>`.
+DNS_FILE_ID = re.compile(r"(?:^|_)(fileid_\d+)$")
+
+
 def _audio_files(folder: Path) -> dict[str, Path]:
-    return {p.stem: p for p in sorted(folder.iterdir()) if p.suffix.lower() in AUDIO_EXTENSIONS}
+    """Audio files of `folder` by pairing key: the `fileid_<K>` of DNS-synthesised names, else the stem.
+
+    Raises:
+        ValueError: two files of the folder share a key.
+    """
+    files: dict[str, Path] = {}
+    for path in sorted(folder.iterdir()):
+        if path.suffix.lower() not in AUDIO_EXTENSIONS:
+            continue
+        match = DNS_FILE_ID.search(path.stem)
+        key = match.group(1) if match else path.stem
+        if key in files:
+            raise ValueError(f"{files[key]} and {path} both pair as {key!r}; keep one of them.")
+        files[key] = path
+    return files
 
 
 def _pair_folders(clean_dir: Path, noisy_dir: Path, ids: Sequence[str] | None = None) -> datasets.Dataset:
@@ -134,9 +154,9 @@ def load_voicebank(
     Args:
         source: a folder in the original layout (`clean_trainset_28spk_wav`, `noisy_trainset_28spk_wav`,
             `clean_testset_wav`, `noisy_testset_wav`), a folder in MP-SENet's layout (`wavs_clean`, `wavs_noisy`,
-            `training.txt`, `test.txt`), a folder with `clean/` and `noisy/` whose files pair by name (one split,
-            returned for either), a dataset saved with `save_to_disk`, a folder of parquet files, or a Hub dataset
-            id with audio columns.
+            `training.txt`, `test.txt`), a folder with `clean/` and `noisy/` whose files pair by name or, as the
+            DNS Challenge synthesiser writes them, by their `fileid_<K>` (one split, returned for either), a dataset
+            saved with `save_to_disk`, a folder of parquet files, or a Hub dataset id with audio columns.
         split: `train` or `test`.
         clean_column, noisy_column: audio column names for `datasets` sources.
 
@@ -190,6 +210,33 @@ def _from_datasets(loaded, split: str, clean_column: str, noisy_column: str) -> 
     return datasets.Dataset.from_dict(
         {"id": list(ids), "clean": list(loaded[clean_column]), "noisy": list(loaded[noisy_column])}
     )
+
+
+def dns_tree(root: str | Path) -> dict[str, list[Path]]:
+    """The folders of a DNS Challenge tree (DNS-3 `datasets/`, DNS-4/5 `datasets_fullband/`, or their parent):
+    `{"clean": [...], "noise": [...], "impulse_responses": [...]}`, each the subfolders whose names start so
+    (`clean`, `clean_fullband`, ...); impulse responses may be absent.
+
+    Raises:
+        FileNotFoundError: no clean or no noise folder under `root`.
+    """
+    root = Path(root)
+    for nested in ("datasets_fullband", "datasets"):
+        if (root / nested).is_dir() and not any((root / name).is_dir() for name in ("clean", "noise")):
+            root = root / nested
+            break
+    found: dict[str, list[Path]] = {"clean": [], "noise": [], "impulse_responses": []}
+    if root.is_dir():
+        for folder in sorted(p for p in root.iterdir() if p.is_dir()):
+            for kind in found:
+                if folder.name == kind or folder.name.startswith(f"{kind}_"):
+                    found[kind].append(folder)
+    if not found["clean"] or not found["noise"]:
+        raise FileNotFoundError(
+            f"{root}: not a DNS Challenge tree (expected clean*/ and noise*/ folders, optionally impulse_responses/, "
+            "directly or under datasets/ or datasets_fullband/)."
+        )
+    return found
 
 
 def list_audio(sources: str | Path | Sequence[str | Path]) -> list[Path]:
@@ -432,12 +479,16 @@ def random_equaliser(audio: np.ndarray, rng: np.random.Generator, max_db: float 
     return np.fft.irfft(spectrum * 10 ** (gains_db / 20), len(audio)).astype(np.float32)
 
 
+# The dereverberation target keeps the direct path and this much of the reflections after it.
+EARLY_REFLECTIONS_SECONDS = 0.05
+
+
 def simulate_room(
     rng: np.random.Generator,
     sampling_rate: int,
     rt60_range: tuple[float, float] = (0.2, 0.8),
     max_order: int = 30,
-    early_seconds: float = 0.05,
+    early_seconds: float = EARLY_REFLECTIONS_SECONDS,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Impulse responses of a random shoebox room (pyroomacoustics' image-source model, deterministic given `rng`).
 
@@ -543,8 +594,9 @@ class NoiseMixingDataset(_SeededDataset):
     Augmentations, each with its own probability (0 by default): `coloured_noise_prob` replaces the noise with
     white/pink/brown-like noise (random exponent in [0, 2]), `babble_prob` with the sum of 3-6 other clean files
     (babble), and `eq_prob` passes the noise through a random +-9 dB equaliser. `reverb_prob` plays the speech in
-    one of `ROOMS` simulated rooms ([`simulate_room`], built once per seed): the input is the reverberant speech
-    plus noise (the SNR is that of the reverberant speech), the target the speech with early reflections only.
+    one of `ROOMS` simulated rooms ([`simulate_room`], built once per seed) or, drawn alike, one of the measured
+    impulse responses `rir_files`: the input is the reverberant speech plus noise (the SNR is that of the
+    reverberant speech), the target the speech with early reflections only.
     With `normalise`, each mixture and its target are scaled by the mixture's inverse RMS ([`normalise_pair`]).
     """
 
@@ -568,6 +620,7 @@ class NoiseMixingDataset(_SeededDataset):
         headers: dict[str, tuple[int, int]] | None = None,
         clean_probabilities: Sequence[float] | None = None,
         noise_probabilities: Sequence[float] | None = None,
+        rir_files: Sequence[str | Path] = (),
     ):
         super().__init__(sampling_rate, segment_samples, seed, normalise)
         for name, value in (
@@ -581,6 +634,7 @@ class NoiseMixingDataset(_SeededDataset):
         self.coloured_noise_prob, self.babble_prob, self.eq_prob = coloured_noise_prob, babble_prob, eq_prob
         self.reverb_prob = reverb_prob
         self._rooms: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+        self.rir_files = [str(f) for f in rir_files]
         if not clean_files or not noise_files:
             raise ValueError("NoiseMixingDataset needs at least one clean file and one noise file.")
         if snr_range[0] > snr_range[1] or gain_range[0] > gain_range[1]:
@@ -639,7 +693,9 @@ class NoiseMixingDataset(_SeededDataset):
         noise = self._augment(noise, rng)
         speech = clean
         if self.reverb_prob and rng.uniform() < self.reverb_prob:
-            full, early = self._room(int(rng.integers(self.ROOMS)))
+            # The simulated rooms and the measured responses are drawn alike.
+            room = int(rng.integers(self.ROOMS + len(self.rir_files)))
+            full, early = self._room(room) if room < self.ROOMS else self._measured(self.rir_files[room - self.ROOMS])
             speech, clean = reverberate(clean, full), reverberate(clean, early)
         noisy = mix_at_snr(speech, noise, float(rng.uniform(*self.snr_range)))
         gain = np.float32(10.0 ** (rng.uniform(*self.gain_range) / 20.0))
@@ -655,6 +711,16 @@ class NoiseMixingDataset(_SeededDataset):
         if number not in self._rooms:
             self._rooms[number] = simulate_room(np.random.default_rng((self.seed, number)), self.sampling_rate)
         return self._rooms[number]
+
+    def _measured(self, path: str) -> tuple[np.ndarray, np.ndarray]:
+        """A measured impulse response as [`simulate_room`] returns a simulated one (read per draw, not cached:
+        a corpus of thousands costs no memory)."""
+        response = decode_audio(path, self.sampling_rate)
+        direct = int(np.argmax(np.abs(response)))
+        if not np.isfinite(response).all() or response[direct] == 0:
+            raise AudioError(f"{path}: not an impulse response (silent, NaN or Inf).")
+        response = response / abs(response[direct])
+        return response, response[: direct + int(EARLY_REFLECTIONS_SECONDS * self.sampling_rate)].copy()
 
     def _augment(self, noise: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         if not (self.coloured_noise_prob or self.babble_prob or self.eq_prob):

@@ -30,6 +30,8 @@ from .data import (
     PairedSpeechDataset,
     check_audio_files,
     collate_pairs,
+    dns_tree,
+    list_audio,
     list_weighted_audio,
     load_voicebank,
 )
@@ -76,6 +78,20 @@ class TrainingArguments:
     )
     noise_weights: list[float] | None = field(
         default=None, metadata={"help": "share of the draws for each of noise_dirs (default: each file alike)"}
+    )
+    rir_dirs: list[str] | None = field(
+        default=None,
+        metadata={
+            "help": "measured impulse responses (folders, files or lists), drawn alike with the simulated rooms when "
+            "reverb_prob fires"
+        },
+    )
+    dns_root: str | None = field(
+        default=None,
+        metadata={
+            "help": "a DNS Challenge tree: its clean*/, noise*/ and impulse_responses/ folders become clean_dirs, "
+            "noise_dirs and rir_dirs (mixing mode)"
+        },
     )
     eval_fraction: float = field(default=0.1, metadata={"help": "share of clean files held out (mixing mode)"})
     snr_low: float = field(default=-5.0, metadata={"help": "lowest SNR (dB) of the mixtures (mixing mode)"})
@@ -148,6 +164,15 @@ class TrainingArguments:
     progress: bool = field(default=True, metadata={"help": "show progress bars"})
 
     def __post_init__(self):
+        if self.dns_root is not None:
+            if self.clean_dirs is not None or self.noise_dirs is not None:
+                raise ValueError("Give dns_root or clean_dirs/noise_dirs, not both.")
+            tree = dns_tree(self.dns_root)
+            self.clean_dirs, self.noise_dirs = [str(f) for f in tree["clean"]], [str(f) for f in tree["noise"]]
+            if self.rir_dirs is None and tree["impulse_responses"]:
+                self.rir_dirs = [str(f) for f in tree["impulse_responses"]]
+        if self.rir_dirs is not None and not self.reverb_prob:
+            raise ValueError("rir_dirs are drawn only for reverberant mixtures: set reverb_prob > 0 as well.")
         if (self.train_data is None) == (self.clean_dirs is None):
             raise ValueError("Give either train_data (clean/noisy pairs) or clean_dirs and noise_dirs (mixing).")
         if self.clean_dirs is not None and not self.noise_dirs:
@@ -255,8 +280,11 @@ def build_datasets(args: TrainingArguments, sampling_rate: int, normalise: bool 
     clean, clean_probabilities = list_weighted_audio(args.clean_dirs, args.clean_weights)
     noise, noise_probabilities = list_weighted_audio(args.noise_dirs, args.noise_weights)
     full, cache = args.check_audio == "full", Path(args.output_dir) / checkpointing.AUDIO_INDEX
+    rirs = list_audio(args.rir_dirs) if args.rir_dirs else []
     headers = check_audio_files(clean, "clean speech", args.progress, full, cache)
     headers.update(check_audio_files(noise, "noise", args.progress, full, cache))
+    if rirs:
+        headers.update(check_audio_files(rirs, "impulse responses", args.progress, full, cache))
     eval_seed = args.seed if args.eval_seed is None else args.eval_seed
     order = np.random.default_rng(eval_seed).permutation(len(clean))
     held_out = max(1, int(round(args.eval_fraction * len(clean)))) if len(clean) > 1 else 0
@@ -282,6 +310,7 @@ def build_datasets(args: TrainingArguments, sampling_rate: int, normalise: bool 
         headers=headers,
         clean_probabilities=clean_probabilities,
         noise_probabilities=noise_probabilities,
+        rir_files=rirs,
     )
     evaluation = NoiseMixingDataset(eval_files, noise, sampling_rate, None, snr, seed=eval_seed + 1, headers=headers)
     return train, evaluation
