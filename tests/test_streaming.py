@@ -221,6 +221,19 @@ def test_stream_latency_and_its_bounds(speech):
     assert resampled.latency_seconds < (model.config.n_fft - 1) / 16000 + 0.006
 
 
+def test_frames_per_block_adds_hops_of_latency_and_keeps_the_output(speech):
+    model = causal_enhancer(shared_block_type="mamba")
+    audio = speech[:6000]
+    expected = model.enhance(audio, 16000)
+    pieces = random_pieces(len(audio), np.random.default_rng(4), 300)
+    streamed = stream_through(model, audio, 16000, pieces, frames_per_block=3)
+    assert relative_error(streamed, expected) < 1e-5
+    stream = model.stream(sampling_rate=16000, frames_per_block=3)
+    assert stream.latency_samples == model.config.n_fft - 1 + 2 * model.config.hop_length
+    with pytest.raises(ValueError, match="frames_per_block must be a positive integer"):
+        model.stream(sampling_rate=16000, frames_per_block=0)
+
+
 def test_stream_rejects_bad_blocks_clearly(speech):
     model = causal_enhancer()
     stream = model.stream(sampling_rate=16000, channels=2)

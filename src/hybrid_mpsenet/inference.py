@@ -311,6 +311,7 @@ class WaveformEnhancementMixin:
         channels: int = 1,
         attenuation_limit_db: float | None = None,
         dtype: torch.dtype | str | None = None,
+        frames_per_block: int = 1,
     ) -> EnhancementStream:
         """Start enhancing a live stream with a causal model (`config.causal`), frame by frame.
 
@@ -318,6 +319,8 @@ class WaveformEnhancementMixin:
             sampling_rate: rate of the stream in Hz (resampled to the model's and back inside the stream).
             channels: channels of the stream; `process` then takes `(channels, samples)` (or `(samples,)` mono).
             attenuation_limit_db, dtype: as for [`enhance`].
+            frames_per_block: STFT frames enhanced together; each adds one hop of latency and cuts the per-call
+                overhead (on a CPU, 2 nearly halve the compute per hop). The output does not depend on it.
 
         Returns:
             An [`EnhancementStream`]: `process(samples)` returns the enhanced samples delayed by exactly
@@ -332,7 +335,7 @@ class WaveformEnhancementMixin:
             ```
         """
         limit = enhancement_controls(attenuation_limit_db, False)["attenuation_limit_db"]
-        return EnhancementStream(self, sampling_rate, channels, limit, resolve_dtype(dtype))
+        return EnhancementStream(self, sampling_rate, channels, limit, resolve_dtype(dtype), frames_per_block)
 
     def enhance(
         self,

@@ -113,6 +113,9 @@ class EnhancementStream:
     per call, and returns the enhanced samples of the same layout, delayed by exactly `latency_samples`: after `n`
     input samples in all, `max(0, n - latency_samples)` output samples have come out. `flush()` returns the rest, so
     the outputs concatenated have the input's length and equal `model.enhance(...)` of the whole input.
+
+    `frames_per_block` frames go through the network together: the per-call overhead of a small network dominates
+    on a CPU, so blocks of 2 nearly halve the compute per hop, for one hop more latency (the output is the same).
     """
 
     def __init__(
@@ -122,6 +125,7 @@ class EnhancementStream:
         channels: int = 1,
         attenuation_limit_db: float | None = None,
         dtype: torch.dtype | None = None,
+        frames_per_block: int = 1,
     ):
         config = model.config
         if not config.causal:
@@ -129,8 +133,10 @@ class EnhancementStream:
                 "This model looks at future frames (config.causal is False), so it cannot stream with its offline "
                 "output; use a causal model such as `default-streaming`, or enhance whole files."
             )
-        if isinstance(channels, bool) or not isinstance(channels, int) or channels < 1:
-            raise ValueError(f"channels must be a positive integer, got {channels!r}.")
+        for name, value in (("channels", channels), ("frames_per_block", frames_per_block)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be a positive integer, got {value!r}.")
+        self.frames_per_block = frames_per_block
         self.model, self.channels, self.dtype = model, channels, dtype
         self.sampling_rate = check_sampling_rate(sampling_rate)
         self.attenuation_limit_db = attenuation_limit_db
@@ -153,7 +159,7 @@ class EnhancementStream:
         self.received = self.returned = 0
         self.pending = np.zeros((channels, 0), np.float32)  # output waiting for the fixed delay
         self.finished = False
-        model_latency = self.n_fft - 1
+        model_latency = self.n_fft - 1 + (frames_per_block - 1) * self.hop
         if self.resample_in is None:
             self.latency_samples = model_latency
         else:
@@ -230,6 +236,8 @@ class EnhancementStream:
         count = max(0, (self.analysis.shape[1] - self.n_fft) // self.hop + 1)
         if last:
             count = min(count, total - self.frames)
+        else:
+            count -= count % self.frames_per_block
         if count:
             starts = np.arange(count) * self.hop
             frames = self.analysis[:, starts[:, None] + np.arange(self.n_fft)]  # (channels, count, n_fft)
