@@ -398,19 +398,26 @@ class MultiHeadAttention(nn.Module):
         `t - window + 1 ... t`. query/context `(N, L, C)` -> `(N, L, C)`.
 
         Carried state (`cache[self]`): the projected keys and values of the last `window - 1` context frames, each
-        `(N, heads, <= window - 1, head_dim)`.
+        `(N, heads, window - 1, head_dim)` (zeros before the stream's first frame), and how many of them are frames
+        of the stream, `(1,)`: fixed shapes, so a step of a stream is one static graph.
         """
         q, k, v = (self.project(x, i).transpose(1, 2) for i, x in enumerate((query, context, context)))
         past = cache.get(self) if cache is not None else None
+        if cache is not None and past is None:
+            empty = k.new_zeros(*k.shape[:2], window - 1, k.shape[3])
+            past = (empty, empty, k.new_zeros(1))
         if past is not None:
             k, v = torch.cat([past[0], k], dim=2), torch.cat([past[1], v], dim=2)
-        if cache is not None:
-            keep = k.shape[2] - min(window - 1, k.shape[2])
-            cache[self] = (k[:, :, keep:], v[:, :, keep:])
         offset = k.shape[2] - q.shape[2]  # key index of the first query's own frame
         frame = torch.arange(q.shape[2], device=q.device)[:, None] + offset
         key = torch.arange(k.shape[2], device=q.device)[None, :]
-        return self._attend(q, k, v, (key <= frame) & (key > frame - window))
+        mask = (key <= frame) & (key > frame - window)
+        if past is not None:
+            filled = past[2]
+            mask = mask & (key >= window - 1 - filled)  # the window's slots before the stream began
+            length = q.shape[2]
+            cache[self] = (k[:, :, length:], v[:, :, length:], (filled + length).clamp(max=window - 1))
+        return self._attend(q, k, v, mask)
 
     def criss_cross(
         self, query: torch.Tensor, context: torch.Tensor, frame_mask: torch.Tensor | None = None
