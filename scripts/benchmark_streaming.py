@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 
 import numpy as np
-from benchmark_vs_deepfilternet import DFN_RATE, METRICS, RATE, DeepFilterNet3, score
+from benchmark_vs_deepfilternet import DFN_RATE, METRICS, RATE, DeepFilterNet3, load_pairs, score
 
 from hybrid_mpsenet.utils import benchmark_environment, measured, run_in_fresh_process, write_json_atomic
 
@@ -92,14 +92,9 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=2, help="processes computing the metrics")
     parser.add_argument("--output", default="outputs/benchmark_streaming.json")
     args = parser.parse_args()
-    from hybrid_mpsenet.data import decode_audio, load_voicebank
-
     results = {}
     for folder in args.data:
-        pairs = load_voicebank(folder, "test")
-        clean = [decode_audio(row["clean"], RATE) for row in pairs]
-        noisy = [decode_audio(row["noisy"], RATE) for row in pairs]
-        seconds = sum(len(audio) for audio in noisy) / RATE
+        clean, noisy, seconds = load_pairs(folder)
         systems = {"noisy": {"metrics": score(clean, noisy, args.workers)}}
         runs = {
             f"{args.streaming_model} (stream)": (run_stream, args.streaming_model, noisy),
@@ -114,7 +109,7 @@ def main() -> None:
                 continue
             run["file_rtf"] = run["seconds"] / seconds
             systems[name] = {"metrics": score(clean, run.pop("outputs"), args.workers), **run}
-        results[folder] = {"pairs": len(pairs), "audio_s": seconds, "systems": systems}
+        results[folder] = {"pairs": len(clean), "audio_s": seconds, "systems": systems}
 
     print("\none CPU thread per system; hop compute = one process() / df_process_frame call")
     print(

@@ -113,6 +113,16 @@ def run_dfn3(noisy: list[np.ndarray]) -> dict:
     return {**result, "outputs": outputs, "delay_ms": 1000 * dfn.delay / DFN_RATE, "version": dfn.version}
 
 
+def load_pairs(folder: str) -> tuple[list[np.ndarray], list[np.ndarray], float]:
+    """The clean and noisy signals of a folder of pairs at 16 kHz, and the noisy audio's duration in seconds."""
+    from hybrid_mpsenet.data import decode_audio, load_voicebank
+
+    pairs = load_voicebank(folder, "test")
+    clean = [decode_audio(row["clean"], RATE) for row in pairs]
+    noisy = [decode_audio(row["noisy"], RATE) for row in pairs]
+    return clean, noisy, sum(len(audio) for audio in noisy) / RATE
+
+
 def score(clean: list[np.ndarray], outputs: list[np.ndarray], workers: int) -> dict:
     from hybrid_mpsenet.metrics import pair_scores, parallel_map, summarise
 
@@ -128,14 +138,9 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=2, help="processes computing the metrics")
     parser.add_argument("--output", default="outputs/benchmark_vs_deepfilternet.json")
     args = parser.parse_args()
-    from hybrid_mpsenet.data import decode_audio, load_voicebank
-
     results = {}
     for folder in args.data:
-        pairs = load_voicebank(folder, "test")
-        clean = [decode_audio(row["clean"], RATE) for row in pairs]
-        noisy = [decode_audio(row["noisy"], RATE) for row in pairs]
-        seconds = sum(len(audio) for audio in noisy) / RATE
+        clean, noisy, seconds = load_pairs(folder)
         systems = {"noisy": {"metrics": score(clean, noisy, args.workers)}}
         ours = run_in_fresh_process(run_ours, args.model, noisy, args.threads)
         systems["ours"] = {"metrics": score(clean, ours.pop("outputs"), args.workers), **ours}
@@ -148,7 +153,7 @@ def main() -> None:
         for system in systems.values():
             if "seconds" in system:
                 system["rtf"] = system["seconds"] / seconds
-        results[folder] = {"pairs": len(pairs), "audio_s": seconds, "systems": systems}
+        results[folder] = {"pairs": len(clean), "audio_s": seconds, "systems": systems}
         print(folder, {name: system.get("metrics", system.get("error")) for name, system in systems.items()})
 
     print(f"\nour model: {args.model}, {args.threads} PyTorch threads; DFN3: libDF runtime threads")

@@ -89,36 +89,24 @@ PRESETS: dict[str, dict] = {
         "fusion": "cross_attention",
         "self_attention_kv": "raw",
     },
-    # Causal members (streaming, see `causal`). mpsenet-causal is MP-SENet's sizes with causal windowed attention and
-    # forward GRUs along time, the reference point. hybrid-causal carries a fixed-size Mamba state per bin along time
-    # (no attention window to cache) in the shared blocks and the magnitude branch, keeps a TS-Transformer for the
-    # phase branch and fuses the branches pointwise (criss-cross fusion attends to future frames). At 32 channels
-    # one hop costs 20 ms on one CPU thread against mpsenet-causal's 35 ms (PyTorch, frame by frame; README).
-    "mpsenet-causal": {
-        "causal": True,
-        "num_shared_blocks": 4,
-        "shared_block_type": "transformer",
-        "num_magnitude_blocks": 0,
-        "num_phase_blocks": 0,
-        "branch_projection": False,
-        "fusion": "none",
-        "self_attention_kv": "normed",
-    },
-    "hybrid-causal": {
-        "causal": True,
-        "dense_channel": 32,
-        "ffn_hidden_size": 64,
-        "num_shared_blocks": 2,
-        "shared_block_type": "mamba",
-        "num_magnitude_blocks": 1,
-        "magnitude_block_type": "mamba",
-        "num_phase_blocks": 1,
-        "phase_block_type": "transformer",
-        "mamba_share_time_freq": False,
-        "branch_projection": True,
-        "fusion": "pointwise",
-        "self_attention_kv": "normed",
-    },
+}
+
+# Causal members (streaming, see `causal`). mpsenet-causal is MP-SENet's sizes with causal windowed attention and
+# forward GRUs along time, the reference point. hybrid-causal carries a fixed-size Mamba state per bin along time
+# (no attention window to cache) in the shared blocks and the magnitude branch, keeps a TS-Transformer for the phase
+# branch and fuses the branches pointwise (criss-cross fusion attends to future frames). At 32 channels one hop
+# costs 20 ms on one CPU thread against mpsenet-causal's 35 ms (PyTorch, frame by frame; README).
+PRESETS["mpsenet-causal"] = {**PRESETS["mpsenet"], "causal": True}
+PRESETS["hybrid-causal"] = {
+    **PRESETS["hybrid-small"],
+    "causal": True,
+    "dense_channel": 32,
+    "ffn_hidden_size": 64,
+    "num_magnitude_blocks": 1,
+    "num_phase_blocks": 1,
+    "mamba_share_time_freq": False,
+    "fusion": "pointwise",
+    "self_attention_kv": "normed",
 }
 
 

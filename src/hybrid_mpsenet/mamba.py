@@ -318,7 +318,6 @@ class Mamba(nn.Module):
     def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
         """`(batch, length, d_model)` -> `(batch, length, d_model)`, causal along `length`."""
         length = hidden_states.shape[1]
-        A = -torch.exp(self.A_log.float())
         kernels = load_mamba_kernels() if self.use_kernels and hidden_states.is_cuda else {}
         xz = self.in_proj(hidden_states).transpose(1, 2)  # (batch, 2 * d_inner, length)
         if kernels:
@@ -330,7 +329,7 @@ class Mamba(nn.Module):
                 self.dt_proj.weight,
                 self.out_proj.weight,
                 self.out_proj.bias,
-                A,
+                -torch.exp(self.A_log.float()),
                 None,
                 None,
                 self.D.float(),
@@ -339,22 +338,22 @@ class Mamba(nn.Module):
             )
             return out
         x, z = xz.chunk(2, dim=1)
-        x = F.silu(self.conv1d(x)[..., :length])
+        return self._ssm(F.silu(self.conv1d(x)[..., :length]), z)
+
+    def _ssm(self, x: torch.Tensor, z: torch.Tensor, **state) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        """The selective scan and output projection of the convolved `x` and the gate `z`, `(batch, d_inner,
+        length)` each -> `(batch, length, d_model)`; `state`: [`selective_scan`]'s `initial_state` and
+        `return_last_state`, which then also returns the last state."""
         dt, B, C = torch.split(self.x_proj(x.transpose(1, 2)), [self.dt_rank, self.d_state, self.d_state], dim=-1)
         dt = F.linear(dt, self.dt_proj.weight).transpose(1, 2)  # bias goes in as delta_bias, as in mamba_ssm
-        y = selective_scan(
-            x,
-            dt,
-            A,
-            B.transpose(1, 2),
-            C.transpose(1, 2),
-            self.D,
-            z,
-            delta_bias=self.dt_proj.bias,
-            delta_softplus=True,
-            chunk_size=self.chunk_size,
+        A = -torch.exp(self.A_log.float())
+        args = (x, dt, A, B.transpose(1, 2), C.transpose(1, 2), self.D, z)
+        out = selective_scan(
+            *args, delta_bias=self.dt_proj.bias, delta_softplus=True, chunk_size=self.chunk_size, **state
         )
-        return self.out_proj(y.transpose(1, 2))
+        if state.get("return_last_state"):
+            return self.out_proj(out[0].transpose(1, 2)), out[1]
+        return self.out_proj(out.transpose(1, 2))
 
     def allocate_state(self, batch: int, device: torch.device | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """A fresh (zero) carried state for `batch` sequences: the convolution state `(batch, d_inner, d_conv - 1)`
@@ -376,23 +375,8 @@ class Mamba(nn.Module):
         x = torch.cat([conv_state.to(x.dtype), x], dim=2)
         conv_state = x[:, :, x.shape[2] - (self.d_conv - 1) :]
         x = F.silu(F.conv1d(x, self.conv1d.weight, self.conv1d.bias, groups=self.d_inner))
-        dt, B, C = torch.split(self.x_proj(x.transpose(1, 2)), [self.dt_rank, self.d_state, self.d_state], dim=-1)
-        dt = F.linear(dt, self.dt_proj.weight).transpose(1, 2)
-        y, ssm_state = selective_scan(
-            x,
-            dt,
-            -torch.exp(self.A_log.float()),
-            B.transpose(1, 2),
-            C.transpose(1, 2),
-            self.D,
-            z,
-            delta_bias=self.dt_proj.bias,
-            delta_softplus=True,
-            chunk_size=self.chunk_size,
-            initial_state=ssm_state,
-            return_last_state=True,
-        )
-        return self.out_proj(y.transpose(1, 2)), (conv_state, ssm_state)
+        out, ssm_state = self._ssm(x, z, initial_state=ssm_state, return_last_state=True)
+        return out, (conv_state, ssm_state)
 
     def step(
         self, hidden_states: torch.Tensor, state: tuple[torch.Tensor, torch.Tensor]
