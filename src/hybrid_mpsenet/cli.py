@@ -266,7 +266,7 @@ def _stream(args: argparse.Namespace) -> int:
     leftover = b""
     try:
         try:
-            while chunk := (source.read1(STREAM_READ_BYTES) if hasattr(source, "read1") else source.read(4096)):
+            while chunk := source.read1(STREAM_READ_BYTES):
                 data = leftover + chunk
                 whole = len(data) - len(data) % frame_bytes
                 leftover = data[whole:]

@@ -510,10 +510,17 @@ def simulate_room(
     room.add_source(rng.uniform(0.5, size - 0.5))
     room.add_microphone(rng.uniform(0.5, size - 0.5))
     room.compute_rir()
-    full = np.asarray(room.rir[0][0], dtype=np.float32)
-    direct = int(np.argmax(np.abs(full)))
-    full /= abs(full[direct])
-    return full, full[: direct + int(early_seconds * sampling_rate)].copy()
+    return _full_and_early(np.asarray(room.rir[0][0], dtype=np.float32), sampling_rate, early_seconds)
+
+
+def _full_and_early(
+    response: np.ndarray, sampling_rate: int, early_seconds: float = EARLY_REFLECTIONS_SECONDS
+) -> tuple[np.ndarray, np.ndarray]:
+    """An impulse response `(taps,)` scaled so that its direct path (the largest tap) has magnitude 1, and its first
+    part: the direct path plus `early_seconds` of reflections, the dereverberation target."""
+    direct = int(np.argmax(np.abs(response)))
+    response = response / abs(response[direct])
+    return response, response[: direct + int(early_seconds * sampling_rate)].copy()
 
 
 def reverberate(audio: np.ndarray, impulse_response: np.ndarray) -> np.ndarray:
@@ -716,11 +723,9 @@ class NoiseMixingDataset(_SeededDataset):
         """A measured impulse response as [`simulate_room`] returns a simulated one (read per draw, not cached:
         a corpus of thousands costs no memory)."""
         response = decode_audio(path, self.sampling_rate)
-        direct = int(np.argmax(np.abs(response)))
-        if not np.isfinite(response).all() or response[direct] == 0:
+        if not np.isfinite(response).all() or not response.any():
             raise AudioError(f"{path}: not an impulse response (silent, NaN or Inf).")
-        response = response / abs(response[direct])
-        return response, response[: direct + int(EARLY_REFLECTIONS_SECONDS * self.sampling_rate)].copy()
+        return _full_and_early(response, self.sampling_rate)
 
     def _augment(self, noise: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         if not (self.coloured_noise_prob or self.babble_prob or self.eq_prob):

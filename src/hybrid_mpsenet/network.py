@@ -77,9 +77,13 @@ def _sequence_masks(frame_mask: torch.Tensor | None, axis: str, repeats: int):
 
 
 class InstanceNorm(nn.InstanceNorm2d):
-    """Affine instance norm over (time, freq) whose statistics ignore padded frames when a mask is given."""
+    """Affine instance norm over (time, freq) whose statistics ignore padded frames when a mask is given. It carries
+    no state: `cache` is there so that it and [`MovingInstanceNorm`] are called alike (non-causal models never get
+    one)."""
 
-    def forward(self, x: torch.Tensor, frame_mask: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(
+        self, x: torch.Tensor, frame_mask: torch.Tensor | None = None, cache: dict | None = None
+    ) -> torch.Tensor:
         if frame_mask is None:
             return super().forward(x)
         mask = frame_mask[:, None, :, None].to(x.dtype)
@@ -182,9 +186,7 @@ class ConvNormActivation(nn.Module):
         self, x: torch.Tensor, frame_mask: torch.Tensor | None = None, cache: dict | None = None
     ) -> torch.Tensor:
         """`forward` on an input that already carries the zero padding."""
-        x = self.conv(x)
-        x = self.norm(x, frame_mask, cache) if cache is not None else self.norm(x, frame_mask)
-        return self.activation(x)
+        return self.activation(self.norm(self.conv(x), frame_mask, cache))
 
 
 class DenseBlock(nn.Module):
@@ -316,8 +318,7 @@ class DecoderTrunk(nn.Module):
         self, x: torch.Tensor, frame_mask: torch.Tensor | None = None, cache: dict | None = None
     ) -> torch.Tensor:
         x = self.upsample(self.dense_block(x, frame_mask, cache))
-        x = self.norm(x, frame_mask, cache) if cache is not None else self.norm(x, frame_mask)
-        return self.activation(x)
+        return self.activation(self.norm(x, frame_mask, cache))
 
 
 class MaskDecoder(DecoderTrunk):

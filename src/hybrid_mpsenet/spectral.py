@@ -5,6 +5,16 @@ from __future__ import annotations
 import torch
 
 
+def compressed_magnitude_phase(
+    real: torch.Tensor, imag: torch.Tensor, compress_factor: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """MP-SENet's compressed magnitude `|X| ** compress_factor` and phase of a spectrum given as its real and
+    imaginary parts (any shape). The epsilons are the original implementation's: they keep sqrt and atan2
+    differentiable at zero."""
+    magnitude = torch.sqrt(real.square() + imag.square() + 1e-9).pow(compress_factor)
+    return magnitude, torch.atan2(imag + 1e-10, real + 1e-5)
+
+
 def mag_phase_stft(
     waveform: torch.Tensor,
     n_fft: int,
@@ -39,11 +49,7 @@ def mag_phase_stft(
         normalized=False,
         return_complex=True,
     )
-    spec = torch.view_as_real(spec)
-    # The epsilons are the original implementation's: they keep sqrt and atan2 differentiable at zero.
-    magnitude = torch.sqrt(spec.pow(2).sum(-1) + 1e-9)
-    phase = torch.atan2(spec[..., 1] + 1e-10, spec[..., 0] + 1e-5)
-    magnitude = magnitude.pow(compress_factor)
+    magnitude, phase = compressed_magnitude_phase(spec.real, spec.imag, compress_factor)
     complex_spec = torch.stack((magnitude * torch.cos(phase), magnitude * torch.sin(phase)), dim=-1)
     return magnitude, phase, complex_spec
 

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from .audio import AudioError, check_sampling_rate
-from .spectral import attenuation_floor
+from .spectral import attenuation_floor, compressed_magnitude_phase
 
 # Resampling filter of the stream: a Kaiser-windowed sinc spanning this many periods of the lower rate on each side
 # (2 ms at 16 kHz, the latency each conversion adds), passing 92% of the lower Nyquist band.
@@ -253,9 +253,7 @@ class EnhancementStream:
         """`(channels, count, n_fft)` frames -> windowed inverse FFTs of the enhanced spectra, same shape."""
         config, device = self.model.config, self.model.device
         spec = torch.fft.rfft(frames.to(device) * self.window, dim=-1).transpose(1, 2)  # (channels, freq, count)
-        # mag_phase_stft's conventions, epsilons included.
-        magnitude = torch.sqrt(spec.real.square() + spec.imag.square() + 1e-9).pow(config.compress_factor)
-        phase = torch.atan2(spec.imag + 1e-10, spec.real + 1e-5)
+        magnitude, phase = compressed_magnitude_phase(spec.real, spec.imag, config.compress_factor)
         autocast = torch.autocast(device.type, dtype=self.dtype) if self.dtype is not None else contextlib.nullcontext()
         with autocast:
             output = self.model(magnitude, phase, cache=self.cache)
