@@ -61,9 +61,10 @@ def test_pcs_exponents_are_semambas_table_and_follow_frequency():
     table = pcs_exponents(400, 16000)
     assert table.shape == (201,)
     for start, stop, exponent in PCS_BANDS:
-        assert torch.allclose(table[start:stop], torch.tensor(exponent))
+        np.testing.assert_allclose(table[start:stop], exponent, rtol=1e-6)
     # At 48 kHz with a 1200-point STFT the bins are 40 Hz apart as well: the same exponents up to 8 kHz.
-    assert torch.equal(pcs_exponents(1200, 48000)[:201], table)
+    np.testing.assert_array_equal(pcs_exponents(1200, 48000)[:201], table)
+    table = torch.from_numpy(table)
     magnitude = torch.full((1, 201, 1), 3.0) ** 0.3
     stretched = perceptual_contrast_stretching(magnitude, table, 0.3) ** (1 / 0.3)
     assert torch.allclose(stretched[0, 50, 0], torch.tensor(4.0**1.4 - 1))

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import glob
+import importlib.util
 import json
 import logging
 import os
@@ -26,6 +27,7 @@ if TYPE_CHECKING:
 
     from .configuration_hybrid_mpsenet import HybridMPSENetConfig
     from .inference import HybridMPSENetEnhancer
+    from .waveform import WaveformEnhancer
 
 AUDIO_SUFFIXES = {f".{name.lower()}" for name in [*sf.available_formats(), *FORMAT_ALIASES]}
 
@@ -153,7 +155,7 @@ def model_source(name: str | None) -> str | Path:
         FileNotFoundError: `name` is a path (absolute, relative with `.`/`~`, or with more than one `/`, which no
             Hub id has) and does not exist, instead of a Hub lookup that fails with a less useful message.
     """
-    from .inference import model_location
+    from .waveform import model_location
 
     source = model_location(name)
     if isinstance(source, Path):  # the bundled checkpoint
@@ -180,10 +182,37 @@ def _load_model(args: argparse.Namespace) -> HybridMPSENetEnhancer:
     return HybridMPSENetEnhancer.from_pretrained(model_source(args.model)).to(device).eval()
 
 
-def _add_inference_arguments(parser: argparse.ArgumentParser) -> None:
+def _load_enhancer(args: argparse.Namespace) -> WaveformEnhancer:
+    """The `--model` on the `--backend`: PyTorch ([`_load_model`]) or ONNX Runtime ([`OnnxEnhancer`], CPU, from the
+    folder's exported graph); `auto` takes ONNX when the folder has a graph and onnxruntime is installed."""
+    from .onnx import OnnxEnhancer, has_graph
+
+    source = model_source(args.model)
+    backend = args.backend
+    if backend == "auto":
+        onnx_ready = importlib.util.find_spec("onnxruntime") is not None
+        backend = "onnx" if onnx_ready and Path(source).is_dir() and has_graph(source) else "torch"
+    if backend == "torch":
+        if importlib.util.find_spec("torch") is None:
+            raise ValueError("PyTorch is not installed here; use --backend onnx with a model folder that has a graph.")
+        return _load_model(args)
+    if args.device not in ("auto", "cpu"):
+        raise ValueError(f"--backend onnx runs on the CPU; got --device {args.device}.")
+    return OnnxEnhancer.from_pretrained(source, threads=args.threads)
+
+
+def _add_inference_arguments(parser: argparse.ArgumentParser, backend: bool = False) -> None:
     parser.add_argument("--model", help="model folder, Hub id, or `default` (the bundled checkpoint; the default)")
     parser.add_argument("--device", default="auto", help="auto (default), cpu, cuda, cuda:N or mps")
-    parser.add_argument("--threads", type=int, help="CPU threads for PyTorch")
+    parser.add_argument("--threads", type=int, help="CPU threads")
+    if backend:
+        parser.add_argument(
+            "--backend",
+            choices=["torch", "onnx", "auto"],
+            default="torch",
+            help="torch (default), onnx (the folder's exported graph on onnxruntime, no PyTorch), or auto (onnx "
+            "where the folder has a graph and onnxruntime is installed)",
+        )
 
 
 def _add_control_arguments(parser: argparse.ArgumentParser, pcs: bool = True) -> None:
@@ -199,7 +228,7 @@ def _add_control_arguments(parser: argparse.ArgumentParser, pcs: bool = True) ->
 
 def _enhance(args: argparse.Namespace) -> int:
     jobs = collect_jobs(args.inputs, args.output, args.suffix, args.glob)
-    model = _load_model(args)
+    model = _load_enhancer(args)
     if args.stream:
         if not model.config.causal:
             raise ValueError("--stream needs a causal model (e.g. --model default-streaming); this one looks ahead.")
@@ -243,7 +272,7 @@ def _stream(args: argparse.Namespace) -> int:
 
     dtype, scale = PCM_FORMATS[args.format]
     frame_bytes = np.dtype(dtype).itemsize * args.channels
-    model = _load_model(args)
+    model = _load_enhancer(args)
     session = model.stream(
         args.rate, args.channels, attenuation_limit_db=args.attenuation_limit_db, frames_per_block=args.frames_per_block
     )
@@ -328,6 +357,17 @@ def _describe(config: HybridMPSENetConfig) -> dict:
         "ts_transformer_axes": config.ts_transformer_axes,
         "sampling_rate": config.sampling_rate,
     }
+
+
+def _export(args: argparse.Namespace) -> int:
+    from .inference import HybridMPSENetEnhancer
+    from .onnx_export import export_onnx
+
+    model = HybridMPSENetEnhancer.from_pretrained(model_source(args.model))
+    folder = export_onnx(model, args.output_dir, overwrite=args.overwrite)
+    print(f"Exported {args.model or 'default'} to {folder}; run it with `hybrid-mpsenet enhance --backend onnx "
+          f"--model {folder} ...` or hybrid_mpsenet.onnx.OnnxEnhancer.from_pretrained({str(folder)!r})")  # fmt: skip
+    return 0
 
 
 def _info(args: argparse.Namespace) -> int:
@@ -459,6 +499,7 @@ COMMANDS: dict[str, tuple[str, Callable[[argparse.Namespace], int]]] = {
     "push": ("publish a model folder to the Hugging Face Hub with a model card and its metric results", _push),
     "convert": ("convert an original MP-SENet / hybrid generator checkpoint to a save_pretrained folder", _convert),
     "info": ("print the architecture and parameter count of the presets or of a model", _info),
+    "export": ("export a model to ONNX: a model folder that runs on onnxruntime without PyTorch", _export),
 }
 
 
@@ -480,7 +521,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     enhance = sub.choices["enhance"]
     enhance.add_argument("inputs", nargs="+", metavar="INPUT", help="audio files, folders (recursive) or globs")
-    _add_inference_arguments(enhance)
+    _add_inference_arguments(enhance, backend=True)
     enhance.add_argument("-o", "--output", help="output folder (tree mirrored), or file for a single input")
     enhance.add_argument("--suffix", default="_enhanced", help="name suffix when writing beside the inputs")
     enhance.add_argument("--chunk-seconds", type=float, default=DEFAULT_CHUNK_SECONDS, help="chunk length (s)")
@@ -500,7 +541,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
 
     stream = sub.choices["stream"]
-    _add_inference_arguments(stream)
+    _add_inference_arguments(stream, backend=True)
     stream.add_argument("--rate", type=int, required=True, help="sampling rate of the PCM stream (Hz)")
     stream.add_argument("--channels", type=int, default=1, help="interleaved channels of the stream (default 1)")
     stream.add_argument(
@@ -563,6 +604,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--variant", default="auto", help="architecture: auto (default) or a preset, see `hybrid-mpsenet info`"
     )
 
+    export = sub.choices["export"]
+    export.add_argument("format", choices=["onnx"], help="the export format (onnx)")
+    export.add_argument("--model", help="model folder, Hub id, or `default` (the bundled checkpoint; the default)")
+    export.add_argument("--output_dir", "--output-dir", required=True, help="the model folder to write")
+    export.add_argument("--overwrite", action="store_true", help="replace a folder this package wrote before")
+
     info = sub.choices["info"]
     info.add_argument(
         "model", nargs="?", help="a preset name, `default`, a model folder or a Hub id (default: all presets)"
@@ -594,10 +641,12 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"choose a command: {', '.join(COMMANDS)}")
     if args.quiet:  # also the loading and download bars of transformers and huggingface_hub
         from huggingface_hub.utils import disable_progress_bars
-        from transformers.utils import logging as transformers_logging
 
         disable_progress_bars()
-        transformers_logging.disable_progress_bar()
+        if importlib.util.find_spec("transformers") is not None:  # absent from a PyTorch-free deployment
+            from transformers.utils import logging as transformers_logging
+
+            transformers_logging.disable_progress_bar()
     in_main_thread = threading.current_thread() is threading.main_thread()  # where signal handlers can be set
     previous = signal.signal(signal.SIGTERM, _raise_terminated) if in_main_thread else None
     resume = " (continue with --resume true)" if args.command in ("train", "finetune") else ""

@@ -12,9 +12,9 @@ from tqdm.auto import tqdm
 
 from .audio import atomic_audio_writer, check_output_audio
 from .data import decode_audio, load_voicebank
-from .inference import WaveformEnhancementMixin, enhancement_controls
 from .metrics import correlation_lag, pair_scores, parallel_map, summarise
 from .ownership import OwnershipError, inside
+from .waveform import WaveformEnhancer, enhancement_controls
 
 METRICS = ("pesq", "csig", "cbak", "covl", "stoi", "ssnr")
 # A clean/noisy pair is one recording twice: lengths may differ by a few resampling samples, and the noisy version
@@ -27,7 +27,7 @@ logger = logging.getLogger(__name__)
 
 def evaluate_dataset(
     data: str | Path,
-    model: WaveformEnhancementMixin | None = None,
+    model: WaveformEnhancer | None = None,
     noisy_baseline: bool = False,
     save_enhanced: str | Path | None = None,
     max_items: int | None = None,

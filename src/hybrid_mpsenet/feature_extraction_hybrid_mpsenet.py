@@ -9,7 +9,7 @@ import numpy as np
 import torch
 from transformers import BatchFeature, SequenceFeatureExtractor
 
-from .spectral import mag_phase_istft, mag_phase_stft
+from .stft import mag_phase_istft, mag_phase_stft
 
 logger = logging.getLogger(__name__)
 

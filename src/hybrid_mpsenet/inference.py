@@ -1,59 +1,40 @@
-"""Waveform-level enhancement: any rate, any channel count, any length, in bounded memory, for both model classes
-of the family, and [`HybridMPSENetEnhancer`], the lean inference model that does not import transformers' model
-classes.
-
-Long signals are enhanced in overlapping chunks aligned to the STFT hop, so a chunk's frames are the whole
-signal's frames, and joined with a constant-power-sum raised-cosine crossfade. The RMS normalisation uses one
-factor per channel computed over the whole signal (a first streaming pass), so chunks do not change the level.
-
-Causal models need neither: they run through an [`EnhancementStream`] fed with chunk-sized blocks, which carries
-every layer's state from block to block, so the whole signal gets one pass of the network in bounded memory and
-the output is exactly what a live stream of the same signal gives.
-"""
+"""The PyTorch backend of waveform enhancement: [`WaveformEnhancementMixin`], which gives both model classes of the
+family `enhance`, `enhance_file` and `stream` (see [`waveform`]), and [`HybridMPSENetEnhancer`], the lean inference
+model that does not import transformers' model classes."""
 
 from __future__ import annotations
 
 import contextlib
-import logging
-import math
-from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import numpy as np
-import soundfile as sf
 import torch
-from tqdm.auto import tqdm
 
-from .audio import (
-    CLIP_LEVEL,
-    CLIP_WARN_FRACTION,
-    DEFAULT_CHUNK_SECONDS,
-    DEFAULT_OVERLAP_SECONDS,
-    FLOAT_SUBTYPES,
-    AudioError,
-    StreamResampler,
-    atomic_audio_writer,
-    check_output_audio,
-    check_sampling_rate,
-    from_float,
-    open_audio,
-    output_format,
-    output_subtype,
-    read_blocks,
-    to_float,
-)
 from .configuration_hybrid_mpsenet import HybridMPSENetConfig
 from .network import HybridMPSENetNetwork
-from .spectral import attenuation_floor, pcs_exponents, perceptual_contrast_stretching
-from .streaming import EnhancementStream
+from .spectral import apply_controls, enhance_frames, pcs_exponents
+from .waveform import (
+    BUNDLED_MODELS,
+    CHANNEL_GROUP,
+    DEFAULT_MODEL,
+    DEFAULT_MODEL_DIR,
+    WaveformEnhancer,
+    enhancement_controls,
+    model_location,
+)
 
-logger = logging.getLogger(__name__)
+__all__ = [
+    "BUNDLED_MODELS",
+    "CHANNEL_GROUP",
+    "DEFAULT_MODEL",
+    "DEFAULT_MODEL_DIR",
+    "HybridMPSENetEnhancer",
+    "WaveformEnhancementMixin",
+    "enhancement_controls",
+    "model_location",
+    "resolve_dtype",
+]
 
-DEFAULT_MODEL_DIR = Path(__file__).parent / "pretrained"
-# The public name of the bundled checkpoint: `from_pretrained("default")`, `--model default`, `info default`.
-DEFAULT_MODEL = "default"
-# The bundled checkpoints by public name: the offline default and its causal (streaming) sibling.
-BUNDLED_MODELS = {DEFAULT_MODEL: DEFAULT_MODEL_DIR, "default-streaming": Path(__file__).parent / "pretrained_streaming"}
 # Autocast precisions by the names the CLI and the usual shorthands give them; float32 means no autocast.
 DTYPE_NAMES = {
     "float32": None,
@@ -64,440 +45,76 @@ DTYPE_NAMES = {
     "fp16": torch.float16,
     "half": torch.float16,
 }
-# Files are read in blocks of this many seconds (fewer for many channels: at most READ_BLOCK_SAMPLES samples in
-# all); with the chunk size and the channel group it bounds the memory of `enhance_file` whatever the file.
-READ_BLOCK_SECONDS = 5.0
-READ_BLOCK_SAMPLES = 2**22
-# Channels enhanced together as one batch: the network's memory grows with it (about 28 MB per channel for a
-# 2-s chunk of the default model), so a 1024-channel file runs in groups.
-CHANNEL_GROUP = 8
-# Beyond this many channels a 2-D array is more likely (samples, channels) than (channels, samples).
-MAX_CHANNELS = 32
 
 
-class _Chunker:
-    """Enhances a signal fed block by block in overlapping chunks and yields the crossfaded result in order.
+class TorchFrameEnhancer:
+    """The PyTorch step of a stream ([`FrameEnhancer`]): a causal model with its layer cache (empty at the start)."""
 
-    Blocks and results are `(channels, samples)` at the model's rate; the signal must already be normalised.
-    """
+    def __init__(self, model: WaveformEnhancementMixin, attenuation_limit_db: float | None, dtype: torch.dtype | None):
+        self.model, self.attenuation_limit_db, self.dtype = model, attenuation_limit_db, dtype
+        self.cache: dict = {}
+        config = model.config
+        window = torch.zeros(config.n_fft)
+        start = (config.n_fft - config.win_length) // 2
+        window[start : start + config.win_length] = model.window.detach().cpu()
+        self.window = window.numpy()
+        self._window = window.to(model.device)
 
-    def __init__(self, model: WaveformEnhancementMixin, chunk: int, overlap: int, dtype, controls: dict):
-        self.model, self.chunk, self.overlap, self.dtype, self.controls = model, chunk, overlap, dtype, controls
-        self.buffer: np.ndarray | None = None
-        self.tail: np.ndarray | None = None  # the previous chunk's enhanced overlap, waiting to be crossfaded
-        ramp = np.sin(0.5 * np.pi * (np.arange(overlap, dtype=np.float64) + 0.5) / max(overlap, 1)) ** 2
-        self.fade_in = ramp.astype(np.float32)
+    def _network(self, magnitude: torch.Tensor, phase: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        device = self.model.device
+        autocast = torch.autocast(device.type, dtype=self.dtype) if self.dtype is not None else contextlib.nullcontext()
+        with autocast:
+            output = self.model(magnitude, phase, cache=self.cache)
+        return output.magnitude.float(), output.phase.float()
 
-    def _emit(self, segment: np.ndarray, last: bool) -> np.ndarray:
-        enhanced = self.model.enhance_segment(segment, self.dtype, **self.controls)
-        if self.tail is not None:
-            head = enhanced[:, : self.overlap]
-            enhanced[:, : self.overlap] = self.tail + (head - self.tail) * self.fade_in
-        if last:
-            self.tail = None
-            return enhanced
-        self.tail = enhanced[:, -self.overlap :].copy()
-        return enhanced[:, : -self.overlap]
-
-    def feed(self, block: np.ndarray) -> Iterator[np.ndarray]:
-        self.buffer = block if self.buffer is None else np.concatenate([self.buffer, block], axis=1)
-        # Keep more than one chunk buffered so that the final chunk is never shorter than the overlap.
-        while self.buffer.shape[1] > self.chunk + self.overlap:
-            yield self._emit(self.buffer[:, : self.chunk], last=False)
-            self.buffer = self.buffer[:, self.chunk - self.overlap :]
-
-    def finish(self) -> Iterator[np.ndarray]:
-        if self.buffer is None:
-            return
-        if self.buffer.shape[1] > self.chunk:
-            yield self._emit(self.buffer[:, : self.chunk], last=False)
-            self.buffer = self.buffer[:, self.chunk - self.overlap :]
-        yield self._emit(self.buffer, last=True)
-        self.buffer = None
+    @torch.inference_mode()
+    def __call__(self, frames: np.ndarray) -> np.ndarray:
+        frames = torch.from_numpy(frames).to(self.model.device)
+        config = self.model.config
+        out = enhance_frames(frames, self._window, self._network, config.compress_factor, self.attenuation_limit_db)
+        return out.cpu().numpy()
 
 
-class WaveformEnhancementMixin:
-    """Waveform and file enhancement for a network of the family (an `nn.Module` with `config`, `device`,
-    `spectrum`, `waveform` and the forward pass on spectra): shared by [`HybridMPSENetForSpeechEnhancement`]
-    (transformers) and [`HybridMPSENetEnhancer`] (plain PyTorch)."""
+class WaveformEnhancementMixin(WaveformEnhancer):
+    """[`WaveformEnhancer`] for a network of the family (an `nn.Module` with `config`, `device`, `spectrum`,
+    `waveform` and the forward pass on spectra): shared by [`HybridMPSENetForSpeechEnhancement`] (transformers) and
+    [`HybridMPSENetEnhancer`] (plain PyTorch). `dtype` arguments take an autocast dtype or its name."""
 
     config: HybridMPSENetConfig
 
-    def _chunk_sizes(self, chunk_seconds: float, overlap_seconds: float) -> tuple[int, int]:
-        """Chunk and overlap in samples at the model rate, as multiples of the hop; for a causal model, the blocks
-        its stream is fed (`overlap_seconds` unused)."""
-        hop, rate = self.config.hop_length, self.config.sampling_rate
-        for name, value in (("chunk_seconds", chunk_seconds), ("overlap_seconds", overlap_seconds)):
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-                raise ValueError(f"{name} must be a finite number of seconds, got {value!r}.")
-        if self.config.causal and chunk_seconds > 0:  # streamed blocks: no overlap, any whole number of hops
-            return max(hop, round(chunk_seconds * rate / hop) * hop), 0
-        if overlap_seconds <= 0 or chunk_seconds < 2 * overlap_seconds:
-            raise ValueError(
-                f"Need overlap_seconds > 0 and chunk_seconds >= 2 * overlap_seconds, got chunk_seconds="
-                f"{chunk_seconds} and overlap_seconds={overlap_seconds}."
-            )
-        overlap = max(1, round(overlap_seconds * rate / hop)) * hop
-        chunk = max(2 * overlap, round(chunk_seconds * rate / hop) * hop)
-        return chunk, overlap
+    def _check_dtype(self, dtype: torch.dtype | str | None) -> torch.dtype | None:
+        return resolve_dtype(dtype)
 
     @torch.inference_mode()
-    def enhance_segment(
+    def _enhance_waveform(
         self,
-        segment: np.ndarray,
-        dtype: torch.dtype | None = None,
-        attenuation_limit_db: float | None = None,
-        pcs: bool = False,
-        level: np.ndarray | None = None,
+        waveform: np.ndarray,
+        dtype: torch.dtype | None,
+        attenuation_limit_db: float | None,
+        pcs: bool,
+        level: np.ndarray | None,
     ) -> np.ndarray:
-        """Enhance normalised audio at the model rate in one pass.
-
-        Args:
-            segment: `(channels, samples)` float32, already RMS-normalised; shorter inputs than one STFT frame
-                are zero-padded and trimmed back.
-            dtype: autocast dtype for the network (`torch.bfloat16` / `torch.float16`), or `None` for full precision.
-            attenuation_limit_db: no bin of the output is more than this many dB below the input's
-                ([`attenuation_floor`]); `None`: no limit.
-            pcs: apply SEMamba's perceptual contrast stretching to the enhanced magnitude (before the limit), at
-                the input's own level (`level`: per channel, the input's amplitude per unit of `segment`'s; 1 when
-                omitted), then rescaled to the enhanced segment's energy, so the loudness stays.
-
-        Returns:
-            `(channels, samples)` float32 enhanced audio.
-        """
-        if segment.shape[0] > CHANNEL_GROUP:
-            groups = [slice(i, i + CHANNEL_GROUP) for i in range(0, len(segment), CHANNEL_GROUP)]
-            return np.concatenate(
-                [
-                    self.enhance_segment(
-                        segment[g], dtype, attenuation_limit_db, pcs, None if level is None else level[g]
-                    )
-                    for g in groups
-                ]
-            )
-        length = segment.shape[-1]
-        minimum = self.config.n_fft // 2 + 1
-        waveform = torch.from_numpy(np.ascontiguousarray(segment, dtype=np.float32)).to(self.device)
-        if length < minimum:
-            waveform = torch.nn.functional.pad(waveform, (0, minimum - length))
+        waveform = torch.from_numpy(waveform).to(self.device)
         magnitude, phase, _ = self.spectrum(waveform)
         autocast = torch.autocast(self.device.type, dtype=dtype) if dtype is not None else contextlib.nullcontext()
         with autocast:
             output = self(magnitude, phase)
-        enhanced, enhanced_phase = output.magnitude.float(), output.phase.float()
-        compress = self.config.compress_factor
-        if pcs:
-            exponents = pcs_exponents(self.config.n_fft, self.config.sampling_rate)
-            scale = torch.ones(len(segment)) if level is None else torch.as_tensor(level, dtype=torch.float32)
-            scale = scale.to(enhanced.device)[:, None, None] ** compress
-            stretched = perceptual_contrast_stretching(enhanced * scale, exponents, compress) / scale
-            energy = (enhanced ** (2 / compress)).sum(dim=(1, 2), keepdim=True)
-            gain = (energy / (stretched ** (2 / compress)).sum(dim=(1, 2), keepdim=True).clamp_min(1e-20)) ** 0.5
-            enhanced = stretched * gain**compress
-        if attenuation_limit_db is not None:
-            enhanced, enhanced_phase = attenuation_floor(
-                enhanced, enhanced_phase, magnitude, phase, attenuation_limit_db, compress
-            )
-        audio = self.waveform(enhanced, enhanced_phase, length=waveform.shape[-1])
-        return audio[:, :length].cpu().numpy()
-
-    def _normalisation(self, blocks: Iterable[np.ndarray], rate: int, channels: int, name: str) -> np.ndarray:
-        """First pass: per-channel RMS normalisation factors `(channels, 1)` at the model rate; checks samples."""
-        resample = StreamResampler(rate, self.config.sampling_rate, channels)
-        energy = np.zeros(channels)
-        count = clipped = 0
-        for block in blocks:
-            if not np.isfinite(block).all():
-                raise AudioError(f"{name} contains NaN or Inf samples; repair or drop it before enhancing.")
-            # Full scale is 1.0: a float sample beyond it is loud, not clipped.
-            magnitude = np.abs(block)
-            clipped += np.count_nonzero((magnitude >= CLIP_LEVEL) & (magnitude <= 1.0))
-            count += block.shape[0]
-            energy += np.square(resample(block), dtype=np.float64).sum(axis=0)
-        energy += np.square(resample(np.zeros((0, channels), np.float32), last=True), dtype=np.float64).sum(axis=0)
-        if clipped > CLIP_WARN_FRACTION * count * channels:
-            logger.warning(
-                "%s looks clipped (%d samples at full scale); enhancement removes noise but cannot restore the "
-                "clipped peaks.",
-                name,
-                clipped,
-            )
-        model_samples = count * self.config.sampling_rate / rate
-        if not energy.any():
-            logger.warning("%s is silent; the output is silent too.", name)
-        factors = np.where(energy > 0, np.sqrt(model_samples / np.maximum(energy, 1e-30)), 1.0)
-        return factors.astype(np.float32)[:, None]
-
-    def _enhance_blocks(
-        self,
-        blocks: Iterable[np.ndarray],
-        rate: int,
-        channels: int,
-        norm: np.ndarray,
-        chunk_sizes: tuple[int, int],
-        dtype: torch.dtype | None,
-        name: str,
-        controls: dict,
-    ) -> Iterator[np.ndarray]:
-        """Second pass: `(frames, channels)` blocks at `rate` in, enhanced blocks at `rate` out (same total length
-        up to a few samples of resampler rounding, which the callers trim or pad). `chunk_sizes` comes from
-        `_chunk_sizes`, `dtype` from [`resolve_dtype`], `controls` from [`enhancement_controls`]; a non-finite
-        output sample is an [`AudioError`] naming `name`, so nothing non-finite is ever returned or written."""
-        if self.config.causal:
-            yield from self._stream_blocks(blocks, rate, channels, chunk_sizes[0], dtype, name, controls)
-            return
-        to_model = StreamResampler(rate, self.config.sampling_rate, channels)
-        to_input = StreamResampler(self.config.sampling_rate, rate, channels)
-        if controls.get("pcs"):
-            controls = {**controls, "level": 1.0 / norm[:, 0]}
-        chunker = _Chunker(self, *chunk_sizes, dtype, controls)
-
-        def restore(enhanced: Iterable[np.ndarray]) -> Iterator[np.ndarray]:
-            for out in enhanced:
-                if not np.isfinite(out).all():
-                    raise AudioError(
-                        f"{name}: the model produced non-finite samples (NaN/Inf); its weights may be damaged or "
-                        "the dtype too narrow. Nothing was written."
-                    )
-                yield to_input((out / norm).T)
-
-        for block in blocks:
-            yield from restore(chunker.feed(to_model(block).T * norm))
-        yield from restore(chunker.feed(to_model(np.zeros((0, channels), np.float32), last=True).T * norm))
-        yield from restore(chunker.finish())
-        yield to_input(np.zeros((0, channels), np.float32), last=True)
-
-    def _stream_blocks(
-        self,
-        blocks: Iterable[np.ndarray],
-        rate: int,
-        channels: int,
-        chunk: int,
-        dtype: torch.dtype | None,
-        name: str,
-        controls: dict,
-    ) -> Iterator[np.ndarray]:
-        """`_enhance_blocks` for a causal model: the blocks, cut to about `chunk` model-rate samples, through one
-        [`EnhancementStream`] per group of channels; the signal keeps its own level (no RMS normalisation)."""
-        if controls["pcs"]:
-            raise ValueError(
-                "pcs rescales each segment to its energy, which a causal model's stream cannot know ahead; enhance "
-                "without pcs, or with a non-causal model."
-            )
-        groups = [slice(i, min(i + CHANNEL_GROUP, channels)) for i in range(0, channels, CHANNEL_GROUP)]
-        streams = [
-            EnhancementStream(self, rate, g.stop - g.start, controls["attenuation_limit_db"], dtype) for g in groups
-        ]
-        step = max(1, chunk * rate // self.config.sampling_rate)
-
-        def run(block: np.ndarray | None) -> np.ndarray:
-            outputs = [
-                stream.flush() if block is None else stream.process(block[g])
-                for stream, g in zip(streams, groups, strict=True)
-            ]
-            return np.concatenate([np.atleast_2d(out) for out in outputs]).T
-
-        try:
-            for block in blocks:
-                for start in range(0, block.shape[0], step):
-                    yield run(np.ascontiguousarray(block[start : start + step].T))
-            yield run(None)
-        except AudioError as error:
-            raise AudioError(f"{name}: {error}") from None
-
-    def stream(
-        self,
-        sampling_rate: int,
-        channels: int = 1,
-        attenuation_limit_db: float | None = None,
-        dtype: torch.dtype | str | None = None,
-        frames_per_block: int = 1,
-    ) -> EnhancementStream:
-        """Start enhancing a live stream with a causal model (`config.causal`), frame by frame.
-
-        Args:
-            sampling_rate: rate of the stream in Hz (resampled to the model's and back inside the stream).
-            channels: channels of the stream; `process` then takes `(channels, samples)` (or `(samples,)` mono).
-            attenuation_limit_db, dtype: as for [`enhance`].
-            frames_per_block: STFT frames enhanced together; each adds one hop of latency and cuts the per-call
-                overhead (on a CPU, 2 nearly halve the compute per hop). The output does not depend on it.
-
-        Returns:
-            An [`EnhancementStream`]: `process(samples)` returns the enhanced samples delayed by exactly
-            `latency_samples`, `flush()` the rest; together they equal `enhance()` of the whole signal.
-
-        Example:
-            ```python
-            stream = model.stream(sampling_rate=16000)
-            for block in blocks:  # any sizes, float32
-                play(stream.process(block))
-            play(stream.flush())
-            ```
-        """
-        limit = enhancement_controls(attenuation_limit_db, False)["attenuation_limit_db"]
-        return EnhancementStream(self, sampling_rate, channels, limit, resolve_dtype(dtype), frames_per_block)
-
-    def enhance(
-        self,
-        waveform: np.ndarray | torch.Tensor,
-        sampling_rate: int,
-        chunk_seconds: float = DEFAULT_CHUNK_SECONDS,
-        overlap_seconds: float = DEFAULT_OVERLAP_SECONDS,
-        downmix: bool = False,
-        dtype: torch.dtype | str | None = None,
-        attenuation_limit_db: float | None = None,
-        pcs: bool = False,
-    ) -> np.ndarray | torch.Tensor:
-        """Enhance a waveform at any sampling rate.
-
-        Args:
-            waveform: `(samples,)` mono or `(channels, samples)`, float in [-1, 1] or integer PCM, numpy or torch.
-            sampling_rate: rate of `waveform` in Hz; it is resampled to the model's rate and back.
-            chunk_seconds, overlap_seconds: inputs longer than `chunk_seconds` are enhanced in chunks that overlap
-                by `overlap_seconds` and are crossfaded. A causal model streams the signal in blocks of
-                `chunk_seconds` instead (no overlap): the output is the same for any block size.
-            downmix: average the channels and return mono.
-            dtype: autocast dtype (`torch.bfloat16`, `torch.float16`, or a name such as "bfloat16") or `None`
-                for full precision.
-            attenuation_limit_db: the strength control: no time-frequency bin of the output is more than this
-                many dB below the input's (0 keeps every bin at least as loud as the input; 12 lets noise drop by
-                12 dB at most). `None` (default): no limit.
-            pcs: SEMamba's perceptual contrast stretching of the enhanced magnitude (default off).
-
-        Returns:
-            The enhanced waveform with the input's shape (`(samples,)` when downmixed), type (numpy or torch) and
-            dtype, at `sampling_rate`.
-        """
-        is_tensor = isinstance(waveform, torch.Tensor)
-        array = waveform.detach().cpu().numpy() if is_tensor else np.asarray(waveform)
-        if array.ndim not in (1, 2) or array.size == 0:
-            raise AudioError(f"Expected a non-empty (samples,) or (channels, samples) waveform, got {array.shape}.")
-        if array.ndim == 2 and array.shape[0] > MAX_CHANNELS and array.shape[1] <= MAX_CHANNELS:
-            raise AudioError(
-                f"Got shape {array.shape}: multi-channel audio must be (channels, samples); pass the transpose."
-            )
-        sampling_rate = check_sampling_rate(sampling_rate)
-        dtype, chunk_sizes = resolve_dtype(dtype), self._chunk_sizes(chunk_seconds, overlap_seconds)
-        controls = enhancement_controls(attenuation_limit_db, pcs)
-        samples = np.atleast_2d(to_float(array)).T  # (frames, channels)
-        if downmix:
-            samples = samples.mean(axis=1, keepdims=True)
-        frames, channels = samples.shape
-        norm = self._normalisation([samples], sampling_rate, channels, "The waveform")
-        pieces = self._enhance_blocks(
-            [samples], sampling_rate, channels, norm, chunk_sizes, dtype, "The waveform", controls
+        config = self.config
+        exponents = torch.from_numpy(pcs_exponents(config.n_fft, config.sampling_rate)).to(self.device) if pcs else None
+        enhanced, enhanced_phase = apply_controls(
+            output.magnitude.float(),
+            output.phase.float(),
+            magnitude,
+            phase,
+            config.compress_factor,
+            attenuation_limit_db,
+            exponents,
+            torch.from_numpy(level).to(self.device) if pcs else None,
         )
-        enhanced = _fit_length(np.concatenate(list(pieces), axis=0), frames).T
-        if array.ndim == 1 or downmix:
-            enhanced = enhanced[0]
-        enhanced = from_float(enhanced, array.dtype)
-        return torch.from_numpy(enhanced) if is_tensor else enhanced
+        return self.waveform(enhanced, enhanced_phase, length=waveform.shape[-1]).cpu().numpy()
 
-    def enhance_file(
-        self,
-        input_path: str | Path,
-        output_path: str | Path,
-        chunk_seconds: float = DEFAULT_CHUNK_SECONDS,
-        overlap_seconds: float = DEFAULT_OVERLAP_SECONDS,
-        downmix: bool = False,
-        dtype: torch.dtype | str | None = None,
-        subtype: str | None = None,
-        overwrite: bool = False,
-        progress: bool = True,
-        attenuation_limit_db: float | None = None,
-        pcs: bool = False,
-    ) -> Path:
-        """Enhance an audio file (any format soundfile reads) into `output_path`, streaming from disk to disk.
-
-        Memory stays bounded by the chunk size whatever the duration. The output keeps the input's sampling
-        rate, channel count (mono with `downmix`) and subtype (when the output format supports it, else the
-        format's default; `subtype` overrides). `attenuation_limit_db` and `pcs` are [`enhance`]'s. It is written
-        to a temporary file and moved into place when complete, so an interrupted run never leaves a truncated
-        output. Returns the output path.
-        """
-        input_path, output_path = Path(input_path), Path(output_path)
-        if output_path.is_dir():
-            raise AudioError(
-                f"{output_path} is a folder; give an output file name, e.g. {output_path / input_path.name}."
-            )
-        if output_path.exists() and output_path.resolve() == input_path.resolve():
-            raise AudioError(f"{output_path}: refusing to overwrite the input file; choose another output path.")
-        check_output_audio(output_path, overwrite)
-        dtype, chunk_sizes = resolve_dtype(dtype), self._chunk_sizes(chunk_seconds, overlap_seconds)
-        controls = enhancement_controls(attenuation_limit_db, pcs)
-        file_format = output_format(output_path)
-        if subtype is not None and not sf.check_format(file_format, subtype):
-            raise AudioError(
-                f"{output_path}: {file_format} cannot store subtype {subtype!r}; choose one of "
-                f"{', '.join(sf.available_subtypes(file_format))}."
-            )
-        with open_audio(input_path) as source:
-            rate, channels, frames = source.samplerate, source.channels, source.frames
-            block = max(1, min(int(READ_BLOCK_SECONDS * rate), READ_BLOCK_SAMPLES // channels))
-
-            def blocks() -> Iterator[np.ndarray]:
-                for piece in read_blocks(source, block):
-                    yield piece.mean(axis=1, keepdims=True) if downmix else piece
-
-            out_channels = 1 if downmix else channels
-            norm = self._normalisation(blocks(), rate, out_channels, str(input_path))
-            subtype = subtype or output_subtype(source.subtype, output_path, rate, out_channels)
-            bounded = subtype not in FLOAT_SUBTYPES
-            written = clipped = 0
-            bar = tqdm(total=frames, unit="sample", unit_scale=True, desc=input_path.name, disable=not progress)
-            with bar, atomic_audio_writer(output_path, rate, out_channels, subtype, overwrite) as sink:
-                pieces = self._enhance_blocks(
-                    blocks(), rate, out_channels, norm, chunk_sizes, dtype, str(input_path), controls
-                )
-                for piece in pieces:
-                    piece = piece[: frames - written]
-                    if bounded:
-                        clipped += np.count_nonzero(np.abs(piece) > 1.0)
-                        piece = np.clip(piece, -1.0, 1.0)
-                    sink.write(piece)
-                    written += piece.shape[0]
-                    bar.update(piece.shape[0])
-                if written < frames:
-                    sink.write(np.zeros((frames - written, out_channels), np.float32))
-        if clipped:
-            logger.warning("%s: %d output samples exceeded full scale and were clipped.", output_path, clipped)
-        return output_path
-
-
-def model_location(name: str | Path | None) -> str | Path:
-    """`name` itself (a folder or Hub id), or a bundled checkpoint's folder: the default for no name or the string
-    `"default"`, the causal one for `"default-streaming"` (a local folder of either name is reached as `./NAME`).
-
-    Raises:
-        OSError: the bundled checkpoint is missing from the installation.
-    """
-    if name is None:
-        name = DEFAULT_MODEL
-    if not (isinstance(name, str) and name in BUNDLED_MODELS):
-        return name
-    folder = BUNDLED_MODELS[name]
-    if not (folder / "config.json").is_file():
-        raise OSError(
-            f"The bundled {name} checkpoint is missing from {folder}; reinstall the package or pass a model folder or "
-            "Hub id."
-        )
-    return folder
-
-
-def enhancement_controls(attenuation_limit_db: float | None, pcs: bool) -> dict:
-    """The checked controls of [`WaveformEnhancementMixin.enhance_segment`] as keyword arguments.
-
-    Raises:
-        ValueError: a limit that is not a finite number of dB >= 0, or a `pcs` that is not a bool.
-    """
-    if attenuation_limit_db is not None:
-        value = attenuation_limit_db
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
-            raise ValueError(f"attenuation_limit_db must be a finite number of dB >= 0 (or None), got {value!r}.")
-        attenuation_limit_db = float(value)
-    if not isinstance(pcs, bool):
-        raise ValueError(f"pcs must be True or False, got {pcs!r}.")
-    return {"attenuation_limit_db": attenuation_limit_db, "pcs": pcs}
+    def _frame_enhancer(self, attenuation_limit_db: float | None, dtype: torch.dtype | None) -> TorchFrameEnhancer:
+        return TorchFrameEnhancer(self, attenuation_limit_db, dtype)
 
 
 def resolve_dtype(dtype: torch.dtype | str | None) -> torch.dtype | None:
@@ -511,13 +128,6 @@ def resolve_dtype(dtype: torch.dtype | str | None) -> torch.dtype | None:
     raise ValueError(
         f"dtype must be None, torch.float32/bfloat16/float16 or one of {', '.join(DTYPE_NAMES)}; got {dtype!r}."
     )
-
-
-def _fit_length(samples: np.ndarray, frames: int) -> np.ndarray:
-    """Trim or zero-pad `(frames', channels)` to exactly `frames` rows."""
-    if samples.shape[0] >= frames:
-        return samples[:frames]
-    return np.pad(samples, ((0, frames - samples.shape[0]), (0, 0)))
 
 
 class HybridMPSENetEnhancer(WaveformEnhancementMixin, HybridMPSENetNetwork):

@@ -18,6 +18,7 @@ import math
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch._higher_order_ops.scan import scan as torch_scan
 from transformers import initialization as init
 
 logger = logging.getLogger(__name__)
@@ -228,6 +229,23 @@ class _ChunkedScan(torch.autograd.Function):
         return grad_u, grad_delta, grad_A, grad_B, grad_C, None
 
 
+def _scan_recurrent(u, delta, A, B, C, initial):
+    """The forward scan as one `torch.scan` over time, which `torch.onnx.export` turns into an ONNX `Scan` over any
+    number of steps (a Python loop would be unrolled at the traced length). Same time-major arguments as
+    [`_scan_chunks`] (`initial` required); returns the output `(length, batch, d_inner)` and the last state."""
+
+    def step(carry, inputs):
+        state, A = carry
+        delta, u, B, C = inputs
+        decay = torch.exp((delta.unsqueeze(-1) * A).clamp(min=_MIN_LOG_DECAY))
+        state = decay * state + (delta * u).unsqueeze(-1) * B.unsqueeze(1)
+        # A travels in the carry (the scan body may not read outer tensors) and must not alias its input.
+        return (state, A.clone()), (state * C.unsqueeze(1)).sum(-1)
+
+    (last, _), y = torch_scan(step, (initial, A), (delta, u, B, C))
+    return y, last
+
+
 def selective_scan(
     u: torch.Tensor,
     delta: torch.Tensor,
@@ -249,6 +267,11 @@ def selective_scan(
     """
     dtype = u.dtype
     u, delta, A, B, C = _prepare(u, delta, A, B, C, delta_bias, delta_softplus)
+    if torch.compiler.is_exporting():
+        initial = u.new_zeros(u.shape[0], u.shape[1], A.shape[1]) if initial_state is None else initial_state.float()
+        y, last = _scan_recurrent(*_time_major(u, delta), A, *_time_major(B, C), initial)
+        y = _finish(y.permute(1, 2, 0), u, D, z, dtype)
+        return (y, last) if return_last_state else y
     if initial_state is None and not return_last_state:
         return _finish(_ChunkedScan.apply(u, delta, A, B, C, chunk_size), u, D, z, dtype)
     if torch.is_grad_enabled() and any(t.requires_grad for t in (u, delta, A, B, C)):

@@ -34,7 +34,7 @@ from transformers.utils import ModelOutput
 
 from .configuration_hybrid_mpsenet import HybridMPSENetConfig
 from .mamba import Mamba
-from .spectral import mag_phase_istft, mag_phase_stft
+from .stft import mag_phase_istft, mag_phase_stft
 
 
 @dataclass

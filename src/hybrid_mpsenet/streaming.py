@@ -11,14 +11,12 @@ piece by piece.
 
 from __future__ import annotations
 
-import contextlib
 import math
+from typing import Any, Protocol
 
 import numpy as np
-import torch
 
 from .audio import AudioError, check_sampling_rate
-from .spectral import attenuation_floor, compressed_magnitude_phase
 
 # Resampling filter of the stream: a Kaiser-windowed sinc spanning this many periods of the lower rate on each side
 # (2 ms at 16 kHz, the latency each conversion adds), passing 92% of the lower Nyquist band.
@@ -106,6 +104,16 @@ class StreamingResampler:
         return out
 
 
+class FrameEnhancer(Protocol):
+    """A backend's step of a stream, holding the network's carried state: `(channels, count, n_fft)` float32
+    analysis frames in (a stream's next frames, in order), the windowed inverse FFTs of the enhanced spectra out (same
+    shape; see [`enhance_frames`]). `window` is the `(n_fft,)` analysis and synthesis window."""
+
+    window: np.ndarray
+
+    def __call__(self, frames: np.ndarray) -> np.ndarray: ...
+
+
 class EnhancementStream:
     """A stream of audio enhanced frame by frame by a causal model; see `model.stream(...)`.
 
@@ -119,15 +127,9 @@ class EnhancementStream:
     """
 
     def __init__(
-        self,
-        model,
-        sampling_rate: int,
-        channels: int = 1,
-        attenuation_limit_db: float | None = None,
-        dtype: torch.dtype | None = None,
-        frames_per_block: int = 1,
+        self, frames: FrameEnhancer, config: Any, sampling_rate: int, channels: int = 1, frames_per_block: int = 1
     ):
-        config = model.config
+        """`frames`: the backend's step; `config`: the model's configuration (its STFT settings and `causal`)."""
         if not config.causal:
             raise ValueError(
                 "This model looks at future frames (config.causal is False), so it cannot stream with its offline "
@@ -137,17 +139,12 @@ class EnhancementStream:
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}.")
         self.frames_per_block = frames_per_block
-        self.model, self.channels, self.dtype = model, channels, dtype
+        self.enhance_frames, self.channels = frames, channels
         self.sampling_rate = check_sampling_rate(sampling_rate)
-        self.attenuation_limit_db = attenuation_limit_db
         rate, self.n_fft, self.hop = config.sampling_rate, config.n_fft, config.hop_length
         self.resample_in = StreamingResampler(self.sampling_rate, rate, channels) if sampling_rate != rate else None
         self.resample_out = StreamingResampler(rate, self.sampling_rate, channels) if sampling_rate != rate else None
-        window = torch.zeros(self.n_fft)
-        start = (self.n_fft - config.win_length) // 2
-        window[start : start + config.win_length] = model.window.detach().cpu()
-        self.window = window.to(model.device)
-        self.squared_window = window.double().numpy() ** 2
+        self.squared_window = frames.window.astype(np.float64) ** 2
         # Centred frames: the signal is preceded by n_fft // 2 zeros; frame t starts at t * hop of the padded signal.
         self.analysis = np.zeros((channels, self.n_fft // 2), np.float32)
         self.overlap = np.zeros((channels, self.n_fft), np.float64)
@@ -242,30 +239,11 @@ class EnhancementStream:
             starts = np.arange(count) * self.hop
             frames = self.analysis[:, starts[:, None] + np.arange(self.n_fft)]  # (channels, count, n_fft)
             self.analysis = self.analysis[:, count * self.hop :]
-            self._overlap_add(self._enhance_frames(torch.from_numpy(frames)))
+            self._overlap_add(self.enhance_frames(frames))
         stop = self.frames * self.hop - self.n_fft // 2  # samples no later frame overlaps
         if last:
             stop = self.model_samples
         return self._take(stop)
-
-    @torch.inference_mode()
-    def _enhance_frames(self, frames: torch.Tensor) -> np.ndarray:
-        """`(channels, count, n_fft)` frames -> windowed inverse FFTs of the enhanced spectra, same shape."""
-        config, device = self.model.config, self.model.device
-        spec = torch.fft.rfft(frames.to(device) * self.window, dim=-1).transpose(1, 2)  # (channels, freq, count)
-        magnitude, phase = compressed_magnitude_phase(spec.real, spec.imag, config.compress_factor)
-        autocast = torch.autocast(device.type, dtype=self.dtype) if self.dtype is not None else contextlib.nullcontext()
-        with autocast:
-            output = self.model(magnitude, phase, cache=self.cache)
-        enhanced, enhanced_phase = output.magnitude.float(), output.phase.float()
-        if self.attenuation_limit_db is not None:
-            enhanced, enhanced_phase = attenuation_floor(
-                enhanced, enhanced_phase, magnitude, phase, self.attenuation_limit_db, config.compress_factor
-            )
-        linear = enhanced.pow(1.0 / config.compress_factor)
-        spectrum = torch.polar(linear, enhanced_phase).transpose(1, 2)
-        signal = torch.fft.irfft(spectrum, n=self.n_fft, dim=-1) * self.window
-        return signal.cpu().numpy()
 
     def _overlap_add(self, signal: np.ndarray) -> None:
         """Add `(channels, count, n_fft)` windowed frames and their squared windows to the overlap-add buffers,
