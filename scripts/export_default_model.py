@@ -1,8 +1,10 @@
 """Copy a trained model (e.g. a run's `best/` folder) into the package as a bundled checkpoint: the default, or
 with `--name default-streaming` the causal one.
 
-Only the weights (safetensors), `config.json` and `preprocessor_config.json` are copied; the installed package
-provides the code. The copy is atomic: the previous default stays in place until the new one is complete.
+Only the weights (safetensors), `config.json` and `preprocessor_config.json` are copied, and the model's ONNX graph
+is exported beside them (`model.onnx`, or `model_step.onnx` for the causal one), so the ONNX backend runs the same
+weights; the installed package provides the code. The copy is atomic: the previous default stays in place until
+the new one is complete.
 
     python scripts/export_default_model.py outputs/default-model/best
     python scripts/export_default_model.py outputs/default-streaming/best --name default-streaming
@@ -14,8 +16,11 @@ import argparse
 import shutil
 from pathlib import Path
 
+import onnx
+
 from hybrid_mpsenet import HybridMPSENetForSpeechEnhancement
 from hybrid_mpsenet.inference import BUNDLED_MODELS, DEFAULT_MODEL
+from hybrid_mpsenet.onnx_export import export_graph
 from hybrid_mpsenet.utils import atomic_directory
 
 FILES = ("config.json", "model.safetensors", "preprocessor_config.json")
@@ -31,11 +36,13 @@ def main() -> None:
     if model.config.causal != (args.name == "default-streaming"):
         kind = "causal" if model.config.causal else "not causal"
         parser.error(f"{source} is {kind}; default-streaming must be causal, default must not.")
+    graph, graph_name = export_graph(model.eval())
     with atomic_directory(target) as tmp:
         for name in FILES:
             shutil.copyfile(source / name, tmp / name)
             (tmp / name).chmod(0o644)
-    size = sum((target / name).stat().st_size for name in FILES)
+        onnx.save(graph, tmp / graph_name)
+    size = sum((target / name).stat().st_size for name in (*FILES, graph_name))
     print(f"exported {source} to {target} ({size / 1024:.0f} KiB)")
 
 

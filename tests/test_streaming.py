@@ -263,7 +263,8 @@ def test_carried_state_does_not_grow_with_the_stream(speech):
     stream = model.stream(sampling_rate=16000)
 
     def state_bytes() -> int:
-        tensors = [t for value in stream.enhance_frames.cache.values() for t in (value if isinstance(value, tuple) else (value,))]
+        cache = stream.enhance_frames.cache
+        tensors = [t for value in cache.values() for t in (value if isinstance(value, tuple) else (value,))]
         return sum(t.numel() * t.element_size() for t in tensors if t is not None)
 
     stream.process(np.tile(speech, 2))

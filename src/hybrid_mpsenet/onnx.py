@@ -22,7 +22,7 @@ from .waveform import WaveformEnhancer, model_location
 logger = logging.getLogger(__name__)
 
 # The opset of the exported graphs and the names the runtime looks for (see [`onnx_export`]).
-OPSET = 18
+OPSET = 23
 GRAPH_FILE = "model.onnx"
 STEP_GRAPH_FILE = "model_step.onnx"
 METADATA_KIND = "hybrid_mpsenet.kind"
