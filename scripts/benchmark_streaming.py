@@ -1,4 +1,5 @@
-"""Streaming on a CPU: the bundled causal model frame by frame, the offline default and DeepFilterNet3's runtime.
+"""Streaming on a CPU: the bundled causal model frame by frame (PyTorch and ONNX Runtime), the offline default and
+DeepFilterNet3's runtime.
 
 For each system, in a fresh process on one thread: the algorithmic latency, the compute time of each hop (mean and
 99th percentile, over every hop of every file; `process()` calls of one hop for ours, libDF's `df_process_frame`
@@ -19,7 +20,7 @@ import time
 from pathlib import Path
 
 import numpy as np
-from benchmark_vs_deepfilternet import DFN_RATE, METRICS, RATE, DeepFilterNet3, load_pairs, score
+from benchmark_vs_deepfilternet import DFN_RATE, METRICS, RATE, DeepFilterNet3, load_enhancer, load_pairs, score
 
 from hybrid_mpsenet.utils import benchmark_environment, measured, run_in_fresh_process, write_json_atomic
 
@@ -35,14 +36,9 @@ def hop_statistics(timings: list[float], hop_seconds: float) -> dict:
     }
 
 
-def run_stream(model: str, noisy: list[np.ndarray]) -> dict:
-    """Our causal model, one thread, fed one hop per `process()` call."""
-    import torch
-
-    from hybrid_mpsenet import HybridMPSENetEnhancer
-
-    torch.set_num_threads(1)
-    enhancer = HybridMPSENetEnhancer.from_pretrained(model)
+def run_stream(model: str, noisy: list[np.ndarray], backend: str) -> dict:
+    """Our causal model on `backend` (pytorch or onnx), one thread, fed one hop per `process()` call."""
+    enhancer = load_enhancer(model, 1, backend)
     hop = enhancer.config.hop_length * RATE // enhancer.config.sampling_rate
     enhancer.enhance(noisy[0][:RATE], RATE)  # warm-up
     timings, outputs = [], []
@@ -62,12 +58,7 @@ def run_stream(model: str, noisy: list[np.ndarray]) -> dict:
 
 def run_offline(model: str, noisy: list[np.ndarray]) -> dict:
     """The offline model on whole files, one thread."""
-    import torch
-
-    from hybrid_mpsenet import HybridMPSENetEnhancer
-
-    torch.set_num_threads(1)
-    enhancer = HybridMPSENetEnhancer.from_pretrained(model)
+    enhancer = load_enhancer(model, 1)
     enhancer.enhance(noisy[0][:RATE], RATE)
     with measured("cpu") as result:
         outputs = [enhancer.enhance(audio, RATE) for audio in noisy]
@@ -97,7 +88,8 @@ def main() -> None:
         clean, noisy, seconds = load_pairs(folder)
         systems = {"noisy": {"metrics": score(clean, noisy, args.workers)}}
         runs = {
-            f"{args.streaming_model} (stream)": (run_stream, args.streaming_model, noisy),
+            f"{args.streaming_model} (stream, PyTorch)": (run_stream, args.streaming_model, noisy, "pytorch"),
+            f"{args.streaming_model} (stream, ONNX)": (run_stream, args.streaming_model, noisy, "onnx"),
             f"{args.offline_model} (offline)": (run_offline, args.offline_model, noisy),
             "DeepFilterNet3 (stream)": (run_dfn3, noisy),
         }

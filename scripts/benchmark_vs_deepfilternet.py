@@ -36,13 +36,22 @@ DFN_RATE = 48_000
 METRICS = ("pesq", "csig", "cbak", "covl", "stoi", "si_sdr")
 
 
-def run_ours(model: str, noisy: list[np.ndarray], threads: int) -> dict:
+def load_enhancer(model: str, threads: int, backend: str = "pytorch"):
+    """Our model on `threads` CPU threads: the lean PyTorch class, or the ONNX runtime (which imports no PyTorch)."""
+    if backend == "onnx":
+        from hybrid_mpsenet.onnx import OnnxEnhancer
+
+        return OnnxEnhancer.from_pretrained(model, threads=threads)
     import torch
 
     from hybrid_mpsenet import HybridMPSENetEnhancer
 
     torch.set_num_threads(threads)
-    enhancer = HybridMPSENetEnhancer.from_pretrained(model)
+    return HybridMPSENetEnhancer.from_pretrained(model)
+
+
+def run_ours(model: str, noisy: list[np.ndarray], threads: int) -> dict:
+    enhancer = load_enhancer(model, threads)
     enhancer.enhance(noisy[0][:RATE], RATE)  # warm-up
     with measured("cpu") as result:
         outputs = [enhancer.enhance(audio, RATE) for audio in noisy]

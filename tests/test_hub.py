@@ -46,6 +46,7 @@ def test_push_dry_run_writes_the_exact_upload_with_a_parsable_card(tmp_path, cap
     names = sorted(p.name for p in (tmp_path / "up").iterdir())
     assert {"README.md", "config.json", "model.safetensors", "preprocessor_config.json"} <= set(names)
     assert {"enhancement.py", "modeling_hybrid_mpsenet.py", "audio.py"} <= set(names)  # remote code
+    assert (tmp_path / "up" / "model.onnx").read_bytes() == (DEFAULT_MODEL_DIR / "model.onnx").read_bytes()
     card = ModelCard.load(tmp_path / "up" / "README.md")
     assert (card.data.pipeline_tag, card.data.library_name) == ("audio-to-audio", "hybrid-mpsenet")
     results = {r.metric_type: r.metric_value for r in card.data.eval_results}

@@ -16,6 +16,7 @@ from helpers import DATA, tiny_config
 
 from hybrid_mpsenet.cli import main
 from hybrid_mpsenet.inference import HybridMPSENetEnhancer
+from hybrid_mpsenet.modeling_hybrid_mpsenet import HybridMPSENetModel
 from hybrid_mpsenet.onnx import GRAPH_FILE, STEP_GRAPH_FILE, OnnxEnhancer, OnnxModelError
 from hybrid_mpsenet.onnx_export import export_onnx
 
@@ -43,9 +44,22 @@ def export(model: torch.nn.Module, folder) -> OnnxEnhancer:
 
 @pytest.fixture(scope="module")
 def hybrid(tmp_path_factory):
-    """Transformer shared block, Mamba magnitude branch, Transformer phase branch, cross-attention fusion."""
+    """A grown model: two Transformer shared blocks, a Mamba magnitude branch and a Transformer phase branch with
+    branch projections, cross-attention fusion; every weight then perturbed, so no grown layer is an identity."""
     torch.manual_seed(0)
-    model = HybridMPSENetEnhancer(tiny_config())
+    base = HybridMPSENetModel(tiny_config(num_magnitude_blocks=0, num_phase_blocks=0, fusion="none"))
+    grown = base.grow(
+        num_shared_blocks=2,
+        num_magnitude_blocks=1,
+        num_phase_blocks=1,
+        fusion="cross_attention",
+        branch_projection=True,
+    )
+    model = HybridMPSENetEnhancer(grown.config)
+    model.load_state_dict(grown.state_dict())
+    with torch.no_grad():
+        for parameter in model.parameters():
+            parameter.add_(0.05 * torch.randn_like(parameter))
     return model.eval(), export(model, tmp_path_factory.mktemp("onnx") / "hybrid")
 
 
@@ -287,3 +301,39 @@ def test_a_step_graph_without_its_state_inputs_is_refused(causal, tmp_path):
     onnx.save(proto, str(copy / STEP_GRAPH_FILE))
     with pytest.raises(OnnxModelError, match=f"{STEP_GRAPH_FILE}: the graph lacks the inputs/outputs state"):
         OnnxEnhancer(copy)
+
+
+def readme_block(after: str) -> str:
+    """The first fenced bash block of the README after the line containing `after`."""
+    from pathlib import Path
+
+    text = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    start = text.index("```bash\n", text.index(after)) + len("```bash\n")
+    return text[start : text.index("```", start)]
+
+
+@pytest.mark.slow
+def test_the_readmes_pytorch_free_deployment_recipe_runs(tmp_path):
+    """The README's recipe, verbatim, in a minimal checkout of this repository and a fresh virtual environment
+    (packages from the registry): it installs no PyTorch and enhances the example with the bundled graph."""
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    checkout = tmp_path / "checkout"
+    for name in ("pyproject.toml", "README.md", "src", "examples/audio"):
+        source = root / name
+        if source.is_dir():
+            shutil.copytree(source, checkout / name, ignore=shutil.ignore_patterns("*.egg-info", "__pycache__"))
+        else:
+            (checkout / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(source, checkout / name)
+    recipe = readme_block("**A deployment without PyTorch**")
+    env = {"HOME": str(tmp_path), "PATH": "/usr/bin:/bin", "PIP_DISABLE_PIP_VERSION_CHECK": "1"}
+    command = f"set -euo pipefail\nPATH={Path(sys.executable).parent}:$PATH\n{recipe}\npip list --format freeze"
+    result = subprocess.run(["bash", "-c", command], cwd=checkout, env=env, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-3000:]
+    installed = {line.split("==")[0].lower() for line in result.stdout.splitlines()}
+    assert "onnxruntime" in installed and "hybrid-mpsenet" in installed
+    assert not installed & {"torch", "transformers"}
+    enhanced, rate = sf.read(tmp_path / "enhanced.wav")
+    assert rate == 16000 and len(enhanced) == sf.info(checkout / "examples/audio/p257_418_noisy.wav").frames

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 from pathlib import Path
 
 from huggingface_hub import EvalResult, HfApi, ModelCard, ModelCardData, constants
@@ -18,6 +19,7 @@ from safetensors.torch import load_file
 
 from .enhancement import HybridMPSENetForSpeechEnhancement
 from .evaluation import METRICS, format_table
+from .onnx import GRAPH_FILE, STEP_GRAPH_FILE
 from .ownership import check_replaceable_folder
 from .utils import atomic_directory, weights_sha256
 
@@ -144,7 +146,8 @@ def build_model_card(
 
 
 def prepare_upload(model_dir: str | Path, output_dir: str | Path, card: ModelCard, overwrite: bool = False) -> Path:
-    """Write the folder `push_to_hub` uploads: safetensors, config, preprocessor config, model code, README.md.
+    """Write the folder `push_to_hub` uploads: safetensors, config, preprocessor config, model code, README.md, and
+    the ONNX graph when `model_dir` has one (see [`export_onnx`]).
 
     An existing `output_dir` is replaced only if it is an upload or model folder this package wrote, unchanged,
     and `overwrite` is set (see [`ownership`])."""
@@ -152,6 +155,9 @@ def prepare_upload(model_dir: str | Path, output_dir: str | Path, card: ModelCar
     model = HybridMPSENetForSpeechEnhancement.from_pretrained(model_dir)
     with atomic_directory(output_dir, "upload") as tmp:
         model.save_pretrained(tmp)  # with the preprocessor config and the code in auto_map
+        for name in (GRAPH_FILE, STEP_GRAPH_FILE):
+            if (Path(model_dir) / name).is_file():
+                shutil.copyfile(Path(model_dir) / name, tmp / name)
         card.save(tmp / "README.md")
     return Path(output_dir)
 
