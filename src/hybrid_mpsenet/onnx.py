@@ -177,6 +177,18 @@ def check_graph(path: Path, session, config: dict, kind: str) -> dict:
     return metadata
 
 
+def state_shapes(entries: list[dict], channels: int) -> list[tuple[list[int], str]]:
+    """The shape and dtype name of each carried state of a step graph (its metadata `entries`) for a stream of
+    `channels` channels: a state's batch axis holds `channels` times its one-channel size."""
+    shapes = []
+    for entry in entries:
+        shape = list(entry["shape"])
+        if entry["batch_axis"] is not None:
+            shape[entry["batch_axis"]] *= channels
+        shapes.append((shape, entry["dtype"]))
+    return shapes
+
+
 class OnnxFrameEnhancer:
     """The ONNX step of a stream ([`FrameEnhancer`]): the step graph run frame by frame, its states carried from one
     frame to the next (zeros at the start, sized for the stream's channels on the first call)."""
@@ -187,18 +199,9 @@ class OnnxFrameEnhancer:
         self.window = enhancer.window
         self.states: list[np.ndarray] | None = None
 
-    def _zeros(self, channels: int) -> list[np.ndarray]:
-        states = []
-        for entry in self.entries:
-            shape = list(entry["shape"])
-            if entry["batch_axis"] is not None:
-                shape[entry["batch_axis"]] *= channels
-            states.append(np.zeros(shape, entry["dtype"]))
-        return states
-
     def _network(self, magnitude: np.ndarray, phase: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         if self.states is None:
-            self.states = self._zeros(magnitude.shape[0])
+            self.states = [np.zeros(shape, dtype) for shape, dtype in state_shapes(self.entries, magnitude.shape[0])]
         magnitudes, phases = [], []
         for frame in range(magnitude.shape[-1]):
             feeds = {"magnitude": magnitude[:, :, frame : frame + 1], "phase": phase[:, :, frame : frame + 1]}

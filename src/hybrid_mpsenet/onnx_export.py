@@ -37,6 +37,7 @@ from .onnx import (
     OPSET,
     STEP_GRAPH_FILE,
     graph_config,
+    state_shapes,
 )
 from .ownership import check_replaceable_folder
 from .utils import atomic_directory
@@ -98,13 +99,7 @@ class StateLayout:
 
     def zeros(self, batch: int) -> list[torch.Tensor]:
         """The states of a fresh stream of `batch` channels (zeros, as an empty cache starts)."""
-        states = []
-        for entry in self.entries:
-            shape = list(entry["shape"])
-            if entry["batch_axis"] is not None:
-                shape[entry["batch_axis"]] *= batch
-            states.append(torch.zeros(shape, dtype=getattr(torch, entry["dtype"])))
-        return states
+        return [torch.zeros(shape, dtype=getattr(torch, dtype)) for shape, dtype in state_shapes(self.entries, batch)]
 
     def to_cache(self, states: tuple[torch.Tensor, ...]) -> dict:
         """The cache dict holding `states` (in `entries` order)."""
