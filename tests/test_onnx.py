@@ -337,3 +337,12 @@ def test_the_readmes_pytorch_free_deployment_recipe_runs(tmp_path):
     assert not installed & {"torch", "transformers"}
     enhanced, rate = sf.read(tmp_path / "enhanced.wav")
     assert rate == 16000 and len(enhanced) == sf.info(checkout / "examples/audio/p257_418_noisy.wav").frames
+
+
+def test_the_stream_command_runs_the_step_graph():
+    audio, rate = speech(1.0)
+    command = [sys.executable, "-m", "hybrid_mpsenet.cli", "stream", "--model", "default-streaming", "--rate", "16000"]
+    done = subprocess.run([*command, "--backend", "onnx"], input=audio.tobytes(), capture_output=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    expected = OnnxEnhancer.from_pretrained("default-streaming").enhance(audio, rate)
+    np.testing.assert_allclose(np.frombuffer(done.stdout, np.float32), expected, atol=1e-6)
