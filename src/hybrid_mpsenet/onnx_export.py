@@ -22,6 +22,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+import warnings
 from pathlib import Path
 
 import torch
@@ -133,16 +134,27 @@ def _export(module: nn.Module, args: tuple, dynamic_shapes: tuple, input_names: 
     import onnx
 
     started = time.perf_counter()
-    program = torch.onnx.export(
-        module,
-        args,
-        dynamo=True,
-        opset_version=OPSET,
-        dynamic_shapes=dynamic_shapes,
-        input_names=input_names,
-        output_names=output_names,
-        verbose=False,
-    )
+    registration = logging.getLogger("torch.onnx._internal.exporter._registration")
+    level = registration.level
+    with warnings.catch_warnings():
+        # The exporter's notes on PyTorch's internals (deprecated guards, GRU weight views, missing torchvision
+        # ops) concern neither the graph nor the user.
+        warnings.simplefilter("ignore", FutureWarning)
+        warnings.filterwarnings("ignore", message="The tensor attributes")
+        registration.setLevel(logging.ERROR)
+        try:
+            program = torch.onnx.export(
+                module.eval(),
+                args,
+                dynamo=True,
+                opset_version=OPSET,
+                dynamic_shapes=dynamic_shapes,
+                input_names=input_names,
+                output_names=output_names,
+                verbose=False,
+            )
+        finally:
+            registration.setLevel(level)
     proto = program.model_proto
     onnx.checker.check_model(proto, full_check=True)
     logger.info("Exported the ONNX graph in %.1f s.", time.perf_counter() - started)
