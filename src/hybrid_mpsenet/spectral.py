@@ -74,10 +74,11 @@ def istft(
     total = n_fft + (count - 1) * hop_length
     signal = np.zeros((frames.shape[0], total))
     envelope = np.zeros(total)
+    squared_window = window.astype(np.float64) ** 2
     for index in range(count):
         start = index * hop_length
         signal[:, start : start + n_fft] += frames[:, index] * window
-        envelope[start : start + n_fft] += window.astype(np.float64) ** 2
+        envelope[start : start + n_fft] += squared_window
     pad = n_fft // 2
     signal = signal[:, pad : pad + length] / np.where(envelope > 1e-11, envelope, 1.0)[pad : pad + length]
     if signal.shape[1] < length:
