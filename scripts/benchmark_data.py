@@ -1,7 +1,9 @@
 """How the training data pipeline scales with the corpus: time to the first batch, items per second with 0 and 2
 DataLoader workers, and peak memory of the trainer and of its workers, for generated corpora that grow in files
 (many short ones) and in hours (few long ones, as the DNS Challenge's). Corpora are written once by
-`make_synthetic_corpus.py` under `--corpora`; each measurement runs in a fresh process. Prints a table, writes JSON.
+`make_synthetic_corpus.py` under `--corpora`; the corpora of short files are also read as 64 WebDataset shards
+(`clean_streams`, packed once by `write_speech_shards`). Each measurement runs in a fresh process. Prints a table,
+writes JSON.
 
     python scripts/benchmark_data.py --files 1000 10000 50000 --hours 1 10 70 --output outputs/benchmark_data.json
 
@@ -25,6 +27,7 @@ sys.path.insert(0, str(ROOT / "scripts"))
 
 from make_synthetic_corpus import write_corpus  # noqa: E402
 
+from hybrid_mpsenet.data import write_speech_shards  # noqa: E402
 from hybrid_mpsenet.utils import benchmark_environment, peak_rss_gib, write_json_atomic  # noqa: E402
 
 
@@ -35,18 +38,22 @@ def in_fresh_process(*arguments) -> dict:
     return json.loads(subprocess.run(command, capture_output=True, text=True, check=True).stdout.splitlines()[-1])
 
 
-def measure(corpus: str, workers: int, items: int, check_audio: str) -> dict:
-    """Build the mixing datasets as `train` does, then draw `items` items in batches of 4."""
+def measure(corpus: str, workers: int, items: int, check_audio: str, source: str = "files") -> dict:
+    """Build the mixing datasets as `train` does (clean speech from `source`: the files, or their shards), then
+    draw `items` items in batches of 4."""
     import torch
 
-    from hybrid_mpsenet.data import collate_pairs
+    from hybrid_mpsenet.data import StreamingMixingDataset, collate_pairs
     from hybrid_mpsenet.training import TrainingArguments, build_datasets
 
     torch.set_num_threads(1)
+    speech = {"clean_dirs": [str(Path(corpus) / "clean")]}
+    if source == "shards":
+        speech = {"clean_streams": [str(Path(corpus) / "shards")], "stream_eval_items": 16}
     with tempfile.TemporaryDirectory() as run:
         args = TrainingArguments(
             output_dir=run,
-            clean_dirs=[str(Path(corpus) / "clean")],
+            **speech,
             noise_dirs=[str(Path(corpus) / "noise")],
             items_per_epoch=items,
             segment_seconds=2.0,
@@ -58,8 +65,9 @@ def measure(corpus: str, workers: int, items: int, check_audio: str) -> dict:
         )
         started = time.perf_counter()
         train, _ = build_datasets(args, 16000)
+        shuffle = not isinstance(train, StreamingMixingDataset)
         loader = torch.utils.data.DataLoader(
-            train, 4, shuffle=True, drop_last=True, collate_fn=collate_pairs, num_workers=workers
+            train, 4, shuffle=shuffle, drop_last=True, collate_fn=collate_pairs, num_workers=workers
         )
         batches = iter(loader)
         next(batches)
@@ -67,6 +75,8 @@ def measure(corpus: str, workers: int, items: int, check_audio: str) -> dict:
         started, drawn = time.perf_counter(), 0
         for batch in batches:
             drawn += len(batch["clean"])
+            if drawn >= items:
+                break
         rate = drawn / (time.perf_counter() - started)
         del batches  # the workers end here, so their peak is counted below
     return {
@@ -102,19 +112,27 @@ def main() -> None:
         if not (corpus / "clean").is_dir():
             write_corpus(args.speech, args.noise, corpus, files, seconds, noise_files, noise_seconds)
             print(f"wrote {corpus}", flush=True)
-        checks = ["header", "full"] if corpus == Path(args.corpora) / corpora[0][1] else ["header"]
-        for check_audio in checks:
+        settings = [("files", "header")]
+        if corpus == Path(args.corpora) / corpora[0][1]:
+            settings.append(("files", "full"))
+        if seconds < 60:  # a stream crops each utterance once an epoch: for corpora of short utterances
+            if not (corpus / "shards").is_dir():
+                write_speech_shards(corpus / "clean", corpus / "shards", 64)
+            settings.append(("shards", "header"))
+        for source, check_audio in settings:
             for workers in (0, 2):
-                result = in_fresh_process(str(corpus), workers, args.items, check_audio)
-                rows.append({"corpus": name, "check_audio": check_audio, "workers": workers, **result})
+                result = in_fresh_process(str(corpus), workers, args.items, check_audio, source)
+                rows.append({"corpus": name, "source": source, "check_audio": check_audio, "workers": workers,
+                             **result})  # fmt: skip
                 print(rows[-1], flush=True)
 
-    print("\n| corpus | start-up check | workers | s to first batch | items/s | trainer peak MiB | worker peak MiB |")
-    print("|---|---|---|---|---|---|---|")
+    print("\n| corpus | speech read as | start-up check | workers | s to first batch | items/s | trainer peak MiB | "
+          "worker peak MiB |\n|---|---|---|---|---|---|---|---|")  # fmt: skip
     for r in rows:
         worker = f"{r['worker_peak_rss_mib']:.0f}" if r["worker_peak_rss_mib"] else ""
-        print(f"| {r['corpus']} | {r['check_audio']} | {r['workers']} | {r['seconds_to_first_batch']:.1f} | "
-              f"{r['items_per_second']:.1f} | {r['trainer_peak_rss_mib']:.0f} | {worker} |")  # fmt: skip
+        print(f"| {r['corpus']} | {r['source']} | {r['check_audio']} | {r['workers']} | "
+              f"{r['seconds_to_first_batch']:.1f} | {r['items_per_second']:.1f} | {r['trainer_peak_rss_mib']:.0f} | "
+              f"{worker} |")  # fmt: skip
     print(f"wrote {write_json_atomic(args.output, {**benchmark_environment(), 'items': args.items, 'rows': rows})}")
 
 

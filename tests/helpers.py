@@ -83,3 +83,17 @@ def run_without_package(
     env = {**os.environ, "HF_MODULES_CACHE": str(tmp_path / "modules"), "HF_HUB_OFFLINE": "1"}
     script = _HIDE_PACKAGE.format(hidden=hidden) + textwrap.dedent(code)
     return subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, cwd=tmp_path)
+
+
+def noise_like_utterances(folder: Path, count: int = 16) -> list[Path]:
+    """`count` noise-like utterances of distinct lengths (2,000 + 160 i samples at 16 kHz, never an exact zero), so
+    that a zero-padded crop's length names its utterance."""
+    import numpy as np
+    import soundfile as sf
+
+    folder.mkdir(parents=True)
+    for i in range(count):
+        rng = np.random.default_rng(i)
+        audio = rng.uniform(0.05, 0.5, 2000 + 160 * i) * rng.choice([-1.0, 1.0], 2000 + 160 * i)
+        sf.write(folder / f"utt{i:02d}.wav", audio, 16000, subtype="FLOAT")
+    return sorted(folder.glob("*.wav"))

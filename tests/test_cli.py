@@ -106,7 +106,7 @@ def test_the_bundled_model_is_called_default_and_flags_go_after_the_command(tmp_
 def test_console_script_requires_a_command():
     result = subprocess.run([sys.executable, "-m", "hybrid_mpsenet.cli"], capture_output=True, text=True)
     assert result.returncode == 2
-    assert "choose a command: enhance, stream, evaluate, train, finetune, push, convert, info" in result.stderr
+    assert "choose a command: enhance, stream, evaluate, train, finetune, shard, push, convert, info" in result.stderr
 
 
 def test_unknown_command_lists_the_allowed_ones(capsys):

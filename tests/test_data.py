@@ -7,10 +7,11 @@ import pytest
 import soundfile as sf
 import soxr
 import torch
-from helpers import DATA
+from helpers import DATA, noise_like_utterances
 
 from hybrid_mpsenet.audio import AudioError
 from hybrid_mpsenet.data import (
+    NoiseMixer,
     NoiseMixingDataset,
     PairedSpeechDataset,
     collate_pairs,
@@ -361,8 +362,8 @@ def test_a_dns_tree_gives_speech_noise_and_measured_rooms(tmp_path):
     assert args.clean_dirs == [str(root / "clean_fullband")] and args.noise_dirs == [str(root / "noise_fullband")]
     assert args.rir_dirs == [str(root / "impulse_responses")]
     train, _ = build_datasets(args, 16000)
-    assert train.rir_files == [str(root / "impulse_responses" / "SLR26" / "room.wav")]
-    full, early = train._measured(train.rir_files[0])
+    assert train.mixer.rir_files == [str(root / "impulse_responses" / "SLR26" / "room.wav")]
+    full, early = train.mixer._measured(train.mixer.rir_files[0])
     assert full[100] == -1.0 and full[2000] == 0.5  # scaled so the direct path has magnitude 1, signs kept
     assert len(early) == 100 + 800  # the direct path and 50 ms of reflections: the echo is not in the target
     with pytest.raises(ValueError, match="set reverb_prob > 0"):
@@ -381,7 +382,7 @@ def test_measured_impulse_responses_are_drawn_beside_the_simulated_rooms(tmp_pat
         args = ([DATA / SPEECH[0]], [DATA / NOISE[1]], 16000, 16000, (30.0, 30.0), (0.0, 0.0), 2, 7)
         return NoiseMixingDataset(*args, reverb_prob=reverb_prob, rir_files=rir_files)
 
-    monkeypatch.setattr(NoiseMixingDataset, "ROOMS", 0)  # every reverberant draw takes a measured response
+    monkeypatch.setattr(NoiseMixer, "ROOMS", 0)  # every reverberant draw takes a measured response
     dry, wet = make(0.0, [])[0], make(1.0, [tmp_path / "echo.wav"])[0]
     np.testing.assert_allclose(wet["clean"].numpy(), dry["clean"].numpy(), atol=1e-6)  # target: direct path only
     echo = wet["noisy"].numpy() - dry["noisy"].numpy()
@@ -390,3 +391,106 @@ def test_measured_impulse_responses_are_drawn_beside_the_simulated_rooms(tmp_pat
     assert np.abs(echo[2400:] - 0.7 * dry["clean"].numpy()[:-2400]).mean() < 1e-3
     with pytest.raises(AudioError, match="not an impulse response"):
         make(1.0, [tmp_path / "silent.wav"])[0]
+
+
+def _lengths(items):
+    return [int(np.flatnonzero(item["clean"].numpy())[-1]) + 1 for item in items]
+
+
+def _streamed(source, exclude=frozenset(), **options):
+    from hybrid_mpsenet.data import NoiseMixer, StreamingMixingDataset, load_stream
+
+    mixer = NoiseMixer([DATA / NOISE[1]], 16000, (10.0, 10.0), (0.0, 0.0), babble_prob=options.pop("babble", 0.0))
+    return StreamingMixingDataset(load_stream(source), mixer, 8000, 3, exclude=exclude, shuffle_buffer=4, **options)
+
+
+def _drawn(dataset, workers, epoch=0, consumed=None, batches=None):
+    dataset.set_epoch(epoch)
+    if consumed:
+        dataset.resume(consumed)
+    loader = torch.utils.data.DataLoader(dataset, 2, num_workers=workers, collate_fn=collate_pairs, drop_last=True)
+    drawn = []
+    for number, batch in enumerate(loader):
+        if number == batches:
+            break
+        drawn += [{key: batch[key][i] for key in batch} for i in range(len(batch["clean"]))]
+    return drawn
+
+
+def test_speech_streams_from_tar_shards_parquet_and_saved_datasets_are_the_samenoise_like_utterances(tmp_path):
+    from hybrid_mpsenet.cli import main
+    from hybrid_mpsenet.data import hold_out_stream, load_stream
+
+    files = noise_like_utterances(tmp_path / "speech")
+    assert main(["shard", str(tmp_path / "speech"), "-o", str(tmp_path / "shards"), "--shards", "4", "-q"]) == 0
+    assert sorted(s.name for s in (tmp_path / "shards").iterdir()) == [f"speech-0000{i}.tar" for i in range(4)]
+    table = datasets.Dataset.from_dict({"speech": [str(f) for f in files]}).cast_column("speech", datasets.Audio())
+    table.save_to_disk(tmp_path / "saved")
+    (tmp_path / "parquet").mkdir()
+    for i in range(2):
+        table.shard(2, i).to_parquet(tmp_path / "parquet" / f"train-{i}.parquet")
+    expected = sorted(len(sf.read(f)[0]) for f in files)
+    for source in ("shards", "shards/*.tar", "parquet", "saved"):
+        stream = load_stream(tmp_path / source)
+        assert sorted(len(decode_audio(row["audio"], 16000)) for row in stream) == expected, source
+        assert len({row["key"] for row in stream}) == 16, source
+    held, keys = hold_out_stream(load_stream(tmp_path / "shards"), 2, tmp_path / "held", 16000)
+    assert [f.name for f in held] == ["00000.wav", "00001.wav"] and len(keys) == 2
+    assert sorted(_lengths(_drawn(_streamed(tmp_path / "shards", keys), 0))) == sorted(
+        set(expected) - {len(sf.read(f)[0]) for f in held}
+    )  # the held-out utterances are never trained on
+    with pytest.raises(ValueError, match="no audio column"):
+        datasets.Dataset.from_dict({"text": ["a", "b"]}).save_to_disk(tmp_path / "text")
+        load_stream(tmp_path / "text")
+    with pytest.raises(ValueError, match="cannot stream its 'dev' split"):
+        load_stream(tmp_path / "parquet", split="dev")
+
+
+def test_streamed_items_split_across_processes_and_workers_each_seen_once_and_replay_by_seed(tmp_path):
+    from hybrid_mpsenet.data import write_speech_shards
+
+    files = noise_like_utterances(tmp_path / "speech")
+    write_speech_shards(tmp_path / "speech", tmp_path / "shards", 4, progress=False)
+    every = sorted(len(sf.read(f)[0]) for f in files)
+    per_process = [_lengths(_drawn(_streamed(tmp_path / "shards", rank=r, world_size=2), 2)) for r in (0, 1)]
+    assert not set(per_process[0]) & set(per_process[1])  # disjoint shards
+    assert sorted(per_process[0] + per_process[1]) == every  # each utterance once in the epoch
+    first, again = (_drawn(_streamed(tmp_path / "shards"), 2) for _ in range(2))
+    assert all(torch.equal(a["noisy"], b["noisy"]) for a, b in zip(first, again, strict=True))
+    assert _lengths(_drawn(_streamed(tmp_path / "shards"), 2, epoch=1)) != _lengths(first)  # a new order
+
+
+def test_a_streamed_epoch_resumes_where_each_worker_stopped(tmp_path):
+    from hybrid_mpsenet.data import write_speech_shards
+
+    noise_like_utterances(tmp_path / "speech", 24)
+    write_speech_shards(tmp_path / "speech", tmp_path / "shards", 4, progress=False)
+    straight = _drawn(_streamed(tmp_path / "shards", babble=1.0), 2)
+    before = _drawn(_streamed(tmp_path / "shards", babble=1.0), 2, batches=3)
+    consumed = {w: sum(int(item["worker"]) == w for item in before) for w in (0, 1)}
+    assert consumed == {0: 4, 1: 2}
+    after = _drawn(_streamed(tmp_path / "shards", babble=1.0), 2, consumed=consumed)
+
+    def by_worker(items):
+        return {w: [item["noisy"] for item in items if int(item["worker"]) == w] for w in (0, 1)}
+
+    whole, resumed = by_worker(straight), by_worker(before + after)
+    for worker in (0, 1):  # babble from the crops before the resume included
+        assert len(whole[worker]) == len(resumed[worker]) == 12
+        assert all(torch.equal(a, b) for a, b in zip(whole[worker], resumed[worker], strict=True))
+
+
+def test_restarted_loaders_give_batches_in_the_round_robin_order_of_an_uninterrupted_epoch():
+    from hybrid_mpsenet.data import in_worker_order
+
+    def batches(workers):
+        return [{"worker": torch.tensor([w]), "n": n} for n, w in enumerate(workers)]
+
+    def order(delivered, workers, first):
+        return [int(b["worker"][0]) for b in in_worker_order(batches(delivered), workers, first)]
+
+    assert order([0, 1, 2, 0, 1, 2], 3, 2) == [2, 0, 1, 2, 0, 1]  # a loader restarted after 2 (or 5) batches
+    assert order([0, 2, 0, 2, 0], 3, 0) == [0, 2, 0, 2, 0]  # worker 1 ran out: the others keep their order
+    assert order([0, 1, 0, 0], 2, 1) == [1, 0, 0, 0]  # worker 1 ran out after one more batch
+    assert order([0, 1, 1], 2, 0) == [0, 1, 1]
+    assert sorted(order([1, 0, 1], 2, 0)) == [0, 1, 1]  # out of turn: nothing is lost

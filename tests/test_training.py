@@ -8,13 +8,13 @@ import numpy as np
 import pytest
 import soundfile as sf
 import torch
-from helpers import DATA, tiny_config
+from helpers import DATA, noise_like_utterances, tiny_config
 from helpers import training_arguments as arguments
 from safetensors.torch import load_file
 
 from hybrid_mpsenet import HybridMPSENetForSpeechEnhancement
 from hybrid_mpsenet.cli import main
-from hybrid_mpsenet.data import decode_audio, mix_at_snr
+from hybrid_mpsenet.data import decode_audio, mix_at_snr, write_speech_shards
 from hybrid_mpsenet.inference import DEFAULT_MODEL_DIR
 from hybrid_mpsenet.metrics import pesq_score
 from hybrid_mpsenet.training import TrainingArguments, latest_checkpoint, parse_training_arguments, train
@@ -114,6 +114,39 @@ def test_resume_is_exact(tmp_path):
     assert len(seconds) == 2 and 0 < seconds[0] < seconds[1]
 
 
+def _checkpoints_equal(a, b):
+    for name in ("generator/model.safetensors", "discriminator.safetensors"):
+        left, right = load_file(a / name), load_file(b / name)
+        assert all(torch.equal(left[k], right[k]) for k in left), name
+
+
+def _trainer_counters(checkpoint):
+    return json.loads((checkpoint / "trainer_state.json").read_text())["counters"]
+
+
+def test_streamed_training_resumes_mid_epoch_bit_identically(tmp_path):
+    noise_like_utterances(tmp_path / "speech")
+    write_speech_shards(tmp_path / "speech", tmp_path / "shards", 4, progress=False)
+    streaming = dict(
+        clean_streams=[str(tmp_path / "shards")], noise_dirs=[str(DATA)], num_workers=2, stream_eval_items=2,
+        shuffle_buffer=4, eval_every=100,
+    )  # fmt: skip
+    train(arguments(tmp_path / "a", max_steps=8, save_every=4, **streaming))
+    train(arguments(tmp_path / "b", max_steps=3, save_every=3, **streaming))
+    assert _trainer_counters(latest_checkpoint(tmp_path / "b" / "run"))["stream_consumed"] == [{"0": 4, "1": 2}]
+    train(arguments(tmp_path / "b", max_steps=8, save_every=4, resume=True, **streaming))
+    a, b = latest_checkpoint(tmp_path / "a" / "run"), latest_checkpoint(tmp_path / "b" / "run")
+    assert a.name == b.name == "step-00000008"
+    assert _trainer_counters(b)["epoch"] == 1  # 6 batches an epoch (14 utterances over 2 workers): one crossed
+    _checkpoints_equal(a, b)
+    assert sorted(p.name for p in (tmp_path / "b" / "run" / "validation_speech").iterdir()) == [
+        "00000.wav",
+        "00001.wav",
+    ]
+    with pytest.raises(ValueError, match="with the same"):
+        train(arguments(tmp_path / "b", max_steps=9, resume=True, **{**streaming, "num_workers": 0}))
+
+
 @pytest.mark.slow
 def test_kill_9_during_training_then_resume_is_bit_identical(tmp_path):
     """A training process killed with SIGKILL (while a checkpoint is being written, when that moment is caught)
@@ -151,7 +184,7 @@ def test_yaml_config_with_overrides_and_errors(tmp_path, voicebank):
     (tmp_path / "bad.yaml").write_text("learning_rat: 0.1\n")
     with pytest.raises(ValueError, match="unknown training settings \\['learning_rat'\\]"):
         parse_training_arguments([], tmp_path / "bad.yaml")
-    with pytest.raises(ValueError, match="either train_data"):
+    with pytest.raises(ValueError, match="Give one of train_data"):
         TrainingArguments(output_dir="x")
     with pytest.raises(ValueError, match="mixed_precision"):
         TrainingArguments(output_dir="x", train_data="y", mixed_precision="fp8")
@@ -268,6 +301,27 @@ def test_two_process_cpu_run_gloo(tmp_path):
     assert checkpoint.name == "step-00000003"
     assert {p.name for p in checkpoint.glob("rng_state_*")} == {"rng_state_0.safetensors", "rng_state_1.safetensors"}
     assert HybridMPSENetForSpeechEnhancement.from_pretrained(tmp_path / "run" / "best").config.n_fft == 128
+
+
+@pytest.mark.slow
+def test_two_processes_train_on_disjoint_shards_and_resume_the_epoch(tmp_path):
+    noise_like_utterances(tmp_path / "speech", 24)
+    write_speech_shards(tmp_path / "speech", tmp_path / "shards", 4, progress=False)
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29562"]
+    command += ["-m", "hybrid_mpsenet.cli", "train", "--cpu", "true", "--output_dir", str(tmp_path / "run")]
+    command += ["--clean_streams", str(tmp_path / "shards"), "--noise_dirs", str(DATA), "--stream_eval_items", "2"]
+    command += ["--segment_seconds", "0.5", "--batch_size", "2", "--save_every", "2", "--eval_max_items", "1"]
+    command += ["--pesq_workers", "0", "--log_with", "none", "--progress", "false", "--config_overrides", CONFIG]
+    for steps, resume in ((2, "false"), (4, "true")):
+        result = subprocess.run(
+            [*command, "--max_steps", str(steps), "--resume", resume], capture_output=True, text=True, timeout=600
+        )
+        assert result.returncode == 0, result.stderr[-2000:]
+        counters = _trainer_counters(latest_checkpoint(tmp_path / "run"))
+        # Each process counted its own items: 2 per step (its worker 0; 11 utterances, 5 batches an epoch).
+        assert counters["stream_layout"] == [2, 0]
+        assert counters["stream_consumed"] == [{"0": 2 * steps}, {"0": 2 * steps}], steps
+    assert latest_checkpoint(tmp_path / "run").name == "step-00000004" and counters["epoch"] == 0
 
 
 def tonal_noise(seconds: float, seed: int) -> np.ndarray:

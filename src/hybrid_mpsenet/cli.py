@@ -480,6 +480,14 @@ def _finetune(args: argparse.Namespace) -> int:
     return 0
 
 
+def _shard(args: argparse.Namespace) -> int:
+    from .data import write_speech_shards
+
+    written = write_speech_shards(args.inputs, args.output, args.shards, args.seed, progress=not args.quiet)
+    print(f"Wrote {len(written)} shards to {args.output}; train on them with --clean_streams {args.output}")
+    return 0
+
+
 def _quiet(args: argparse.Namespace) -> list[str]:
     """`-q` for train and finetune: `--progress false`, unless --progress is given explicitly."""
     return ["--progress", "false"] if args.quiet and "--progress" not in args.overrides else []
@@ -496,6 +504,7 @@ COMMANDS: dict[str, tuple[str, Callable[[argparse.Namespace], int]]] = {
     "evaluate": ("score a model on clean/noisy test pairs: PESQ, CSIG, CBAK, COVL, STOI, SSNR", _evaluate),
     "train": ("train a model (YAML config + --name value overrides); works under `accelerate launch`", _train),
     "finetune": ("fine-tune a model on clean speech mixed with new noise", _finetune),
+    "shard": ("pack speech files into WebDataset tar shards for training with --clean_streams", _shard),
     "push": ("publish a model folder to the Hugging Face Hub with a model card and its metric results", _push),
     "convert": ("convert an original MP-SENet / hybrid generator checkpoint to a save_pretrained folder", _convert),
     "info": ("print the architecture and parameter count of the presets or of a model", _info),
@@ -576,6 +585,12 @@ def build_parser() -> argparse.ArgumentParser:
     finetune.add_argument("--clean", nargs="+", help="folders of clean speech (required)")
     finetune.add_argument("--noise", nargs="+", help="folders of the new noise (required)")
     finetune.add_argument("--config", help="YAML file of further settings; --output_dir DIR etc. also accepted")
+
+    shard = sub.choices["shard"]
+    shard.add_argument("inputs", nargs="+", metavar="INPUT", help="speech folders (recursive), files or file lists")
+    shard.add_argument("-o", "--output", required=True, help="folder for the shards (speech-NNNNN.tar)")
+    shard.add_argument("--shards", type=int, default=64, help="number of shards (at least the workers in all)")
+    shard.add_argument("--seed", type=int, default=0, help="seed of the order that spreads files over the shards")
 
     push = sub.choices["push"]
     push.add_argument("--model", required=True, help="model folder to publish (or `default`)")

@@ -7,12 +7,15 @@ to be mixed), whose audio cells are file paths or `{"bytes", "path"}` / `{"array
 
 from __future__ import annotations
 
+import functools
 import io
 import json
 import logging
 import os
 import re
-from collections.abc import Sequence
+import tarfile
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -22,6 +25,7 @@ import scipy.signal
 import soundfile as sf
 import soxr
 import torch
+from datasets.distributed import split_dataset_by_node
 from tqdm.auto import tqdm
 
 from .audio import AudioError, check_sampling_rate, to_float
@@ -590,34 +594,30 @@ class PairedSpeechDataset(_SeededDataset):
         return {"clean": torch.from_numpy(clean.copy()), "noisy": torch.from_numpy(noisy.copy())}
 
 
-class NoiseMixingDataset(_SeededDataset):
-    """Clean speech mixed with noise recordings on the fly, reproducibly.
+class NoiseMixer:
+    """Noise, rooms and levels for crops of clean speech: what [`NoiseMixingDataset`] and
+    [`StreamingMixingDataset`] share.
 
-    Each item takes clean file `index % len(clean_files)` (or one drawn by `clean_probabilities`), a random crop of
-    it, a random noise file (drawn evenly or by `noise_probabilities`) at a random offset (looped when shorter),
-    a random SNR in `snr_range` dB and a random overall gain in `gain_range` dB. `items_per_epoch` sets the epoch
-    length (default: one pass over the clean files).
-
-    Augmentations, each with its own probability (0 by default): `coloured_noise_prob` replaces the noise with
-    white/pink/brown-like noise (random exponent in [0, 2]), `babble_prob` with the sum of 3-6 other clean files
-    (babble), and `eq_prob` passes the noise through a random +-9 dB equaliser. `reverb_prob` plays the speech in
-    one of `ROOMS` simulated rooms ([`simulate_room`], built once per seed) or, drawn alike, one of the measured
-    impulse responses `rir_files`: the input is the reverberant speech plus noise (the SNR is that of the
-    reverberant speech), the target the speech with early reflections only.
+    [`mix`] takes a clean crop `(samples,)` and draws, from the item's generator: a noise file (evenly or by
+    `noise_probabilities`) at a random offset (looped when shorter), a random SNR in `snr_range` dB and a random
+    overall gain in `gain_range` dB. Augmentations, each with its own probability (0 by default):
+    `coloured_noise_prob` replaces the noise with white/pink/brown-like noise (random exponent in [0, 2]),
+    `babble_prob` with the sum of 3-6 other talkers, and `eq_prob` passes the noise through a random +-9 dB
+    equaliser. `reverb_prob` plays the speech in one of `ROOMS` simulated rooms ([`simulate_room`], built once per
+    seed) or, drawn alike, one of the measured impulse responses `rir_files`: the input is the reverberant speech
+    plus noise (the SNR is that of the reverberant speech), the target the speech with early reflections only.
     With `normalise`, each mixture and its target are scaled by the mixture's inverse RMS ([`normalise_pair`]).
+    Noise is read by windows ([`loop`]), never held in memory.
     """
 
     ROOMS = 24
 
     def __init__(
         self,
-        clean_files: Sequence[str | Path],
         noise_files: Sequence[str | Path],
         sampling_rate: int,
-        segment_samples: int | None = None,
         snr_range: tuple[float, float] = (-5.0, 20.0),
         gain_range: tuple[float, float] = (-12.0, 6.0),
-        items_per_epoch: int | None = None,
         seed: int = 0,
         coloured_noise_prob: float = 0.0,
         babble_prob: float = 0.0,
@@ -625,11 +625,9 @@ class NoiseMixingDataset(_SeededDataset):
         reverb_prob: float = 0.0,
         normalise: bool = False,
         headers: dict[str, tuple[int, int]] | None = None,
-        clean_probabilities: Sequence[float] | None = None,
         noise_probabilities: Sequence[float] | None = None,
         rir_files: Sequence[str | Path] = (),
     ):
-        super().__init__(sampling_rate, segment_samples, seed, normalise)
         for name, value in (
             ("coloured_noise_prob", coloured_noise_prob),
             ("babble_prob", babble_prob),
@@ -638,45 +636,30 @@ class NoiseMixingDataset(_SeededDataset):
         ):
             if not 0.0 <= value <= 1.0:
                 raise ValueError(f"{name} must be a probability in [0, 1], got {value}.")
+        if not noise_files:
+            raise ValueError("Mixing needs at least one noise file.")
+        if snr_range[0] > snr_range[1] or gain_range[0] > gain_range[1]:
+            raise ValueError(f"Ranges must be (low, high), got snr_range={snr_range} and gain_range={gain_range}.")
+        self.sampling_rate, self.seed, self.normalise = sampling_rate, seed, normalise
         self.coloured_noise_prob, self.babble_prob, self.eq_prob = coloured_noise_prob, babble_prob, eq_prob
         self.reverb_prob = reverb_prob
         self._rooms: dict[int, tuple[np.ndarray, np.ndarray]] = {}
         self.rir_files = [str(f) for f in rir_files]
-        if not clean_files or not noise_files:
-            raise ValueError("NoiseMixingDataset needs at least one clean file and one noise file.")
-        if snr_range[0] > snr_range[1] or gain_range[0] > gain_range[1]:
-            raise ValueError(f"Ranges must be (low, high), got snr_range={snr_range} and gain_range={gain_range}.")
-        self.clean_files, self.noise_files = [str(f) for f in clean_files], [str(f) for f in noise_files]
+        self.noise_files = [str(f) for f in noise_files]
         self.snr_range, self.gain_range = snr_range, gain_range
-        self.items_per_epoch = items_per_epoch or len(self.clean_files)
-        self._headers = dict(headers or {})
-        self._clean_cdf = _cumulative(clean_probabilities, len(self.clean_files), "clean_probabilities")
+        self.headers = headers if headers is not None else {}
         self._noise_cdf = _cumulative(noise_probabilities, len(self.noise_files), "noise_probabilities")
 
-    def __len__(self) -> int:
-        return self.items_per_epoch
+    def header(self, path: str) -> tuple[int, int]:
+        """`(frames, sampling_rate)` of a file, read once and remembered."""
+        if path not in self.headers:
+            self.headers[path] = audio_header(path)
+        return self.headers[path]
 
-    def _header(self, path: str) -> tuple[int, int]:
-        if path not in self._headers:
-            self._headers[path] = audio_header(path)
-        return self._headers[path]
-
-    def _crop(self, path: str, rng: np.random.Generator) -> np.ndarray:
-        """[`random_crop`] of the file at the model rate (the whole file without a segment length), reading only
-        the crop when the file is at the model rate; the same samples and random draws as decoding it all."""
-        frames, rate = self._header(path)
-        length = self.segment_samples
-        if length is None or rate != self.sampling_rate:
-            audio = decode_audio(path, self.sampling_rate)
-            return audio if length is None else random_crop(audio, length, rng)
-        if frames >= length:
-            return read_window(path, int(rng.integers(0, frames - length + 1)), length)
-        return np.pad(read_window(path, 0, frames), (0, length - frames))
-
-    def _loop(self, path: str, length: int, rng: np.random.Generator) -> np.ndarray:
+    def loop(self, path: str, length: int, rng: np.random.Generator) -> np.ndarray:
         """[`loop_from_random_offset`] of the file, reading only the window (at most two reads) when the file is
         at the model rate and longer than the window: noise recordings of any length cost the window alone."""
-        frames, rate = self._header(path)
+        frames, rate = self.header(path)
         if rate != self.sampling_rate or frames <= length:
             return loop_from_random_offset(decode_audio(path, self.sampling_rate), length, rng)
         start = int(rng.integers(frames))
@@ -685,19 +668,17 @@ class NoiseMixingDataset(_SeededDataset):
             window = np.concatenate([window, read_window(path, 0, length - len(window))])
         return window
 
-    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
-        rng = self._rng(index)
-        if self._clean_cdf is None:
-            clean_file = self.clean_files[index % len(self.clean_files)]
-        else:
-            clean_file = self.clean_files[int(np.searchsorted(self._clean_cdf, rng.uniform(), side="right"))]
-        clean = self._crop(clean_file, rng)
+    def mix(
+        self, clean: np.ndarray, rng: np.random.Generator, babble: Callable[[int, int], np.ndarray | None]
+    ) -> dict[str, torch.Tensor]:
+        """`{"clean", "noisy"}` `(samples,)` tensors from a clean crop `(samples,)`. `babble(talkers, samples)`
+        returns the sum of that many other talkers (drawing from `rng`), or `None` when there are none yet."""
         if self._noise_cdf is None:
             noise_file = self.noise_files[int(rng.integers(len(self.noise_files)))]
         else:
             noise_file = self.noise_files[int(np.searchsorted(self._noise_cdf, rng.uniform(), side="right"))]
-        noise = self._loop(noise_file, clean.shape[0], rng)
-        noise = self._augment(noise, rng)
+        noise = self.loop(noise_file, clean.shape[0], rng)
+        noise = self._augment(noise, rng, babble)
         speech = clean
         if self.reverb_prob and rng.uniform() < self.reverb_prob:
             # The simulated rooms and the measured responses are drawn alike.
@@ -727,18 +708,97 @@ class NoiseMixingDataset(_SeededDataset):
             raise AudioError(f"{path}: not an impulse response (silent, NaN or Inf).")
         return _full_and_early(response, self.sampling_rate)
 
-    def _augment(self, noise: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    def _augment(
+        self, noise: np.ndarray, rng: np.random.Generator, babble: Callable[[int, int], np.ndarray | None]
+    ) -> np.ndarray:
         if not (self.coloured_noise_prob or self.babble_prob or self.eq_prob):
             return noise  # no draws: the item stream is the same as without augmentation support
         draws = rng.uniform(size=3)
         if draws[0] < self.coloured_noise_prob:
             noise = coloured_noise(len(noise), float(rng.uniform(0.0, 2.0)), rng)
         elif draws[1] < self.babble_prob:
-            talkers = rng.integers(0, len(self.clean_files), int(rng.integers(3, 7)))
-            noise = sum(self._loop(self.clean_files[int(i)], len(noise), rng) for i in talkers).astype(np.float32)
+            talkers = babble(int(rng.integers(3, 7)), len(noise))
+            noise = noise if talkers is None else talkers
         if draws[2] < self.eq_prob:
             noise = random_equaliser(noise, rng)
         return noise
+
+
+class NoiseMixingDataset(_SeededDataset):
+    """Clean speech files mixed with noise recordings on the fly, reproducibly: item `index` takes clean file
+    `index % len(clean_files)` (or one drawn by `clean_probabilities`), a random crop of `segment_samples` of it
+    (the whole file without), and mixes it by a [`NoiseMixer`] built from the other arguments (babble: other clean
+    files). `items_per_epoch` sets the epoch length (default: one pass over the clean files)."""
+
+    def __init__(
+        self,
+        clean_files: Sequence[str | Path],
+        noise_files: Sequence[str | Path],
+        sampling_rate: int,
+        segment_samples: int | None = None,
+        snr_range: tuple[float, float] = (-5.0, 20.0),
+        gain_range: tuple[float, float] = (-12.0, 6.0),
+        items_per_epoch: int | None = None,
+        seed: int = 0,
+        coloured_noise_prob: float = 0.0,
+        babble_prob: float = 0.0,
+        eq_prob: float = 0.0,
+        reverb_prob: float = 0.0,
+        normalise: bool = False,
+        headers: dict[str, tuple[int, int]] | None = None,
+        clean_probabilities: Sequence[float] | None = None,
+        noise_probabilities: Sequence[float] | None = None,
+        rir_files: Sequence[str | Path] = (),
+    ):
+        super().__init__(sampling_rate, segment_samples, seed, normalise)
+        if not clean_files:
+            raise ValueError("NoiseMixingDataset needs at least one clean file.")
+        self.mixer = NoiseMixer(
+            noise_files,
+            sampling_rate,
+            snr_range,
+            gain_range,
+            seed,
+            coloured_noise_prob,
+            babble_prob,
+            eq_prob,
+            reverb_prob,
+            normalise,
+            dict(headers or {}),
+            noise_probabilities,
+            rir_files,
+        )
+        self.clean_files = [str(f) for f in clean_files]
+        self.items_per_epoch = items_per_epoch or len(self.clean_files)
+        self._clean_cdf = _cumulative(clean_probabilities, len(self.clean_files), "clean_probabilities")
+
+    def __len__(self) -> int:
+        return self.items_per_epoch
+
+    def _crop(self, path: str, rng: np.random.Generator) -> np.ndarray:
+        """[`random_crop`] of the file at the model rate (the whole file without a segment length), reading only
+        the crop when the file is at the model rate; the same samples and random draws as decoding it all."""
+        frames, rate = self.mixer.header(path)
+        length = self.segment_samples
+        if length is None or rate != self.sampling_rate:
+            audio = decode_audio(path, self.sampling_rate)
+            return audio if length is None else random_crop(audio, length, rng)
+        if frames >= length:
+            return read_window(path, int(rng.integers(0, frames - length + 1)), length)
+        return np.pad(read_window(path, 0, frames), (0, length - frames))
+
+    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
+        rng = self._rng(index)
+        if self._clean_cdf is None:
+            clean_file = self.clean_files[index % len(self.clean_files)]
+        else:
+            clean_file = self.clean_files[int(np.searchsorted(self._clean_cdf, rng.uniform(), side="right"))]
+
+        def babble(count: int, length: int) -> np.ndarray:
+            talkers = rng.integers(0, len(self.clean_files), count)
+            return sum(self.mixer.loop(self.clean_files[int(i)], length, rng) for i in talkers).astype(np.float32)
+
+        return self.mixer.mix(self._crop(clean_file, rng), rng, babble)
 
 
 def _cumulative(probabilities: Sequence[float] | None, count: int, name: str) -> np.ndarray | None:
@@ -754,11 +814,248 @@ def _cumulative(probabilities: Sequence[float] | None, count: int, name: str) ->
 
 
 def collate_pairs(items: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
-    """Stack items into `clean`/`noisy` `(batch, samples)`, zero-padding to the longest, plus `lengths` `(batch,)`."""
+    """Stack items into `clean`/`noisy` `(batch, samples)`, zero-padding to the longest, plus `lengths` `(batch,)`
+    (and `worker` `(batch,)` for streamed items)."""
     lengths = torch.tensor([item["clean"].shape[0] for item in items])
     longest = int(lengths.max())
 
     def stack(key: str) -> torch.Tensor:
         return torch.stack([torch.nn.functional.pad(item[key], (0, longest - item[key].shape[0])) for item in items])
 
-    return {"clean": stack("clean"), "noisy": stack("noisy"), "lengths": lengths}
+    batch = {"clean": stack("clean"), "noisy": stack("noisy"), "lengths": lengths}
+    if "worker" in items[0]:
+        batch["worker"] = torch.stack([item["worker"] for item in items])
+    return batch
+
+
+# Shard formats `datasets` streams by file suffix, for glob patterns (a folder is recognised by `datasets` itself).
+STREAM_BUILDERS = {".tar": "webdataset", ".parquet": "parquet", ".arrow": "arrow"}
+
+
+# The columns of every speech stream: the undecoded audio cell and the utterance's identity.
+AUDIO_CELL = datasets.Features({"bytes": datasets.Value("binary"), "path": datasets.Value("string")})
+STREAM_FEATURES = datasets.Features({"audio": AUDIO_CELL, "key": datasets.Value("string")})
+
+
+def audio_column(features: datasets.Features | None, source: str) -> str:
+    """The first audio column of a dataset: `Audio` typed (WebDataset `flac`/`wav` members, audio parquet), or a
+    plain `{"bytes", "path"}` struct (parquet written without `datasets`' metadata)."""
+    for name, feature in (features or {}).items():
+        if isinstance(feature, datasets.Audio) or (isinstance(feature, dict) and "bytes" in feature):
+            return name
+    raise ValueError(
+        f"{source}: no audio column (columns {list(features or {})}); store speech as an Audio feature or as "
+        "WebDataset members named <key>.flac / <key>.wav."
+    )
+
+
+def load_stream(source: str | Path, split: str = "train") -> datasets.IterableDataset:
+    """A clean-speech source streamed by `datasets`, as columns `audio` (an undecoded `{"bytes", "path"}` cell,
+    read by [`decode_audio`], so `datasets` needs no audio backend) and `key` (the WebDataset key or stored path).
+    Sources: a Hub dataset id, a folder of parquet, arrow or WebDataset tar shards (or a glob of them), or a folder
+    written by `save_to_disk`. Shards are what `datasets` splits between processes and DataLoader workers, so give
+    a source at least as many shards as workers in all.
+
+    Raises:
+        ValueError: no such split, or no audio column.
+    """
+    source = str(source)
+    path = Path(source)
+    if path.is_dir() and any((path / name).is_file() for name in ("state.json", "dataset_dict.json")):
+        loaded = datasets.load_from_disk(source)
+        if isinstance(loaded, datasets.DatasetDict):
+            if split not in loaded:
+                raise ValueError(f"{source}: the dataset has splits {list(loaded)}; it needs a '{split}' split.")
+            loaded = loaded[split]
+        column = audio_column(loaded.features, source)
+        loaded = loaded.cast_column(column, AUDIO_CELL)
+        stream = loaded.to_iterable_dataset(num_shards=max(1, min(len(loaded), 64)))
+    else:
+        try:
+            if any(character in source for character in "*?["):
+                builder = STREAM_BUILDERS.get(Path(source).suffix.lower())
+                if builder is None:
+                    raise ValueError(f"a glob of shards ends in one of {', '.join(STREAM_BUILDERS)}")
+                stream = datasets.load_dataset(builder, data_files={split: source}, split=split, streaming=True)
+            else:
+                stream = datasets.load_dataset(source, split=split, streaming=True)
+        except ValueError as error:  # datasets' own message names the unknown split
+            raise ValueError(f"{source}: cannot stream its '{split}' split ({error}).") from error
+        column = audio_column(stream.features, source)
+        stream = stream.cast_column(column, AUDIO_CELL)
+
+    def normalise(row: dict) -> dict:
+        cell = row[column] or {}
+        return {"audio": cell, "key": str(row.get("__key__") or cell.get("path") or "")}
+
+    return stream.map(normalise, remove_columns=list(stream.column_names), features=STREAM_FEATURES)
+
+
+def write_speech_shards(
+    sources: str | Path | Sequence[str | Path], output: str | Path, shards: int, seed: int = 0, progress: bool = True
+) -> list[Path]:
+    """Pack the audio files of `sources` ([`list_audio`]: folders, files, lists) into `shards` WebDataset tar files
+    `output/speech-NNNNN.tar` for `clean_streams`: each file's bytes unchanged as member `<key>.<ext>`, its key the
+    path below its source with `/` and `.` replaced, files spread over the shards in a seeded random order (so each
+    shard mixes talkers). Shards are written whole to a temporary name and renamed; returns their paths."""
+    if shards < 1:
+        raise ValueError(f"shards must be positive, got {shards}.")
+    sources = [sources] if isinstance(sources, (str, Path)) else list(sources)
+    entries = []
+    for number, source in enumerate(map(Path, sources)):
+        base = source if source.is_dir() else source.parent
+        for path in list_audio(source):
+            relative = path.relative_to(base) if path.is_relative_to(base) else Path(path.name)
+            key = re.sub(r"[/.]", "_", str(relative.with_suffix("")))
+            key = f"{number}_{key}" if len(sources) > 1 else key  # two sources may hold the same names
+            entries.append((f"{key}{path.suffix.lower()}", path))
+    order = np.random.default_rng(seed).permutation(len(entries))
+    output = Path(output)
+    output.mkdir(parents=True, exist_ok=True)
+    written = []
+    bar = tqdm(total=len(entries), desc="packing shards", unit="file", disable=not progress)
+    for shard in range(min(shards, len(entries))):
+        target = output / f"speech-{shard:05d}.tar"
+        partial = output / f".{target.name}.tmp"
+        with tarfile.open(partial, "w") as archive:
+            for index in order[shard::shards]:
+                name, path = entries[int(index)]
+                archive.add(path, arcname=name, recursive=False)
+                bar.update(1)
+        os.replace(partial, target)
+        written.append(target)
+    bar.close()
+    return written
+
+
+def hold_out_stream(
+    stream: datasets.IterableDataset, count: int, folder: str | Path, sampling_rate: int
+) -> tuple[list[Path], set[str]]:
+    """The first `count` utterances of a [`load_stream`] stream (in its stored order) written to `folder` as
+    16-bit WAV files at `sampling_rate` (atomically; kept for a resumed run) for validation, and their keys, which
+    training skips."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    files, keys = [], set()
+    for number, row in enumerate(stream.take(count)):
+        target = folder / f"{number:05d}.wav"
+        if not target.is_file():
+            partial = folder / f".{target.name}.{os.getpid()}.tmp"
+            audio = decode_audio(row["audio"], sampling_rate)
+            sf.write(partial, audio, sampling_rate, format="WAV", subtype="PCM_16")
+            os.replace(partial, target)
+        files.append(target)
+        keys.add(row["key"])
+    if not files:
+        raise ValueError("The speech stream is empty.")
+    return files, keys
+
+
+def _babble_from(
+    recent: list[np.ndarray], rng: np.random.Generator, talkers: int, length: int
+) -> np.ndarray | None:
+    """The sum of `talkers` crops drawn from `recent` (each looped from a random offset), or `None` if empty."""
+    if not recent:
+        return None
+    picks = rng.integers(0, len(recent), talkers)
+    return sum(loop_from_random_offset(recent[int(i)], length, rng) for i in picks).astype(np.float32)
+
+
+class StreamingMixingDataset(torch.utils.data.IterableDataset):
+    """Clean speech streamed by `datasets` ([`load_stream`]'s columns) mixed with noise on the fly by a [`NoiseMixer`]:
+    each epoch is one pass over the stream, every utterance (except the `exclude` keys) cropped once.
+
+    Processes read disjoint shards (`split_dataset_by_node` with `rank`/`world_size`), and so do the DataLoader
+    workers within a process (`datasets` splits the shards among them). Each epoch shuffles shard order and a
+    `shuffle_buffer` of utterances by `(seed, epoch)`, and item `n` of worker `w` draws its crop and mixture from
+    `(seed, epoch, rank, w, n)`, so an epoch replays exactly with the same processes and workers. Items are
+    `{"clean", "noisy"}` `(segment_samples,)` plus `"worker"`, so that a trainer can count what each worker
+    delivered; [`resume`] skips those items (read, not decoded). Babble draws from the worker's last
+    `babble_talkers` crops.
+    """
+
+    def __init__(
+        self,
+        stream: datasets.IterableDataset,
+        mixer: NoiseMixer,
+        segment_samples: int,
+        seed: int = 0,
+        rank: int = 0,
+        world_size: int = 1,
+        shuffle_buffer: int = 1000,
+        exclude: set[str] | frozenset[str] = frozenset(),
+        babble_talkers: int = 16,
+    ):
+        if world_size > 1:
+            stream = split_dataset_by_node(stream, rank=rank, world_size=world_size)
+        self.stream = stream.shuffle(seed=seed, buffer_size=shuffle_buffer) if shuffle_buffer > 1 else stream
+        self.mixer, self.segment_samples = mixer, segment_samples
+        self.seed, self.rank, self.exclude, self.babble_talkers = seed, rank, set(exclude), babble_talkers
+        self.epoch = 0
+        self.consumed: dict[int, int] = {}
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+        self.consumed = {}
+        self.stream.set_epoch(epoch)
+
+    def resume(self, consumed: dict[int, int]) -> None:
+        """Start the current epoch after the items each worker (by id) had already delivered."""
+        self.consumed = {int(worker): int(count) for worker, count in consumed.items()}
+
+    def _crop(self, row: dict, rng: np.random.Generator) -> np.ndarray:
+        return random_crop(decode_audio(row["audio"], self.mixer.sampling_rate), self.segment_samples, rng)
+
+    def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
+        info = torch.utils.data.get_worker_info()
+        worker = 0 if info is None else info.id
+        skip = self.consumed.get(worker, 0)
+        recent: list[np.ndarray] = []
+        count = 0
+        for row in self.stream:
+            if row["key"] in self.exclude:
+                continue
+            rng = np.random.default_rng((self.seed, self.epoch, self.rank, worker, count))
+            count += 1
+            if count <= skip - self.babble_talkers:
+                continue  # delivered before the resume, and too old to be a babble talker
+            clean = self._crop(row, rng)
+            babble = functools.partial(_babble_from, recent, rng)
+            item = None if count <= skip else self.mixer.mix(clean, rng, babble)
+            recent = (recent + [clean])[-self.babble_talkers :]
+            if item is not None:
+                yield {**item, "worker": torch.tensor(worker)}
+
+
+def in_worker_order(
+    batches: Iterable[dict[str, torch.Tensor]], workers: int, first: int = 0
+) -> Iterator[dict[str, torch.Tensor]]:
+    """Streamed batches (each from one DataLoader worker, named by its `worker` entry) in round-robin order from
+    worker `first`: the order an uninterrupted epoch had, for a loader restarted mid-epoch (which begins with
+    worker 0). A worker is taken as finished when another delivers twice while it is awaited; at most one batch per
+    worker waits."""
+    if workers < 2:
+        yield from batches
+        return
+    waiting: dict[int, deque] = {w: deque() for w in range(workers)}
+    active = list(range(workers))
+    turn = first % workers
+
+    def advance(after: int) -> int:
+        position = active.index(after) if after in active else -1
+        return active[(position + 1) % len(active)] if active else -1
+
+    for batch in batches:
+        waiting[int(batch["worker"][0])].append(batch)
+        while active and waiting[turn]:
+            yield waiting[turn].popleft()
+            turn = advance(turn)
+        if active and any(len(queue) > 1 for queue in waiting.values()):
+            finished = turn  # a full cycle passed without it
+            turn = advance(finished)
+            active.remove(finished)
+            while active and waiting[turn]:
+                yield waiting[turn].popleft()
+                turn = advance(turn)
+    for worker in sorted(waiting, key=lambda w: (w - turn) % workers):
+        yield from waiting[worker]

@@ -17,22 +17,28 @@ from concurrent.futures import Executor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+import datasets
 import numpy as np
 import torch
 from accelerate import Accelerator
-from accelerate.utils import DataLoaderConfiguration, set_seed
+from accelerate.utils import DataLoaderConfiguration, gather_object, set_seed
 from tqdm.auto import tqdm
 
 from . import checkpointing
 from .configuration_hybrid_mpsenet import HybridMPSENetConfig
 from .data import (
+    NoiseMixer,
     NoiseMixingDataset,
     PairedSpeechDataset,
+    StreamingMixingDataset,
     check_audio_files,
     collate_pairs,
     dns_tree,
+    hold_out_stream,
+    in_worker_order,
     list_audio,
     list_weighted_audio,
+    load_stream,
     load_voicebank,
 )
 from .enhancement import HybridMPSENetForSpeechEnhancement
@@ -78,6 +84,21 @@ class TrainingArguments:
     )
     noise_weights: list[float] | None = field(
         default=None, metadata={"help": "share of the draws for each of noise_dirs (default: each file alike)"}
+    )
+    clean_streams: list[str] | None = field(
+        default=None,
+        metadata={
+            "help": "clean speech streamed by datasets instead of clean_dirs: Hub ids, folders (or globs) of parquet, "
+            "arrow or WebDataset tar shards, save_to_disk folders"
+        },
+    )
+    clean_stream_weights: list[float] | None = field(
+        default=None, metadata={"help": "share of the utterances from each of clean_streams (default: alternate)"}
+    )
+    stream_split: str = field(default="train", metadata={"help": "split of clean_streams to train on"})
+    shuffle_buffer: int = field(default=1000, metadata={"help": "utterances shuffled together (clean_streams)"})
+    stream_eval_items: int = field(
+        default=64, metadata={"help": "first utterances of clean_streams held out for validation"}
     )
     rir_dirs: list[str] | None = field(
         default=None,
@@ -173,10 +194,16 @@ class TrainingArguments:
                 self.rir_dirs = [str(f) for f in tree["impulse_responses"]]
         if self.rir_dirs is not None and not self.reverb_prob:
             raise ValueError("rir_dirs are drawn only for reverberant mixtures: set reverb_prob > 0 as well.")
-        if (self.train_data is None) == (self.clean_dirs is None):
-            raise ValueError("Give either train_data (clean/noisy pairs) or clean_dirs and noise_dirs (mixing).")
-        if self.clean_dirs is not None and not self.noise_dirs:
-            raise ValueError("Mixing mode needs noise_dirs as well as clean_dirs.")
+        if sum(x is not None for x in (self.train_data, self.clean_dirs, self.clean_streams)) != 1:
+            raise ValueError(
+                "Give one of train_data (clean/noisy pairs), clean_dirs or clean_streams (mixing with noise_dirs)."
+            )
+        if self.train_data is None and not self.noise_dirs:
+            raise ValueError("Mixing mode needs noise_dirs as well as clean_dirs or clean_streams.")
+        if self.clean_stream_weights is not None and len(self.clean_stream_weights) != len(self.clean_streams or []):
+            raise ValueError("Give one clean_stream_weights value per clean_streams source.")
+        if self.shuffle_buffer < 1 or self.stream_eval_items < 1:
+            raise ValueError("shuffle_buffer and stream_eval_items must be positive.")
         if self.check_audio not in ("header", "full"):
             raise ValueError(f"check_audio must be header or full, got {self.check_audio!r}.")
         if self.pesq_failures not in ("drop_batch", "mask_items"):
@@ -219,6 +246,10 @@ class TrainingState:
         self.best_pesq = -math.inf
         self.skipped_steps = self.failed_pesq = 0
         self.train_seconds = 0.0  # wall time spent in training steps, across resumes (compute per quality)
+        # Streamed sources: items each DataLoader worker of each process delivered this epoch, and the
+        # [processes, workers] they were counted with (a resume needs the same to continue the epoch).
+        self.stream_consumed: list[dict[str, int]] = []
+        self.stream_layout: list[int] = []
 
     def state_dict(self) -> dict:
         return dict(vars(self))
@@ -263,10 +294,13 @@ def parse_training_arguments(
     return arguments
 
 
-def build_datasets(args: TrainingArguments, sampling_rate: int, normalise: bool = True):
+def build_datasets(
+    args: TrainingArguments, sampling_rate: int, normalise: bool = True, rank: int = 0, world_size: int = 1
+) -> tuple[torch.utils.data.Dataset, torch.utils.data.Dataset]:
     """(train, validation) torch datasets for pairs or for mixing mode. `normalise`: scale each training pair by
     the noisy signal's RMS, as MP-SENet does; causal models train without it, at the data's own (randomised)
-    levels, since a stream cannot know a whole utterance's RMS."""
+    levels, since a stream cannot know a whole utterance's RMS. With `clean_streams` the training set is a
+    [`StreamingMixingDataset`] reading process `rank`'s share of the shards."""
     segment = int(args.segment_seconds * sampling_rate)
     if args.train_data is not None:
         pairs = load_voicebank(args.train_data, "train")
@@ -277,43 +311,79 @@ def build_datasets(args: TrainingArguments, sampling_rate: int, normalise: bool 
                     check_audio_files(split[column], f"{name} {column}", args.progress)
         train = PairedSpeechDataset(pairs, sampling_rate, segment, args.seed, normalise=normalise)
         return train, PairedSpeechDataset(held_out, sampling_rate)
-    clean, clean_probabilities = list_weighted_audio(args.clean_dirs, args.clean_weights)
-    noise, noise_probabilities = list_weighted_audio(args.noise_dirs, args.noise_weights)
     full, cache = args.check_audio == "full", Path(args.output_dir) / checkpointing.AUDIO_INDEX
-    rirs = list_audio(args.rir_dirs) if args.rir_dirs else []
-    headers = check_audio_files(clean, "clean speech", args.progress, full, cache)
+    headers: dict[str, tuple[int, int]] = {}
+    if args.clean_dirs is not None:
+        clean, clean_probabilities = list_weighted_audio(args.clean_dirs, args.clean_weights)
+        headers.update(check_audio_files(clean, "clean speech", args.progress, full, cache))
+    noise, noise_probabilities = list_weighted_audio(args.noise_dirs, args.noise_weights)
     headers.update(check_audio_files(noise, "noise", args.progress, full, cache))
+    rirs = list_audio(args.rir_dirs) if args.rir_dirs else []
     if rirs:
         headers.update(check_audio_files(rirs, "impulse responses", args.progress, full, cache))
     eval_seed = args.seed if args.eval_seed is None else args.eval_seed
-    order = np.random.default_rng(eval_seed).permutation(len(clean))
-    held_out = max(1, int(round(args.eval_fraction * len(clean)))) if len(clean) > 1 else 0
-    train_indices = sorted(order[held_out:])
-    train_files = [clean[i] for i in train_indices]
-    if clean_probabilities is not None:  # the held-out files' share goes to the others
-        clean_probabilities = clean_probabilities[train_indices] if train_indices else None
-    eval_files = [clean[i] for i in sorted(order[:held_out])] or train_files
     snr = (args.snr_low, args.snr_high)
-    train = NoiseMixingDataset(
-        train_files,
-        noise,
-        sampling_rate,
-        segment,
-        snr,
-        items_per_epoch=args.items_per_epoch,
-        seed=args.seed,
-        coloured_noise_prob=args.coloured_noise_prob,
-        babble_prob=args.babble_prob,
-        eq_prob=args.eq_prob,
-        reverb_prob=args.reverb_prob,
-        normalise=normalise,
-        headers=headers,
-        clean_probabilities=clean_probabilities,
-        noise_probabilities=noise_probabilities,
-        rir_files=rirs,
-    )
+    augmentations = {
+        "coloured_noise_prob": args.coloured_noise_prob,
+        "babble_prob": args.babble_prob,
+        "eq_prob": args.eq_prob,
+        "reverb_prob": args.reverb_prob,
+        "normalise": normalise,
+        "headers": headers,
+        "noise_probabilities": noise_probabilities,
+        "rir_files": rirs,
+    }
+    if args.clean_streams is not None:
+        stream = _speech_stream(args)
+        folder = Path(args.output_dir) / VALIDATION_SPEECH
+        eval_files, held_out_keys = hold_out_stream(stream, args.stream_eval_items, folder, sampling_rate)
+        mixer = NoiseMixer(noise, sampling_rate, snr, seed=args.seed, **augmentations)
+        train = StreamingMixingDataset(
+            stream, mixer, segment, args.seed, rank, world_size, args.shuffle_buffer, held_out_keys
+        )
+    else:
+        order = np.random.default_rng(eval_seed).permutation(len(clean))
+        held_out = max(1, int(round(args.eval_fraction * len(clean)))) if len(clean) > 1 else 0
+        train_indices = sorted(order[held_out:])
+        train_files = [clean[i] for i in train_indices]
+        if clean_probabilities is not None:  # the held-out files' share goes to the others
+            clean_probabilities = clean_probabilities[train_indices] if train_indices else None
+        eval_files = [clean[i] for i in sorted(order[:held_out])] or train_files
+        train = NoiseMixingDataset(
+            train_files,
+            noise,
+            sampling_rate,
+            segment,
+            snr,
+            items_per_epoch=args.items_per_epoch,
+            seed=args.seed,
+            clean_probabilities=clean_probabilities,
+            **augmentations,
+        )
     evaluation = NoiseMixingDataset(eval_files, noise, sampling_rate, None, snr, seed=eval_seed + 1, headers=headers)
     return train, evaluation
+
+
+# Where a run keeps the speech it holds out of `clean_streams` for validation.
+VALIDATION_SPEECH = "validation_speech"
+
+
+def _speech_stream(args: TrainingArguments) -> datasets.IterableDataset:
+    """`clean_streams` as one stream: one source as it is; several concatenated (every utterance once per epoch),
+    or with `clean_stream_weights` interleaved by those shares until every source has run out (smaller ones
+    repeat)."""
+    streams = [load_stream(source, args.stream_split) for source in args.clean_streams]
+    if len(streams) == 1:
+        return streams[0]
+    if args.clean_stream_weights is None:
+        return datasets.concatenate_datasets(streams)
+    weights = np.asarray(args.clean_stream_weights, dtype=np.float64)
+    if (weights < 0).any() or not weights.sum() > 0:
+        raise ValueError(f"clean_stream_weights must be >= 0 and not all 0, got {args.clean_stream_weights}.")
+    probabilities = (weights / weights.sum()).tolist()
+    return datasets.interleave_datasets(
+        streams, probabilities=probabilities, seed=args.seed, stopping_strategy="all_exhausted"
+    )
 
 
 def build_model(args: TrainingArguments, checkpoint: Path | None = None) -> HybridMPSENetForSpeechEnhancement:
@@ -365,6 +435,7 @@ class _Run:
     schedulers: dict[str, torch.optim.lr_scheduler.LRScheduler]
     state: TrainingState
     loader_generator: torch.Generator
+    stream_consumed: dict[int, int] | None = None  # this process's workers' items this epoch (streamed sources)
 
     def trainer_state(self, folder: Path) -> None:
         scaler = self.accelerator.scaler
@@ -379,6 +450,9 @@ class _Run:
         """Write `root/step-N` through a temporary folder; keep the newest `keep` checkpoints."""
         accelerator, step = self.accelerator, self.state.step
         final, tmp = root / checkpointing.checkpoint_name(step), root / checkpointing.temporary_name(step)
+        if self.stream_consumed is not None:
+            own = {str(worker): count for worker, count in self.stream_consumed.items()}
+            self.state.stream_consumed = gather_object([own]) if accelerator.num_processes > 1 else [own]
         try:
             if accelerator.is_main_process:
                 shutil.rmtree(tmp, ignore_errors=True)
@@ -488,16 +562,19 @@ def _train(args: TrainingArguments, accelerator: Accelerator, output_dir: Path, 
     checkpoint = latest_checkpoint(output_dir) if args.resume else None
     model = build_model(args, checkpoint)
     rate = model.config.sampling_rate
-    train_set, eval_set = build_datasets(args, rate, normalise=not model.config.causal)
-    if len(train_set) < args.batch_size:
+    train_set, eval_set = build_datasets(
+        args, rate, not model.config.causal, accelerator.process_index, accelerator.num_processes
+    )
+    streaming = isinstance(train_set, StreamingMixingDataset)
+    if not streaming and len(train_set) < args.batch_size:
         raise ValueError(f"The training set has {len(train_set)} items, fewer than one batch of {args.batch_size}.")
-    # A generator of its own, so that starting an epoch's iterator does not draw from the global RNG (which
-    # would make a resumed run diverge from an uninterrupted one).
+    # A generator of its own, so that starting an epoch's iterator (and its workers' seeds) does not draw from the
+    # global RNG (which would make a resumed run diverge from an uninterrupted one).
     loader_generator = torch.Generator().manual_seed(args.seed)
     loader = torch.utils.data.DataLoader(
         train_set,
         args.batch_size,
-        shuffle=True,
+        shuffle=not streaming,
         drop_last=True,
         collate_fn=collate_pairs,
         num_workers=args.num_workers,
@@ -505,7 +582,12 @@ def _train(args: TrainingArguments, accelerator: Accelerator, output_dir: Path, 
     )
     discriminator = MetricDiscriminator(checkpointing.read_discriminator_dim(checkpoint) if checkpoint else 16)
     optim_g, optim_d, sched_g, sched_d = build_optimizers(args, model, discriminator)
-    model, discriminator, optim_g, optim_d, loader = accelerator.prepare(model, discriminator, optim_g, optim_d, loader)
+    if streaming:  # each process already reads its own shards: Accelerate must not split the batches again
+        model, discriminator, optim_g, optim_d = accelerator.prepare(model, discriminator, optim_g, optim_d)
+    else:
+        model, discriminator, optim_g, optim_d, loader = accelerator.prepare(
+            model, discriminator, optim_g, optim_d, loader
+        )
     state = TrainingState()
     run = _Run(
         accelerator,
@@ -515,12 +597,23 @@ def _train(args: TrainingArguments, accelerator: Accelerator, output_dir: Path, 
         {"generator": sched_g, "discriminator": sched_d},
         state,
         loader_generator,
+        {} if streaming else None,
     )
     if checkpoint is not None:
         run.load(checkpoint)
         if accelerator.is_main_process:
             tqdm.write(f"resuming from step {state.step} ({checkpoint})")
             _truncate_history(output_dir / "history.jsonl", state.step)
+    layout = [accelerator.num_processes, args.num_workers]
+    if streaming and state.stream_consumed:
+        if state.stream_layout != layout:
+            raise ValueError(
+                f"The checkpoint was written by {state.stream_layout[0]} process(es) with {state.stream_layout[1]} "
+                f"DataLoader worker(s) each; resume a streamed run with the same (now {layout[0]} and {layout[1]}), "
+                "so that it continues the epoch where it stopped."
+            )
+        run.stream_consumed = {int(k): v for k, v in state.stream_consumed[accelerator.process_index].items()}
+    state.stream_layout = layout
     if args.log_with is not None:
         accelerator.init_trackers("hybrid-mpsenet", config={k: str(v) for k, v in asdict(args).items()})
 
@@ -539,9 +632,18 @@ def _train(args: TrainingArguments, accelerator: Accelerator, output_dir: Path, 
             _validate(accelerator, args, unwrapped, eval_set, pool, state, output_dir, {})
         while state.step < args.max_steps:
             train_set.set_epoch(state.epoch)
-            loader.set_epoch(state.epoch)
-            batches = accelerator.skip_first_batches(loader, state.batch_in_epoch) if state.batch_in_epoch else loader
+            if streaming:
+                train_set.resume(run.stream_consumed)
+                batches = _streamed_batches(accelerator, loader, args.num_workers, state.batch_in_epoch)
+            else:
+                loader.set_epoch(state.epoch)
+                batches = loader
+                if state.batch_in_epoch:
+                    batches = accelerator.skip_first_batches(loader, state.batch_in_epoch)
             for batch in batches:
+                if streaming:
+                    worker = int(batch.pop("worker")[0])
+                    run.stream_consumed[worker] = run.stream_consumed.get(worker, 0) + len(batch["clean"])
                 started = time.perf_counter()
                 logs = train_step(
                     accelerator, args, unwrapped, model, discriminator, optim_g, optim_d, batch, weights, pool, state
@@ -569,8 +671,12 @@ def _train(args: TrainingArguments, accelerator: Accelerator, output_dir: Path, 
                 if state.step >= args.max_steps:
                     break
             else:
+                if state.batch_in_epoch == 0:
+                    raise ValueError(f"An epoch of the training data gave no batch of {args.batch_size} items.")
                 state.epoch += 1
                 state.batch_in_epoch = 0
+                if streaming:
+                    run.stream_consumed = {}
                 sched_g.step()
                 if args.discriminator:
                     sched_d.step()
@@ -580,6 +686,22 @@ def _train(args: TrainingArguments, accelerator: Accelerator, output_dir: Path, 
             pool.shutdown()
         accelerator.end_training()
     return output_dir / "best"
+
+
+def _streamed_batches(accelerator: Accelerator, loader: torch.utils.data.DataLoader, workers: int, done: int):
+    """The batches of a streamed source on the training device, `done` batches into the epoch, in the workers'
+    round-robin order ([`in_worker_order`]). With several processes an epoch ends for all of them when one runs
+    out of its shards' items (uneven shards), so that none waits for the others' gradients."""
+    iterator = in_worker_order(iter(loader), workers, done)
+    while True:
+        batch = next(iterator, None)
+        if accelerator.num_processes > 1:
+            present = torch.tensor([batch is not None], dtype=torch.int32, device=accelerator.device)
+            if int(accelerator.gather(present).min()) == 0:
+                return
+        if batch is None:
+            return
+        yield {name: value.to(accelerator.device) for name, value in batch.items()}
 
 
 def train_step(
