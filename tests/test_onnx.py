@@ -303,18 +303,18 @@ def test_a_step_graph_without_its_state_inputs_is_refused(causal, tmp_path):
         OnnxEnhancer(copy)
 
 
-def readme_block(after: str) -> str:
-    """The first fenced bash block of the README after the line containing `after`."""
+def docs_block(after: str) -> str:
+    """The first fenced bash block of the deployment page after the line containing `after`."""
     from pathlib import Path
 
-    text = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    text = (Path(__file__).resolve().parents[1] / "docs" / "deployment.md").read_text()
     start = text.index("```bash\n", text.index(after)) + len("```bash\n")
     return text[start : text.index("```", start)]
 
 
 @pytest.mark.slow
-def test_the_readmes_pytorch_free_deployment_recipe_runs(tmp_path):
-    """The README's recipe, verbatim, in a minimal checkout of this repository and a fresh virtual environment
+def test_the_docs_pytorch_free_deployment_recipe_runs(tmp_path):
+    """The documented recipe, verbatim, in a minimal checkout of this repository and a fresh virtual environment
     (packages from the registry): it installs no PyTorch and enhances the example with the bundled graph."""
     from pathlib import Path
 
@@ -327,7 +327,7 @@ def test_the_readmes_pytorch_free_deployment_recipe_runs(tmp_path):
         else:
             (checkout / name).parent.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(source, checkout / name)
-    recipe = readme_block("**A deployment without PyTorch**")
+    recipe = docs_block("**A deployment without PyTorch**")
     env = {"HOME": str(tmp_path), "PATH": "/usr/bin:/bin", "PIP_DISABLE_PIP_VERSION_CHECK": "1"}
     command = f"set -euo pipefail\nPATH={Path(sys.executable).parent}:$PATH\n{recipe}\npip list --format freeze"
     result = subprocess.run(["bash", "-c", command], cwd=checkout, env=env, capture_output=True, text=True)

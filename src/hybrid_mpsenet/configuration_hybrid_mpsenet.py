@@ -95,7 +95,7 @@ PRESETS: dict[str, dict] = {
 # forward GRUs along time, the reference point. hybrid-causal carries a fixed-size Mamba state per bin along time
 # (no attention window to cache) in the shared blocks and the magnitude branch, keeps a TS-Transformer for the phase
 # branch and fuses the branches pointwise (criss-cross fusion attends to future frames). At 32 channels one hop
-# costs 20 ms on one CPU thread against mpsenet-causal's 35 ms (PyTorch, frame by frame; README).
+# costs 20 ms on one CPU thread against mpsenet-causal's 35 ms (PyTorch, frame by frame; docs/streaming.md).
 PRESETS["mpsenet-causal"] = {**PRESETS["mpsenet"], "causal": True}
 PRESETS["hybrid-causal"] = {
     **PRESETS["hybrid-small"],

@@ -10,6 +10,7 @@ import torch
 from transformers import BatchFeature, SequenceFeatureExtractor
 
 from .stft import mag_phase_istft, mag_phase_stft
+from .waveform import model_location
 
 logger = logging.getLogger(__name__)
 
@@ -52,6 +53,12 @@ class HybridMPSENetFeatureExtractor(SequenceFeatureExtractor):
         self.win_length = win_length
         self.compress_factor = compress_factor
         self.causal = causal
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, *args, **kwargs) -> HybridMPSENetFeatureExtractor:
+        """Like `FeatureExtractionMixin.from_pretrained`; `"default"` and `"default-streaming"` name the checkpoints
+        bundled with the package (offline)."""
+        return super().from_pretrained(model_location(pretrained_model_name_or_path), *args, **kwargs)
 
     @classmethod
     def from_model_config(cls, config) -> HybridMPSENetFeatureExtractor:

@@ -25,6 +25,7 @@ from .network import (
     check_stored_dtypes,
     safetensors_files,
 )
+from .waveform import model_location
 
 __all__ = ["HybridMPSENetModel", "HybridMPSENetOutput", "HybridMPSENetPreTrainedModel"]
 
@@ -80,7 +81,9 @@ class HybridMPSENetPreTrainedModel(PreTrainedModel):
     def from_pretrained(cls, pretrained_model_name_or_path, *args, **kwargs):
         """Like `PreTrainedModel.from_pretrained`, but strict: this family has no task head to initialise, so a
         checkpoint with missing, unexpected, mis-shaped or non-float tensors, a damaged file, or NaN/Inf in any, is
-        a `ValueError` that names them, never a model with freshly initialised layers."""
+        a `ValueError` that names them, never a model with freshly initialised layers. `"default"` and
+        `"default-streaming"` name the checkpoints bundled with the package (offline)."""
+        pretrained_model_name_or_path = model_location(pretrained_model_name_or_path)
         want_info = kwargs.pop("output_loading_info", False)
         hub = {key: kwargs[key] for key in ("revision", "cache_dir", "token", "local_files_only") if key in kwargs}
         try:

@@ -1,6 +1,6 @@
 """The ONNX Runtime backend: [`OnnxEnhancer`] runs a folder written by [`export_onnx`] (or `hybrid-mpsenet export
 onnx`) with onnxruntime, numpy, soundfile and soxr only. Importing this module or running it never imports PyTorch
-or transformers, so a deployment needs neither (see the README's *Deployment*).
+or transformers, so a deployment needs neither (see docs/deployment.md).
 
 `enhance`, `enhance_file` (chunked long audio, any rate, any channel count, the controls) and, for causal models,
 `stream` are those of the PyTorch model classes ([`WaveformEnhancer`]); only the network's pass differs: the numpy
@@ -103,7 +103,7 @@ def _import_onnxruntime():
     except ImportError:
         raise ImportError(
             "The ONNX backend needs onnxruntime: pip install 'hybrid-mpsenet[onnx]' (or onnxruntime alone in a "
-            "PyTorch-free deployment; see the README's Deployment section)."
+            "PyTorch-free deployment; see docs/deployment.md)."
         ) from None
     return onnxruntime
 
