@@ -951,9 +951,7 @@ def hold_out_stream(
     return files, keys
 
 
-def _babble_from(
-    recent: list[np.ndarray], rng: np.random.Generator, talkers: int, length: int
-) -> np.ndarray | None:
+def _babble_from(recent: list[np.ndarray], rng: np.random.Generator, talkers: int, length: int) -> np.ndarray | None:
     """The sum of `talkers` crops drawn from `recent` (each looped from a random offset), or `None` if empty."""
     if not recent:
         return None
