@@ -155,7 +155,7 @@ def model_source(name: str | None) -> str | Path:
         FileNotFoundError: `name` is a path (absolute, relative with `.`/`~`, or with more than one `/`, which no
             Hub id has) and does not exist, instead of a Hub lookup that fails with a less useful message.
     """
-    from .waveform import model_location
+    from .bundled import model_location
 
     source = model_location(name)
     if isinstance(source, Path):  # the bundled checkpoint

@@ -9,8 +9,8 @@ import numpy as np
 import torch
 from transformers import BatchFeature, SequenceFeatureExtractor
 
+from .bundled import model_location
 from .stft import mag_phase_istft, mag_phase_stft
-from .waveform import model_location
 
 logger = logging.getLogger(__name__)
 

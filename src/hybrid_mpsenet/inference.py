@@ -10,18 +10,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .bundled import BUNDLED_MODELS, DEFAULT_MODEL, DEFAULT_MODEL_DIR, model_location
 from .configuration_hybrid_mpsenet import HybridMPSENetConfig
 from .network import HybridMPSENetNetwork
 from .spectral import apply_controls, enhance_frames, pcs_exponents
-from .waveform import (
-    BUNDLED_MODELS,
-    CHANNEL_GROUP,
-    DEFAULT_MODEL,
-    DEFAULT_MODEL_DIR,
-    WaveformEnhancer,
-    enhancement_controls,
-    model_location,
-)
+from .waveform import CHANNEL_GROUP, WaveformEnhancer, enhancement_controls
 
 __all__ = [
     "BUNDLED_MODELS",

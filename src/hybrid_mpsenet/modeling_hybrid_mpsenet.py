@@ -13,6 +13,7 @@ from torch import nn
 from transformers import PreTrainedModel
 from transformers import initialization as init
 
+from .bundled import model_location
 from .configuration_hybrid_mpsenet import HybridMPSENetConfig
 from .network import (
     BranchFusion,
@@ -25,7 +26,6 @@ from .network import (
     check_stored_dtypes,
     safetensors_files,
 )
-from .waveform import model_location
 
 __all__ = ["HybridMPSENetModel", "HybridMPSENetOutput", "HybridMPSENetPreTrainedModel"]
 

@@ -16,8 +16,9 @@ from pathlib import Path
 
 import numpy as np
 
+from .bundled import model_location
 from .spectral import apply_controls, enhance_frames, hann_window, istft, pcs_exponents, stft
-from .waveform import WaveformEnhancer, model_location
+from .waveform import WaveformEnhancer
 
 logger = logging.getLogger(__name__)
 

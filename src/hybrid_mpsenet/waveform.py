@@ -45,11 +45,6 @@ from .streaming import EnhancementStream, FrameEnhancer
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_MODEL_DIR = Path(__file__).parent / "pretrained"
-# The public name of the bundled checkpoint: `from_pretrained("default")`, `--model default`, `info default`.
-DEFAULT_MODEL = "default"
-# The bundled checkpoints by public name: the offline default and its causal (streaming) sibling.
-BUNDLED_MODELS = {DEFAULT_MODEL: DEFAULT_MODEL_DIR, "default-streaming": Path(__file__).parent / "pretrained_streaming"}
 # Files are read in blocks of this many seconds (fewer for many channels: at most READ_BLOCK_SAMPLES samples in
 # all); with the chunk size and the channel group it bounds the memory of `enhance_file` whatever the file.
 READ_BLOCK_SECONDS = 5.0
@@ -454,26 +449,6 @@ class WaveformEnhancer:
         if clipped:
             logger.warning("%s: %d output samples exceeded full scale and were clipped.", output_path, clipped)
         return output_path
-
-
-def model_location(name: str | Path | None) -> str | Path:
-    """`name` itself (a folder or Hub id), or a bundled checkpoint's folder: the default for no name or the string
-    `"default"`, the causal one for `"default-streaming"` (a local folder of either name is reached as `./NAME`).
-
-    Raises:
-        OSError: the bundled checkpoint is missing from the installation.
-    """
-    if name is None:
-        name = DEFAULT_MODEL
-    if not (isinstance(name, str) and name in BUNDLED_MODELS):
-        return name
-    folder = BUNDLED_MODELS[name]
-    if not (folder / "config.json").is_file():
-        raise OSError(
-            f"The bundled {name} checkpoint is missing from {folder}; reinstall the package or pass a model folder or "
-            "Hub id."
-        )
-    return folder
 
 
 def enhancement_controls(attenuation_limit_db: float | None, pcs: bool) -> dict:
