@@ -83,6 +83,16 @@ class _WritesFileWhenUnpickled:
         return (open, (self.path, "w"))
 
 
+def _checkpoints_equal(a, b):
+    for name in ("generator/model.safetensors", "discriminator.safetensors"):
+        left, right = load_file(a / name), load_file(b / name)
+        assert all(torch.equal(left[k], right[k]) for k in left), name
+
+
+def _trainer_counters(checkpoint):
+    return json.loads((checkpoint / "trainer_state.json").read_text())["counters"]
+
+
 def test_resume_is_exact(tmp_path):
     mixing = dict(
         clean_dirs=[str(DATA)], noise_dirs=[str(DATA)], items_per_epoch=4, segment_seconds=0.5, eval_every=100
@@ -101,9 +111,7 @@ def test_resume_is_exact(tmp_path):
     assert not marker.exists()
     a, b = latest_checkpoint(tmp_path / "a" / "run"), latest_checkpoint(tmp_path / "b" / "run")
     assert a.name == b.name == "step-00000006"
-    for name in ("generator/model.safetensors", "discriminator.safetensors"):
-        left, right = load_file(a / name), load_file(b / name)
-        assert all(torch.equal(left[k], right[k]) for k in left), name
+    _checkpoints_equal(a, b)
     for name in ("optimizer_generator.pt", "optimizer_discriminator.pt"):
         left, right = torch.load(a / name, weights_only=True), torch.load(b / name, weights_only=True)
         for key, state in left["state"].items():
@@ -112,16 +120,6 @@ def test_resume_is_exact(tmp_path):
     # Training time accumulates across the resume (validations at steps 3 and 6).
     seconds = [json.loads(line)["train_seconds"] for line in (tmp_path / "b" / "run" / "history.jsonl").open()]
     assert len(seconds) == 2 and 0 < seconds[0] < seconds[1]
-
-
-def _checkpoints_equal(a, b):
-    for name in ("generator/model.safetensors", "discriminator.safetensors"):
-        left, right = load_file(a / name), load_file(b / name)
-        assert all(torch.equal(left[k], right[k]) for k in left), name
-
-
-def _trainer_counters(checkpoint):
-    return json.loads((checkpoint / "trainer_state.json").read_text())["counters"]
 
 
 def test_streamed_training_resumes_mid_epoch_bit_identically(tmp_path):

@@ -28,7 +28,7 @@ import torch
 from datasets.distributed import split_dataset_by_node
 from tqdm.auto import tqdm
 
-from .audio import AudioError, check_sampling_rate, to_float
+from .audio import AudioError, atomic_audio_writer, check_sampling_rate, to_float
 from .utils import write_json_atomic
 
 logger = logging.getLogger(__name__)
@@ -249,6 +249,18 @@ def list_audio(sources: str | Path | Sequence[str | Path]) -> list[Path]:
     return list_weighted_audio(sources)[0]
 
 
+def check_source_weights(weights: Sequence[float], sources: int) -> None:
+    """Refuse source weights that are not one finite value >= 0 per source with a positive sum.
+
+    Raises:
+        ValueError: naming what was given.
+    """
+    if len(weights) != sources:
+        raise ValueError(f"Got {len(weights)} weights for {sources} sources; give one weight per source.")
+    if any(not np.isfinite(w) or w < 0 for w in weights) or not sum(weights) > 0:
+        raise ValueError(f"Source weights must be finite, >= 0 and not all 0, got {list(weights)}.")
+
+
 def list_weighted_audio(
     sources: str | Path | Sequence[str | Path], weights: Sequence[float] | None = None
 ) -> tuple[list[Path], np.ndarray | None]:
@@ -263,10 +275,7 @@ def list_weighted_audio(
     """
     sources = [sources] if isinstance(sources, (str, Path)) else list(sources)
     if weights is not None:
-        if len(weights) != len(sources):
-            raise ValueError(f"Got {len(weights)} weights for {len(sources)} sources; give one weight per source.")
-        if any(not np.isfinite(w) or w < 0 for w in weights) or not sum(weights) > 0:
-            raise ValueError(f"Source weights must be finite, >= 0 and not all 0, got {list(weights)}.")
+        check_source_weights(weights, len(sources))
     files: list[Path] = []
     masses: list[np.ndarray] = []
     for number, source in enumerate(map(Path, sources)):
@@ -929,21 +938,18 @@ def write_speech_shards(
 
 
 def hold_out_stream(
-    stream: datasets.IterableDataset, count: int, folder: str | Path, sampling_rate: int
+    stream: datasets.IterableDataset, count: int, folder: str | Path, sampling_rate: int, write: bool = True
 ) -> tuple[list[Path], set[str]]:
-    """The first `count` utterances of a [`load_stream`] stream (in its stored order) written to `folder` as
-    16-bit WAV files at `sampling_rate` (atomically; kept for a resumed run) for validation, and their keys, which
-    training skips."""
+    """The first `count` utterances of a [`load_stream`] stream (in its stored order) for validation: their files
+    in `folder`, 16-bit WAV at `sampling_rate`, and their keys, which training skips. With `write` the files are
+    written (atomically; kept for a resumed run); other processes of a run only need the keys."""
     folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
     files, keys = [], set()
     for number, row in enumerate(stream.take(count)):
         target = folder / f"{number:05d}.wav"
-        if not target.is_file():
-            partial = folder / f".{target.name}.{os.getpid()}.tmp"
-            audio = decode_audio(row["audio"], sampling_rate)
-            sf.write(partial, audio, sampling_rate, format="WAV", subtype="PCM_16")
-            os.replace(partial, target)
+        if write and not target.is_file():
+            with atomic_audio_writer(target, sampling_rate, 1, "PCM_16") as handle:
+                handle.write(decode_audio(row["audio"], sampling_rate))
         files.append(target)
         keys.add(row["key"])
     if not files:

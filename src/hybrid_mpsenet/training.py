@@ -32,6 +32,7 @@ from .data import (
     PairedSpeechDataset,
     StreamingMixingDataset,
     check_audio_files,
+    check_source_weights,
     collate_pairs,
     dns_tree,
     hold_out_stream,
@@ -336,7 +337,8 @@ def build_datasets(
     if args.clean_streams is not None:
         stream = _speech_stream(args)
         folder = Path(args.output_dir) / VALIDATION_SPEECH
-        eval_files, held_out_keys = hold_out_stream(stream, args.stream_eval_items, folder, sampling_rate)
+        # Validation runs in the first process only, so only it writes the held-out speech.
+        eval_files, held_out_keys = hold_out_stream(stream, args.stream_eval_items, folder, sampling_rate, rank == 0)
         mixer = NoiseMixer(noise, sampling_rate, snr, seed=args.seed, **augmentations)
         train = StreamingMixingDataset(
             stream, mixer, segment, args.seed, rank, world_size, args.shuffle_buffer, held_out_keys
@@ -377,9 +379,8 @@ def _speech_stream(args: TrainingArguments) -> datasets.IterableDataset:
         return streams[0]
     if args.clean_stream_weights is None:
         return datasets.concatenate_datasets(streams)
+    check_source_weights(args.clean_stream_weights, len(streams))
     weights = np.asarray(args.clean_stream_weights, dtype=np.float64)
-    if (weights < 0).any() or not weights.sum() > 0:
-        raise ValueError(f"clean_stream_weights must be >= 0 and not all 0, got {args.clean_stream_weights}.")
     probabilities = (weights / weights.sum()).tolist()
     return datasets.interleave_datasets(
         streams, probabilities=probabilities, seed=args.seed, stopping_strategy="all_exhausted"
