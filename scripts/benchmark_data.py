@@ -8,7 +8,9 @@ writes JSON.
     python scripts/benchmark_data.py --files 1000 10000 50000 --hours 1 10 70 --output outputs/benchmark_data.json
 
 The first batch includes listing the files and the start-up check (`--check_audio header`, the default, on a new
-run folder; `full` decodes every file, as training did before, and is measured on the smallest corpora only).
+run folder; `none`, which only lists the files; `full` decodes every file, as training did before, and is measured
+on the smallest corpora only). `--files` and `--hours` choose the corpora (`--hours` with no value: none of long
+files).
 """
 
 from __future__ import annotations
@@ -96,6 +98,7 @@ def main() -> None:
     parser.add_argument("--files", type=int, nargs="*", default=[1000, 10000, 50000], help="corpora of 3-s files")
     parser.add_argument("--hours", type=float, nargs="*", default=[1, 10, 70], help="corpora of 5-min files")
     parser.add_argument("--items", type=int, default=400, help="items drawn per measurement")
+    parser.add_argument("--workers", type=int, nargs="*", default=[0, 2], help="DataLoader workers to compare")
     parser.add_argument("--output", default="outputs/benchmark_data.json")
     parser.add_argument("--measure", help=argparse.SUPPRESS)  # internal: one measurement, JSON arguments
     args = parser.parse_args()
@@ -112,7 +115,7 @@ def main() -> None:
         if not (corpus / "clean").is_dir():
             write_corpus(args.speech, args.noise, corpus, files, seconds, noise_files, noise_seconds)
             print(f"wrote {corpus}", flush=True)
-        settings = [("files", "header")]
+        settings = [("files", "header"), ("files", "none")]
         if corpus == Path(args.corpora) / corpora[0][1]:
             settings.append(("files", "full"))
         if seconds < 60:  # a stream crops each utterance once an epoch: for corpora of short utterances
@@ -120,7 +123,7 @@ def main() -> None:
                 write_speech_shards(corpus / "clean", corpus / "shards", 64)
             settings.append(("shards", "header"))
         for source, check_audio in settings:
-            for workers in (0, 2):
+            for workers in args.workers:
                 result = in_fresh_process(str(corpus), workers, args.items, check_audio, source)
                 rows.append({"corpus": name, "source": source, "check_audio": check_audio, "workers": workers,
                              **result})  # fmt: skip

@@ -330,6 +330,39 @@ def test_training_reads_weighted_sources_from_the_command_line(tmp_path):
     }
 
 
+def test_without_a_start_up_check_unreadable_files_are_skipped_when_drawn_and_named(tmp_path, monkeypatch, caplog):
+    from hybrid_mpsenet import data
+    from hybrid_mpsenet.training import build_datasets, parse_training_arguments
+
+    speech, noise = tmp_path / "speech", tmp_path / "noise"
+    for folder, names in ((speech, SPEECH), (noise, NOISE)):
+        folder.mkdir()
+        for name in names:
+            (folder / name).write_bytes((DATA / name).read_bytes())
+    (speech / "broken.wav").write_bytes(b"RIFF not audio")
+    (noise / "broken_noise.wav").write_bytes(b"RIFF not audio either")
+    argv = ["--output_dir", str(tmp_path / "run"), "--clean_dirs", str(speech), "--noise_dirs", str(noise)]
+    argv += ["--eval_fraction", "0", "--items_per_epoch", "24", "--progress", "false"]
+    with pytest.raises(ValueError, match="1 clean speech file"):
+        build_datasets(parse_training_arguments(argv), 16000)  # the default header check stops the run up front
+    monkeypatch.setattr(data, "audio_header", lambda path: pytest.fail(f"{path} was read at start-up"))
+    train, _ = build_datasets(parse_training_arguments([*argv, "--check_audio", "none"]), 16000)
+    monkeypatch.undo()
+    assert not (tmp_path / "run" / "audio_index.json").exists()
+    with caplog.at_level(logging.WARNING, logger="hybrid_mpsenet.data"):
+        items = [train[i] for i in range(24)]
+        again = train[2]  # the broken clean file again: redrawn the same way
+    assert all(torch.isfinite(item["noisy"]).all() and item["clean"].abs().max() > 0 for item in items)
+    assert torch.equal(again["noisy"], items[2]["noisy"])
+    warned = [r.getMessage() for r in caplog.records if "skipping a file that cannot be read" in r.getMessage()]
+    assert len(warned) == 2  # each bad file named once, however often it is drawn
+    assert any("broken.wav: not readable" in m for m in warned)
+    assert any("broken_noise.wav: not readable" in m for m in warned)
+    train.mixer.noise_files = [str(noise / "broken_noise.wav")]  # nothing readable left: the error is raised
+    with pytest.raises(AudioError, match="broken_noise.wav: not readable"):
+        train[0]
+
+
 def test_dns_synthesised_pairs_match_by_fileid(tmp_path):
     """The DNS Challenge synthesiser's naming: `noisy/<...>_fileid_<K>.wav` pairs with `clean/clean_fileid_<K>.wav`."""
     write_pairs(tmp_path / "clean", tmp_path / "noisy", ["clean_fileid_3", "clean_fileid_12"])
@@ -417,7 +450,7 @@ def _drawn(dataset, workers, epoch=0, consumed=None, batches=None):
     return drawn
 
 
-def test_speech_streams_from_tar_shards_parquet_and_saved_datasets_are_the_samenoise_like_utterances(tmp_path):
+def test_speech_streams_from_tar_shards_parquet_and_saved_datasets_are_the_same(tmp_path):
     from hybrid_mpsenet.cli import main
     from hybrid_mpsenet.data import hold_out_stream, load_stream
 

@@ -1,6 +1,7 @@
 """ONNX export and the onnxruntime enhancer: graph parity with PyTorch for every block kind, the runtime without
 PyTorch, the bundled graph, the CLI backend and damaged model folders."""
 
+import itertools
 import json
 import shutil
 import subprocess
@@ -167,13 +168,22 @@ def test_the_step_graph_streams_like_the_pytorch_stream():
 
 
 def assert_steps_match(model, enhancer, audio: np.ndarray, waveform_tolerance: float) -> None:
-    """On identical spectra of three channels, the step graph run frame by frame gives the network's
-    whole-spectrum pass: the magnitudes within GRAPH_TOLERANCE, the waveform within `waveform_tolerance` of its peak."""
+    """On identical spectra of three channels, the step graph run on 1, 2, 5, 1, 2, 5, ... frames per call (its
+    states carried) gives the network's whole-spectrum pass: the magnitudes within GRAPH_TOLERANCE, the waveform
+    within `waveform_tolerance` of its peak."""
     magnitude, phase = spectra_of(model, np.stack([audio, audio[::-1], 0.3 * audio]))
     with torch.inference_mode():
         expected = model(magnitude, phase)
     frames = enhancer._frame_enhancer(None, None)
-    got_magnitude, got_phase = frames._network(magnitude.numpy(), phase.numpy())
+    pieces, start = [], 0
+    for size in itertools.cycle((1, 2, 5)):
+        if start >= magnitude.shape[-1]:
+            break
+        pieces.append(
+            frames._network(magnitude[..., start : start + size].numpy(), phase[..., start : start + size].numpy())
+        )
+        start += size
+    got_magnitude, got_phase = (np.concatenate(parts, axis=-1) for parts in zip(*pieces, strict=True))
     np.testing.assert_allclose(got_magnitude, expected.magnitude.numpy(), atol=GRAPH_TOLERANCE)
     waveform = model.waveform(torch.from_numpy(got_magnitude), torch.from_numpy(got_phase), length=len(audio))
     reference = model.waveform(expected.magnitude, expected.phase, length=len(audio))
@@ -186,6 +196,22 @@ def test_the_step_graph_carries_every_state(causal):
     than the trained one, hence its waveform tolerance."""
     model, enhancer = causal
     assert_steps_match(model, enhancer, speech(0.5)[0], waveform_tolerance=10 * GRAPH_TOLERANCE)
+
+
+def test_a_step_graph_of_one_frame_per_call_still_streams(causal, tmp_path):
+    """Step graphs exported with a fixed frame axis of 1 (as before steps took several frames) run frame by frame."""
+    model, enhancer = causal
+    assert not enhancer._frame_enhancer(None, None).single_frame
+    copy = damaged_copy(enhancer.folder, tmp_path)
+    proto = onnx.load(str(copy / STEP_GRAPH_FILE))
+    for node in proto.graph.input[:2]:
+        frames = node.type.tensor_type.shape.dim[2]
+        frames.Clear()
+        frames.dim_value = 1
+    onnx.save(proto, str(copy / STEP_GRAPH_FILE))
+    single = OnnxEnhancer.from_pretrained(copy, threads=1)
+    assert single._frame_enhancer(None, None).single_frame
+    assert_steps_match(model, single, speech(0.5)[0], waveform_tolerance=10 * GRAPH_TOLERANCE)
 
 
 def test_the_bundled_default_ships_its_graph_equal_to_its_weights(bundled):

@@ -616,10 +616,13 @@ class NoiseMixer:
     seed) or, drawn alike, one of the measured impulse responses `rir_files`: the input is the reverberant speech
     plus noise (the SNR is that of the reverberant speech), the target the speech with early reflections only.
     With `normalise`, each mixture and its target are scaled by the mixture's inverse RMS ([`normalise_pair`]).
-    Noise is read by windows ([`loop`]), never held in memory.
+    Noise is read by windows ([`loop`]), never held in memory. With `skip_unreadable` (files not checked before
+    training), an item that meets a file it cannot read is drawn again ([`redrawing`]).
     """
 
     ROOMS = 24
+    # Draws of one item that may meet unreadable files before the last error is raised.
+    REDRAWS = 16
 
     def __init__(
         self,
@@ -636,6 +639,7 @@ class NoiseMixer:
         headers: dict[str, tuple[int, int]] | None = None,
         noise_probabilities: Sequence[float] | None = None,
         rir_files: Sequence[str | Path] = (),
+        skip_unreadable: bool = False,
     ):
         for name, value in (
             ("coloured_noise_prob", coloured_noise_prob),
@@ -658,6 +662,23 @@ class NoiseMixer:
         self.snr_range, self.gain_range = snr_range, gain_range
         self.headers = headers if headers is not None else {}
         self._noise_cdf = _cumulative(noise_probabilities, len(self.noise_files), "noise_probabilities")
+        self.skip_unreadable = skip_unreadable
+        self.unreadable: set[str] = set()
+
+    def redrawing(self, draw: Callable[[int], dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+        """`draw(attempt)` for attempt 0, 1, ...: with `skip_unreadable`, an [`AudioError`] (a file that cannot be
+        read) is named in a warning, once per file and process, and the item is drawn again from other random
+        numbers, up to `REDRAWS` times; without, it is raised."""
+        for attempt in range(self.REDRAWS + 1):
+            try:
+                return draw(attempt)
+            except AudioError as error:
+                if not self.skip_unreadable or attempt == self.REDRAWS:
+                    raise
+                if str(error) not in self.unreadable:
+                    self.unreadable.add(str(error))
+                    logger.warning("skipping a file that cannot be read: %s", error)
+        raise AssertionError("unreachable")
 
     def header(self, path: str) -> tuple[int, int]:
         """`(frames, sampling_rate)` of a file, read once and remembered."""
@@ -758,6 +779,7 @@ class NoiseMixingDataset(_SeededDataset):
         clean_probabilities: Sequence[float] | None = None,
         noise_probabilities: Sequence[float] | None = None,
         rir_files: Sequence[str | Path] = (),
+        skip_unreadable: bool = False,
     ):
         super().__init__(sampling_rate, segment_samples, seed, normalise)
         if not clean_files:
@@ -776,6 +798,7 @@ class NoiseMixingDataset(_SeededDataset):
             dict(headers or {}),
             noise_probabilities,
             rir_files,
+            skip_unreadable,
         )
         self.clean_files = [str(f) for f in clean_files]
         self.items_per_epoch = items_per_epoch or len(self.clean_files)
@@ -797,9 +820,14 @@ class NoiseMixingDataset(_SeededDataset):
         return np.pad(read_window(path, 0, frames), (0, length - frames))
 
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
-        rng = self._rng(index)
+        return self.mixer.redrawing(functools.partial(self._draw, index))
+
+    def _draw(self, index: int, attempt: int) -> dict[str, torch.Tensor]:
+        # A redrawn item (attempt > 0) takes a random clean file from its own random numbers.
+        rng = self._rng(index) if attempt == 0 else np.random.default_rng((self.seed, self.epoch, index, attempt))
         if self._clean_cdf is None:
-            clean_file = self.clean_files[index % len(self.clean_files)]
+            number = index if attempt == 0 else int(rng.integers(len(self.clean_files)))
+            clean_file = self.clean_files[number % len(self.clean_files)]
         else:
             clean_file = self.clean_files[int(np.searchsorted(self._clean_cdf, rng.uniform(), side="right"))]
 
@@ -1010,6 +1038,15 @@ class StreamingMixingDataset(torch.utils.data.IterableDataset):
     def _crop(self, row: dict, rng: np.random.Generator) -> np.ndarray:
         return random_crop(decode_audio(row["audio"], self.mixer.sampling_rate), self.segment_samples, rng)
 
+    def _mix(
+        self, clean: np.ndarray, recent: list[np.ndarray], rng: np.random.Generator, item: tuple[int, int], attempt: int
+    ) -> dict[str, torch.Tensor]:
+        """The mixture of `clean`, item `(worker, n)`; a redraw (attempt > 0, after an unreadable noise file) draws
+        from its own numbers."""
+        if attempt:
+            rng = np.random.default_rng((self.seed, self.epoch, self.rank, *item, attempt))
+        return self.mixer.mix(clean, rng, functools.partial(_babble_from, recent, rng))
+
     def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
         info = torch.utils.data.get_worker_info()
         worker = 0 if info is None else info.id
@@ -1024,8 +1061,8 @@ class StreamingMixingDataset(torch.utils.data.IterableDataset):
             if count <= skip - self.babble_talkers:
                 continue  # delivered before the resume, and too old to be a babble talker
             clean = self._crop(row, rng)
-            babble = functools.partial(_babble_from, recent, rng)
-            item = None if count <= skip else self.mixer.mix(clean, rng, babble)
+            draw = functools.partial(self._mix, clean, recent, rng, (worker, count))
+            item = None if count <= skip else self.mixer.redrawing(draw)
             recent = (recent + [clean])[-self.babble_talkers :]
             if item is not None:
                 yield {**item, "worker": torch.tensor(worker)}

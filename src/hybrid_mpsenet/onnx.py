@@ -191,21 +191,29 @@ def state_shapes(entries: list[dict], channels: int) -> list[tuple[list[int], st
 
 
 class OnnxFrameEnhancer:
-    """The ONNX step of a stream ([`FrameEnhancer`]): the step graph run frame by frame, its states carried from one
-    frame to the next (zeros at the start, sized for the stream's channels on the first call)."""
+    """The ONNX step of a stream ([`FrameEnhancer`]): the step graph run on the frames each call brings, up to
+    `FRAMES_PER_RUN` at a time (one for graphs exported with a fixed single frame), its states carried from one run
+    to the next (zeros at the start, sized for the stream's channels on the first call)."""
+
+    # Frames per run of the graph: enough to spread the per-run cost thin, few enough that a long block (offline
+    # enhancement feeds 2-s chunks) does not grow onnxruntime's memory arena.
+    FRAMES_PER_RUN = 16
 
     def __init__(self, enhancer: OnnxEnhancer, attenuation_limit_db: float | None):
         self.session, self.entries = enhancer.session, enhancer.states
         self.config, self.attenuation_limit_db = enhancer.config, attenuation_limit_db
         self.window = enhancer.window
         self.states: list[np.ndarray] | None = None
+        shapes = {node.name: node.shape for node in self.session.get_inputs()}
+        self.single_frame = shapes["magnitude"][-1] == 1  # a graph exported before steps took several frames
 
     def _network(self, magnitude: np.ndarray, phase: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         if self.states is None:
             self.states = [np.zeros(shape, dtype) for shape, dtype in state_shapes(self.entries, magnitude.shape[0])]
         magnitudes, phases = [], []
-        for frame in range(magnitude.shape[-1]):
-            feeds = {"magnitude": magnitude[:, :, frame : frame + 1], "phase": phase[:, :, frame : frame + 1]}
+        step = 1 if self.single_frame else self.FRAMES_PER_RUN
+        for frame in range(0, magnitude.shape[-1], step):
+            feeds = {"magnitude": magnitude[:, :, frame : frame + step], "phase": phase[:, :, frame : frame + step]}
             feeds.update((f"state.{i}", state) for i, state in enumerate(self.states))
             enhanced, enhanced_phase, *self.states = self.session.run(None, feeds)
             magnitudes.append(enhanced)

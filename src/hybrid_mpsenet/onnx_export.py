@@ -4,8 +4,9 @@ The graph is the network on spectra, from the compressed magnitude and phase `(b
 ones; the STFT, its inverse, resampling and chunking stay outside it, in numpy, exactly as in the PyTorch path.
 
 - A model that looks ahead gets `model.onnx`, with a dynamic batch and number of frames.
-- A causal model gets `model_step.onnx`: one frame of a stream, `(batch, freq, 1)`, with every layer's carried state as
-  an explicit input and output (`state.N` in, `next_state.N` out; zeros start a stream). The graph's metadata lists
+- A causal model gets `model_step.onnx`: the next frames of a stream, `(batch, freq, frames)` with any number of frames
+  from 1, with every layer's carried state as an explicit input and output (`state.N` in, `next_state.N` out; zeros
+  start a stream). Frames given together cost less than one by one and give the same output. The graph's metadata lists
   each state's shape for one channel, the axis that grows with the batch, its dtype and the layer that carries it.
 
 Mamba's selective scan goes into the graph as an ONNX `Scan` over time (`torch.scan`), not as the CUDA kernel, so the
@@ -117,8 +118,8 @@ class StateLayout:
 
 
 class _StepGraph(nn.Module):
-    """One frame of a stream: `(magnitude, phase, *states)` -> `(magnitude, phase, *next_states)`, spectra
-    `(batch, freq, 1)`, states as [`StateLayout`] orders them."""
+    """The next frames of a stream: `(magnitude, phase, *states)` -> `(magnitude, phase, *next_states)`, spectra
+    `(batch, freq, frames)`, states as [`StateLayout`] orders them."""
 
     def __init__(self, network: nn.Module, layout: StateLayout):
         super().__init__()
@@ -191,8 +192,8 @@ def export_graph(network: nn.Module) -> tuple[object, str]:
         )
         proto = _export(
             _StepGraph(network, layout),
-            (torch.rand(2, freq, 1), torch.rand(2, freq, 1) * 6 - 3, *states),
-            ({0: auto}, {0: auto}, state_shapes),
+            (torch.rand(2, freq, 3), torch.rand(2, freq, 3) * 6 - 3, *states),
+            ({0: auto, 2: auto}, {0: auto, 2: auto}, state_shapes),
             ["magnitude", "phase", *(f"state.{i}" for i in range(count))],
             ["enhanced_magnitude", "enhanced_phase", *(f"next_state.{i}" for i in range(count))],
         )

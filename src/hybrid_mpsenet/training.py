@@ -128,7 +128,9 @@ class TrainingArguments:
         default="header",
         metadata={
             "help": "start-up check of the mixing-mode files: header (read headers only, in parallel, cached in the "
-            "run folder: unreadable, empty, impossible rates) or full (decode every file: also NaN/Inf and silence)"
+            "run folder: unreadable, empty, impossible rates), full (decode every file: also NaN/Inf and silence) "
+            "or none (list only, for corpora of very many files: a file is read when first drawn, and one that "
+            "cannot be read is skipped, named in a warning, and another drawn)"
         },
     )
     batch_size: int = field(default=4, metadata={"help": "pairs per step (per process)"})
@@ -205,8 +207,8 @@ class TrainingArguments:
             raise ValueError("Give one clean_stream_weights value per clean_streams source.")
         if self.shuffle_buffer < 1 or self.stream_eval_items < 1:
             raise ValueError("shuffle_buffer and stream_eval_items must be positive.")
-        if self.check_audio not in ("header", "full"):
-            raise ValueError(f"check_audio must be header or full, got {self.check_audio!r}.")
+        if self.check_audio not in ("header", "full", "none"):
+            raise ValueError(f"check_audio must be header, full or none, got {self.check_audio!r}.")
         if self.pesq_failures not in ("drop_batch", "mask_items"):
             raise ValueError(f"pesq_failures must be drop_batch or mask_items, got {self.pesq_failures!r}.")
         if self.mixed_precision not in ("no", "fp16", "bf16"):
@@ -314,14 +316,18 @@ def build_datasets(
         return train, PairedSpeechDataset(held_out, sampling_rate)
     full, cache = args.check_audio == "full", Path(args.output_dir) / checkpointing.AUDIO_INDEX
     headers: dict[str, tuple[int, int]] = {}
+
+    def check(files: list[Path], role: str) -> None:
+        if files and args.check_audio != "none":
+            headers.update(check_audio_files(files, role, args.progress, full, cache))
+
     if args.clean_dirs is not None:
         clean, clean_probabilities = list_weighted_audio(args.clean_dirs, args.clean_weights)
-        headers.update(check_audio_files(clean, "clean speech", args.progress, full, cache))
+        check(clean, "clean speech")
     noise, noise_probabilities = list_weighted_audio(args.noise_dirs, args.noise_weights)
-    headers.update(check_audio_files(noise, "noise", args.progress, full, cache))
+    check(noise, "noise")
     rirs = list_audio(args.rir_dirs) if args.rir_dirs else []
-    if rirs:
-        headers.update(check_audio_files(rirs, "impulse responses", args.progress, full, cache))
+    check(rirs, "impulse responses")
     eval_seed = args.seed if args.eval_seed is None else args.eval_seed
     snr = (args.snr_low, args.snr_high)
     augmentations = {
@@ -333,6 +339,7 @@ def build_datasets(
         "headers": headers,
         "noise_probabilities": noise_probabilities,
         "rir_files": rirs,
+        "skip_unreadable": args.check_audio == "none",
     }
     if args.clean_streams is not None:
         stream = _speech_stream(args)
@@ -362,7 +369,10 @@ def build_datasets(
             clean_probabilities=clean_probabilities,
             **augmentations,
         )
-    evaluation = NoiseMixingDataset(eval_files, noise, sampling_rate, None, snr, seed=eval_seed + 1, headers=headers)
+    evaluation = NoiseMixingDataset(
+        eval_files, noise, sampling_rate, None, snr, seed=eval_seed + 1, headers=headers,
+        skip_unreadable=augmentations["skip_unreadable"],
+    )  # fmt: skip
     return train, evaluation
 
 
