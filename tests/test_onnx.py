@@ -165,6 +165,11 @@ def test_the_step_graph_streams_like_the_pytorch_stream():
     assert np.abs(got - expected).max() <= END_TO_END_TOLERANCE * peak
     # Offline enhancement of a causal model runs the same stream.
     np.testing.assert_allclose(enhancer.enhance(stereo, rate), got, atol=1e-6 * peak)
+    # Blocks of two frames go through the graph together: one hop more latency, the same output.
+    blocks = enhancer.stream(rate, channels=2, frames_per_block=2)
+    assert blocks.latency_samples == got_stream.latency_samples + enhancer.config.hop_length
+    pieces = [blocks.process(stereo[:, start : start + 333]) for start in range(0, stereo.shape[1], 333)]
+    np.testing.assert_allclose(np.concatenate([*pieces, blocks.flush()], axis=1), got, atol=1e-6 * peak)
 
 
 def assert_steps_match(model, enhancer, audio: np.ndarray, waveform_tolerance: float) -> None:
