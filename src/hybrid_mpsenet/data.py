@@ -669,16 +669,16 @@ class NoiseMixer:
         """`draw(attempt)` for attempt 0, 1, ...: with `skip_unreadable`, an [`AudioError`] (a file that cannot be
         read) is named in a warning, once per file and process, and the item is drawn again from other random
         numbers, up to `REDRAWS` times; without, it is raised."""
-        for attempt in range(self.REDRAWS + 1):
+        for attempt in range(self.REDRAWS):
             try:
                 return draw(attempt)
             except AudioError as error:
-                if not self.skip_unreadable or attempt == self.REDRAWS:
+                if not self.skip_unreadable:
                     raise
                 if str(error) not in self.unreadable:
                     self.unreadable.add(str(error))
                     logger.warning("skipping a file that cannot be read: %s", error)
-        raise AssertionError("unreachable")
+        return draw(self.REDRAWS)  # the last chance: its error is raised
 
     def header(self, path: str) -> tuple[int, int]:
         """`(frames, sampling_rate)` of a file, read once and remembered."""
