@@ -315,10 +315,11 @@ def build_datasets(
         train = PairedSpeechDataset(pairs, sampling_rate, segment, args.seed, normalise=normalise)
         return train, PairedSpeechDataset(held_out, sampling_rate)
     full, cache = args.check_audio == "full", Path(args.output_dir) / checkpointing.AUDIO_INDEX
+    skip_unreadable = args.check_audio == "none"  # nothing checked up front: a file that fails when drawn is skipped
     headers: dict[str, tuple[int, int]] = {}
 
     def check(files: list[Path], role: str) -> None:
-        if files and args.check_audio != "none":
+        if files and not skip_unreadable:
             headers.update(check_audio_files(files, role, args.progress, full, cache))
 
     if args.clean_dirs is not None:
@@ -339,7 +340,7 @@ def build_datasets(
         "headers": headers,
         "noise_probabilities": noise_probabilities,
         "rir_files": rirs,
-        "skip_unreadable": args.check_audio == "none",
+        "skip_unreadable": skip_unreadable,
     }
     if args.clean_streams is not None:
         stream = _speech_stream(args)
@@ -370,9 +371,15 @@ def build_datasets(
             **augmentations,
         )
     evaluation = NoiseMixingDataset(
-        eval_files, noise, sampling_rate, None, snr, seed=eval_seed + 1, headers=headers,
-        skip_unreadable=augmentations["skip_unreadable"],
-    )  # fmt: skip
+        eval_files,
+        noise,
+        sampling_rate,
+        None,
+        snr,
+        seed=eval_seed + 1,
+        headers=headers,
+        skip_unreadable=skip_unreadable,
+    )
     return train, evaluation
 
 
