@@ -11,10 +11,10 @@ from hybrid_mpsenet.metrics import composite_scores
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples" / "audio"
 VOICEBANK = SHARED / "data" / "voicebank_dev"
-# Measured with the bundled checkpoint (the campaign's step 13,500; MODEL_CARD.md), thresholds with a margin: the
-# example goes from PESQ 1.83 / CSIG 3.41 to 2.54 / 3.91; over the 10 VoiceBank pairs (the example among them) PESQ
-# 1.93 -> 2.38, CSIG 3.14 -> 3.57, COVL 2.50 -> 2.95.
-MIN_EXAMPLE_GAIN = {"pesq": 0.5, "csig": 0.3}
+# Measured with the bundled checkpoint (the campaign's step 18,500; MODEL_CARD.md), thresholds with a margin: the
+# example goes from PESQ 1.83 / CSIG 3.41 to 2.30 / 3.72; over the 10 VoiceBank pairs (the example among them) PESQ
+# 1.93 -> 2.36, CSIG 3.14 -> 3.61, COVL 2.50 -> 2.97.
+MIN_EXAMPLE_GAIN = {"pesq": 0.35, "csig": 0.2}
 MIN_VOICEBANK_GAIN = {"pesq": 0.35, "csig": 0.35, "covl": 0.35}
 # The bundled causal model (default-streaming, step 1,750; MODEL_CARD.md) on the example: PESQ 1.83 -> 2.61, CBAK
 # 2.36 -> 3.06, COVL 2.60 -> 3.26.
