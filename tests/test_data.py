@@ -493,15 +493,20 @@ def test_streamed_items_split_across_processes_and_workers_each_seen_once_and_re
     assert _lengths(_drawn(_streamed(tmp_path / "shards"), 2, epoch=1)) != _lengths(first)  # a new order
 
 
-def test_a_streamed_epoch_resumes_where_each_worker_stopped(tmp_path):
+def test_a_streamed_epoch_resumes_where_each_worker_stopped_past_an_undecodable_row(tmp_path, caplog):
     from hybrid_mpsenet.data import write_speech_shards
 
     noise_like_utterances(tmp_path / "speech", 24)
+    (tmp_path / "speech" / "utt24.wav").write_bytes(b"RIFF, but not audio")
     write_speech_shards(tmp_path / "speech", tmp_path / "shards", 4, progress=False)
+    with caplog.at_level(logging.WARNING):
+        assert len(_drawn(_streamed(tmp_path / "shards"), 0)) == 24  # the epoch goes on without the bad row
+    assert "'utt24'" in caplog.text and "not readable" in caplog.text
     straight = _drawn(_streamed(tmp_path / "shards", babble=1.0), 2)
     before = _drawn(_streamed(tmp_path / "shards", babble=1.0), 2, batches=3)
-    consumed = {w: sum(int(item["worker"]) == w for item in before) for w in (0, 1)}
-    assert consumed == {0: 4, 1: 2}
+    consumed = {w: max(int(item["row"]) for item in before if int(item["worker"]) == w) for w in (0, 1)}
+    delivered = {w: sum(int(item["worker"]) == w for item in before) for w in (0, 1)}
+    assert delivered == {0: 4, 1: 2} and consumed == {0: 4, 1: 3}  # worker 1 read the bad row before the stop
     after = _drawn(_streamed(tmp_path / "shards", babble=1.0), 2, consumed=consumed)
 
     def by_worker(items):

@@ -675,10 +675,14 @@ class NoiseMixer:
             except AudioError as error:
                 if not self.skip_unreadable:
                     raise
-                if str(error) not in self.unreadable:
-                    self.unreadable.add(str(error))
-                    logger.warning("skipping a file that cannot be read: %s", error)
+                self.skipping(str(error))
         return draw(self.REDRAWS)  # the last chance: its error is raised
+
+    def skipping(self, message: str) -> None:
+        """Name something unreadable that is skipped in a warning, once per process."""
+        if message not in self.unreadable:
+            self.unreadable.add(message)
+            logger.warning("skipping a file that cannot be read: %s", message)
 
     def header(self, path: str) -> tuple[int, int]:
         """`(frames, sampling_rate)` of a file, read once and remembered."""
@@ -852,7 +856,7 @@ def _cumulative(probabilities: Sequence[float] | None, count: int, name: str) ->
 
 def collate_pairs(items: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
     """Stack items into `clean`/`noisy` `(batch, samples)`, zero-padding to the longest, plus `lengths` `(batch,)`
-    (and `worker` `(batch,)` for streamed items)."""
+    (and `worker` and `row` `(batch,)` for streamed items)."""
     lengths = torch.tensor([item["clean"].shape[0] for item in items])
     longest = int(lengths.max())
 
@@ -860,8 +864,9 @@ def collate_pairs(items: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tenso
         return torch.stack([torch.nn.functional.pad(item[key], (0, longest - item[key].shape[0])) for item in items])
 
     batch = {"clean": stack("clean"), "noisy": stack("noisy"), "lengths": lengths}
-    if "worker" in items[0]:
-        batch["worker"] = torch.stack([item["worker"] for item in items])
+    for key in ("worker", "row"):
+        if key in items[0]:
+            batch[key] = torch.stack([item[key] for item in items])
     return batch
 
 
@@ -1001,8 +1006,10 @@ class StreamingMixingDataset(torch.utils.data.IterableDataset):
     workers within a process (`datasets` splits the shards among them). Each epoch shuffles shard order and a
     `shuffle_buffer` of utterances by `(seed, epoch)`, and item `n` of worker `w` draws its crop and mixture from
     `(seed, epoch, rank, w, n)`, so an epoch replays exactly with the same processes and workers. Items are
-    `{"clean", "noisy"}` `(segment_samples,)` plus `"worker"`, so that a trainer can count what each worker
-    delivered; [`resume`] skips those items (read, not decoded). Babble draws from the worker's last
+    `{"clean", "noisy"}` `(segment_samples,)` plus `"worker"` and `"row"` (how many rows that worker has read this
+    epoch, this one included), so that a trainer can record where each worker is; [`resume`] skips those rows (read,
+    not decoded). Rows are not checked before training: one that cannot be decoded is named in a warning and
+    skipped (it still counts as read, so a resumed epoch stays exact). Babble draws from the worker's last
     `babble_talkers` crops.
     """
 
@@ -1032,7 +1039,7 @@ class StreamingMixingDataset(torch.utils.data.IterableDataset):
         self.stream.set_epoch(epoch)
 
     def resume(self, consumed: dict[int, int]) -> None:
-        """Start the current epoch after the items each worker (by id) had already delivered."""
+        """Start the current epoch after the rows each worker (by id) had already read (its last item's `row`)."""
         self.consumed = {int(worker): int(count) for worker, count in consumed.items()}
 
     def _crop(self, row: dict, rng: np.random.Generator) -> np.ndarray:
@@ -1060,12 +1067,16 @@ class StreamingMixingDataset(torch.utils.data.IterableDataset):
             count += 1
             if count <= skip - self.babble_talkers:
                 continue  # delivered before the resume, and too old to be a babble talker
-            clean = self._crop(row, rng)
+            try:
+                clean = self._crop(row, rng)
+            except AudioError as error:
+                self.mixer.skipping(f"stream row {row['key']!r}: {error}")
+                continue
             draw = functools.partial(self._mix, clean, recent, rng, (worker, count))
             item = None if count <= skip else self.mixer.redrawing(draw)
             recent = (recent + [clean])[-self.babble_talkers :]
             if item is not None:
-                yield {**item, "worker": torch.tensor(worker)}
+                yield {**item, "worker": torch.tensor(worker), "row": torch.tensor(count)}
 
 
 def in_worker_order(

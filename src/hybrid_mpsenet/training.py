@@ -249,7 +249,7 @@ class TrainingState:
         self.best_pesq = -math.inf
         self.skipped_steps = self.failed_pesq = 0
         self.train_seconds = 0.0  # wall time spent in training steps, across resumes (compute per quality)
-        # Streamed sources: items each DataLoader worker of each process delivered this epoch, and the
+        # Streamed sources: rows each DataLoader worker of each process read this epoch, and the
         # [processes, workers] they were counted with (a resume needs the same to continue the epoch).
         self.stream_consumed: list[dict[str, int]] = []
         self.stream_layout: list[int] = []
@@ -453,7 +453,7 @@ class _Run:
     schedulers: dict[str, torch.optim.lr_scheduler.LRScheduler]
     state: TrainingState
     loader_generator: torch.Generator
-    stream_consumed: dict[int, int] | None = None  # this process's workers' items this epoch (streamed sources)
+    stream_consumed: dict[int, int] | None = None  # this process's workers' rows read this epoch (streamed sources)
 
     def trainer_state(self, folder: Path) -> None:
         scaler = self.accelerator.scaler
@@ -660,8 +660,8 @@ def _train(args: TrainingArguments, accelerator: Accelerator, output_dir: Path, 
                     batches = accelerator.skip_first_batches(loader, state.batch_in_epoch)
             for batch in batches:
                 if streaming:
-                    worker = int(batch.pop("worker")[0])
-                    run.stream_consumed[worker] = run.stream_consumed.get(worker, 0) + len(batch["clean"])
+                    worker, rows = int(batch.pop("worker")[0]), batch.pop("row")
+                    run.stream_consumed[worker] = int(rows[-1])  # a worker's batch holds consecutive rows
                 started = time.perf_counter()
                 logs = train_step(
                     accelerator, args, unwrapped, model, discriminator, optim_g, optim_d, batch, weights, pool, state
