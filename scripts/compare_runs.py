@@ -11,15 +11,15 @@ Writes JSON.
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 from hybrid_mpsenet import HybridMPSENetConfig, HybridMPSENetForSpeechEnhancement
+from hybrid_mpsenet.training import read_history
 from hybrid_mpsenet.utils import write_json_atomic
 
 
 def load_run(folder: Path) -> dict:
-    history = [json.loads(line) for line in (folder / "history.jsonl").read_text().splitlines() if line.strip()]
+    history = read_history(folder)
     if not history:
         raise ValueError(f"{folder}: history.jsonl has no validation yet.")
     config = HybridMPSENetConfig.from_pretrained(folder / "best")

@@ -36,6 +36,31 @@ def test_compare_runs_reads_pesq_within_the_common_training_time(tmp_path):
     assert all(run["parameters"] > 0 for run in result["runs"])
 
 
+def test_learning_curve_fits_the_log_law_and_projects_with_the_run_pace(tmp_path):
+    steps = np.arange(0, 10_001, 500)
+    wiggle = np.where(np.arange(len(steps)) % 2, 0.01, -0.01)
+    pesq = 1.5 + 0.07 * np.log(steps + 4500) + wiggle
+    lines = [
+        json.dumps({"step": int(s), "train_seconds": 2.0 * s, "pesq": float(p), "stoi": 0.9})
+        for s, p in zip(steps, pesq, strict=True)
+    ]
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "history.jsonl").write_text("\n".join(lines) + '\n{"step": 10')  # a line cut by a crash
+    run_script(
+        "learning_curve.py", tmp_path / "run", "--offset_steps", 4500, "--window", 5000, "--project", 34500,
+        "--output", tmp_path / "out.json", "--plot", tmp_path / "curve.png",
+    )  # fmt: skip
+    result = json.loads((tmp_path / "out.json").read_text())
+    assert result["fit"]["n"] == 21 and abs(result["fit"]["log"]["b"] - 0.07) < 2e-3
+    assert abs(result["fit"]["residual_std"] - 0.0103) < 1e-3
+    projection = result["projections"][0]
+    assert abs(projection["pesq"] - (1.5 + 0.07 * np.log(34500))) < 0.01 and 0 < projection["standard_error"] < 0.02
+    assert projection["more_hours"] == pytest.approx((34500 - 4500 - 10_000) * 2.0 / 3600)
+    assert [row["steps"] for row in result["windows"]] == [[4500, 4500], [5000, 9500], [10000, 14500]]
+    assert result["windows"][2]["hours"] == pytest.approx(10_000 * 2.0 / 3600)
+    assert (tmp_path / "curve.png").read_bytes()[:4] == b"\x89PNG"
+
+
 @pytest.mark.slow
 def test_heldout_mixtures_in_rooms_are_reproducible_and_reverberant(tmp_path):
     def make(name, *extra):

@@ -822,6 +822,13 @@ def _truncate_history(path: Path, step: int) -> None:
         tmp.replace(path)
 
 
+def read_history(run: str | Path) -> list[dict]:
+    """The validations of a run folder's `history.jsonl`, oldest first (a line cut by a crash is left out)."""
+    path = Path(run) / "history.jsonl"
+    lines = path.read_text().splitlines() if path.is_file() else []
+    return [json.loads(line) for line in lines if line.strip() and _history_step(line) is not None]
+
+
 def _history_step(line: str) -> int | None:
     """The step of a `history.jsonl` line, or `None` for a line cut by a crash (dropped on resume)."""
     try:
