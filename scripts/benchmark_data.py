@@ -10,7 +10,8 @@ writes JSON.
 The first batch includes listing the files and the start-up check (`--check_audio header`, the default, on a new
 run folder; `none`, which only lists the files; `full` decodes every file, as training did before, and is measured
 on the smallest corpora only). `--files` and `--hours` choose the corpora (`--hours` with no value: none of long
-files).
+files). Workers hand batches to the trainer as `train` does (`SharedBatches`); `--plain_handover` also measures
+PyTorch's default handover (fresh shared memory for every batch).
 """
 
 from __future__ import annotations
@@ -40,12 +41,15 @@ def in_fresh_process(*arguments) -> dict:
     return json.loads(subprocess.run(command, capture_output=True, text=True, check=True).stdout.splitlines()[-1])
 
 
-def measure(corpus: str, workers: int, items: int, check_audio: str, source: str = "files") -> dict:
-    """Build the mixing datasets as `train` does (clean speech from `source`: the files, or their shards), then
-    draw `items` items in batches of 4."""
+def measure(
+    corpus: str, workers: int, items: int, check_audio: str, source: str = "files", plain: bool = False
+) -> dict:
+    """Build the mixing datasets and the loader as `train` does (clean speech from `source`: the files, or their
+    shards; batches handed over through `SharedBatches`, or with `plain` as PyTorch does by default), then draw
+    `items` items in batches of 4."""
     import torch
 
-    from hybrid_mpsenet.data import StreamingMixingDataset, collate_pairs
+    from hybrid_mpsenet.data import SharedBatches, StreamingMixingDataset, collate_pairs
     from hybrid_mpsenet.training import TrainingArguments, build_datasets
 
     torch.set_num_threads(1)
@@ -68,10 +72,12 @@ def measure(corpus: str, workers: int, items: int, check_audio: str, source: str
         started = time.perf_counter()
         train, _ = build_datasets(args, 16000)
         shuffle = not isinstance(train, StreamingMixingDataset)
+        shared = SharedBatches(4, int(args.segment_seconds * 16000))
+        collate = collate_pairs if plain else shared
         loader = torch.utils.data.DataLoader(
-            train, 4, shuffle=shuffle, drop_last=True, collate_fn=collate_pairs, num_workers=workers
+            train, 4, shuffle=shuffle, drop_last=True, collate_fn=collate, num_workers=workers
         )
-        batches = iter(loader)
+        batches = iter(loader) if plain else shared.iterate(loader)
         next(batches)
         first = time.perf_counter() - started
         started, drawn = time.perf_counter(), 0
@@ -99,6 +105,7 @@ def main() -> None:
     parser.add_argument("--hours", type=float, nargs="*", default=[1, 10, 70], help="corpora of 5-min files")
     parser.add_argument("--items", type=int, default=400, help="items drawn per measurement")
     parser.add_argument("--workers", type=int, nargs="*", default=[0, 2], help="DataLoader workers to compare")
+    parser.add_argument("--plain_handover", action="store_true", help="also measure PyTorch's default handover")
     parser.add_argument("--output", default="outputs/benchmark_data.json")
     parser.add_argument("--measure", help=argparse.SUPPRESS)  # internal: one measurement, JSON arguments
     args = parser.parse_args()
@@ -122,18 +129,21 @@ def main() -> None:
             if not (corpus / "shards").is_dir():
                 write_speech_shards(corpus / "clean", corpus / "shards", 64)
             settings.append(("shards", "header"))
+        handovers = [False, True] if args.plain_handover else [False]
         for source, check_audio in settings:
             for workers in args.workers:
-                result = in_fresh_process(str(corpus), workers, args.items, check_audio, source)
-                rows.append({"corpus": name, "source": source, "check_audio": check_audio, "workers": workers,
-                             **result})  # fmt: skip
-                print(rows[-1], flush=True)
+                for plain in handovers if workers else [False]:
+                    result = in_fresh_process(str(corpus), workers, args.items, check_audio, source, plain)
+                    rows.append({"corpus": name, "source": source, "check_audio": check_audio, "workers": workers,
+                                 "handover": "plain" if plain else "shared", **result})  # fmt: skip
+                    print(rows[-1], flush=True)
 
-    print("\n| corpus | speech read as | start-up check | workers | s to first batch | items/s | trainer peak MiB | "
-          "worker peak MiB |\n|---|---|---|---|---|---|---|---|")  # fmt: skip
+    print("\n| corpus | speech read as | start-up check | workers | handover | s to first batch | items/s | "
+          "trainer peak MiB | worker peak MiB |\n|---|---|---|---|---|---|---|---|---|")  # fmt: skip
     for r in rows:
         worker = f"{r['worker_peak_rss_mib']:.0f}" if r["worker_peak_rss_mib"] else ""
-        print(f"| {r['corpus']} | {r['source']} | {r['check_audio']} | {r['workers']} | "
+        handover = r["handover"] if r["workers"] else ""
+        print(f"| {r['corpus']} | {r['source']} | {r['check_audio']} | {r['workers']} | {handover} | "
               f"{r['seconds_to_first_batch']:.1f} | {r['items_per_second']:.1f} | {r['trainer_peak_rss_mib']:.0f} | "
               f"{worker} |")  # fmt: skip
     print(f"wrote {write_json_atomic(args.output, {**benchmark_environment(), 'items': args.items, 'rows': rows})}")

@@ -518,6 +518,30 @@ def test_a_streamed_epoch_resumes_where_each_worker_stopped_past_an_undecodable_
         assert all(torch.equal(a, b) for a, b in zip(whole[worker], resumed[worker], strict=True))
 
 
+def test_shared_batches_hand_over_the_plain_batches_through_reused_worker_buffers(tmp_path):
+    from hybrid_mpsenet.data import NoiseMixingDataset, SharedBatches
+
+    dataset = NoiseMixingDataset([DATA / s for s in SPEECH], [DATA / NOISE[1]], 16000, 4000, items_per_epoch=14)
+
+    def batches(workers, collate):
+        loader = torch.utils.data.DataLoader(dataset, 2, num_workers=workers, collate_fn=collate)
+        return loader, list(collate.iterate(loader) if isinstance(collate, SharedBatches) else loader)
+
+    _, plain = batches(0, collate_pairs)
+    for slots in (4, 1):  # one slot: batches that find it taken go the plain way
+        shared = SharedBatches(2, 4000, slots)
+        loader, handed = batches(2, shared)
+        assert len(handed) == len(plain) == 7
+        for left, right in zip(plain, handed, strict=True):
+            assert left.keys() == right.keys() and all(torch.equal(left[k], right[k]) for k in left)
+        raw = list(loader)  # what the workers send, never copied out here: a slot and the buffers, until full
+        taken = [batch for batch in raw if "slot" in batch]
+        assert len(taken) == (7 if slots == 4 else 2) and all("clean" not in b and "ring" in b for b in taken)
+        with pytest.raises(RuntimeError, match="has not received"):
+            list(shared.iterate({k: v for k, v in batch.items() if k != "ring"} for batch in taken))
+    assert SharedBatches(2, 3000)([dataset[0], dataset[1]])["clean"].shape == (2, 4000)  # no worker: plain
+
+
 def test_restarted_loaders_give_batches_in_the_round_robin_order_of_an_uninterrupted_epoch():
     from hybrid_mpsenet.data import in_worker_order
 

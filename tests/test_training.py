@@ -120,6 +120,9 @@ def test_resume_is_exact(tmp_path):
     # Training time accumulates across the resume (validations at steps 3 and 6).
     seconds = [json.loads(line)["train_seconds"] for line in (tmp_path / "b" / "run" / "history.jsonl").open()]
     assert len(seconds) == 2 and 0 < seconds[0] < seconds[1]
+    # Two loader workers hand the same batches over through their shared buffers (SharedBatches): same weights.
+    train(arguments(tmp_path / "c", max_steps=6, save_every=3, num_workers=2, **mixing))
+    _checkpoints_equal(a, latest_checkpoint(tmp_path / "c" / "run"))
 
 
 def test_streamed_training_resumes_mid_epoch_bit_identically(tmp_path):

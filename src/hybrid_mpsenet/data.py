@@ -870,6 +870,87 @@ def collate_pairs(items: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tenso
     return batch
 
 
+class SharedBatches:
+    """A `collate_fn` that hands fixed-shape batches from DataLoader workers to the trainer through shared memory
+    each worker allocates once and reuses.
+
+    PyTorch moves every batch a worker returns into fresh shared memory, one segment (and one file descriptor
+    passed) per tensor, and faulting in fresh pages can cost more than mixing the items (docs/training.md: 1 MiB
+    of batch took a worker longer to hand over than to mix). Here a worker writes a batch of `batch_size` items of
+    `samples` samples into one of its `slots` free buffers and returns only which one; [`iterate`], in the trainer,
+    copies each batch out as the DataLoader returns it and frees the slot. A batch of another shape, one that finds
+    no free slot and one made without workers are [`collate_pairs`]'s, so what the trainer gets is the same either
+    way: `clean`/`noisy` `(batch, samples)`, `lengths` `(batch,)`, and `worker`/`row` `(batch,)` for streamed items.
+    """
+
+    def __init__(self, batch_size: int, samples: int, slots: int = 4):
+        if batch_size < 1 or samples < 1 or slots < 1:
+            raise ValueError(f"batch_size, samples and slots must be positive, got {batch_size}, {samples}, {slots}.")
+        self.batch_size, self.samples, self.slots = batch_size, samples, slots
+        # In a worker: its buffers (slots, 2, batch, samples) and flags (slots + 1,): 1 = a slot holds a batch the
+        # trainer has not copied yet; the last flag says the trainer has the buffers.
+        self._ring: tuple[torch.Tensor, torch.Tensor] | None = None
+        self._rings: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}  # in the trainer, by worker process id
+
+    def __call__(self, items: list[dict[str, torch.Tensor]]) -> dict:
+        shape = (self.samples,)
+        if (
+            torch.utils.data.get_worker_info() is None
+            or len(items) != self.batch_size
+            or any(item["clean"].shape != shape or item["noisy"].shape != shape for item in items)
+            or (self._ring is not None and items[0]["clean"].dtype != self._ring[0].dtype)
+        ):
+            return collate_pairs(items)
+        if self._ring is None:
+            buffers = torch.zeros(self.slots, 2, self.batch_size, self.samples, dtype=items[0]["clean"].dtype)
+            buffers.share_memory_()
+            self._ring = buffers, torch.zeros(self.slots + 1, dtype=torch.int32).share_memory_()
+        buffers, flags = self._ring
+        free = torch.nonzero(flags[:-1] == 0)
+        if len(free) == 0:
+            return collate_pairs(items)
+        slot = int(free[0])
+        flags[slot] = 1
+        torch.stack([item["clean"] for item in items], out=buffers[slot, 0])
+        torch.stack([item["noisy"] for item in items], out=buffers[slot, 1])
+        # Plain numbers travel in the message itself; only the buffers are shared, once.
+        batch = {"slot": (os.getpid(), slot)}
+        batch.update({key: [int(item[key]) for item in items] for key in ("worker", "row") if key in items[0]})
+        if not flags[-1]:
+            batch["ring"] = self._ring
+        return batch
+
+    def iterate(self, loader: Iterable[dict]) -> Iterator[dict[str, torch.Tensor]]:
+        """The batches of one pass over `loader` (a DataLoader with this `collate_fn`), each copied out of its
+        worker's buffer as it arrives. The workers of a pass are new processes, so their buffers are forgotten
+        when the pass ends."""
+        self._rings = {}
+        try:
+            for batch in loader:
+                yield self._receive(batch)
+        finally:
+            self._rings = {}
+
+    def _receive(self, batch: dict) -> dict[str, torch.Tensor]:
+        if "slot" not in batch:
+            return batch
+        process, slot = batch.pop("slot")
+        if "ring" in batch:
+            self._rings[process] = batch.pop("ring")
+            self._rings[process][1][-1] = 1
+        if process not in self._rings:
+            raise RuntimeError(
+                f"A batch from DataLoader worker process {process}, whose buffers this pass has not received: "
+                "SharedBatches needs new workers for every pass (persistent_workers=False)."
+            )
+        buffers, flags = self._rings[process]
+        both = buffers[slot].clone()
+        flags[slot] = 0
+        received = {"clean": both[0], "noisy": both[1], "lengths": torch.full((self.batch_size,), self.samples)}
+        received.update({key: torch.tensor(values) for key, values in batch.items()})
+        return received
+
+
 # Shard formats `datasets` streams by file suffix, for glob patterns (a folder is recognised by `datasets` itself).
 STREAM_BUILDERS = {".tar": "webdataset", ".parquet": "parquet", ".arrow": "arrow"}
 

@@ -8,11 +8,13 @@ continues from it exactly (same data order, crops, RNG and optimiser states).
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import math
 import shutil
 import time
+from collections.abc import Iterable
 from concurrent.futures import Executor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -30,10 +32,10 @@ from .data import (
     NoiseMixer,
     NoiseMixingDataset,
     PairedSpeechDataset,
+    SharedBatches,
     StreamingMixingDataset,
     check_audio_files,
     check_source_weights,
-    collate_pairs,
     dns_tree,
     hold_out_stream,
     in_worker_order,
@@ -589,23 +591,22 @@ def _train(args: TrainingArguments, accelerator: Accelerator, output_dir: Path, 
     # A generator of its own, so that starting an epoch's iterator (and its workers' seeds) does not draw from the
     # global RNG (which would make a resumed run diverge from an uninterrupted one).
     loader_generator = torch.Generator().manual_seed(args.seed)
+    shared = SharedBatches(args.batch_size, int(args.segment_seconds * rate))
     loader = torch.utils.data.DataLoader(
         train_set,
         args.batch_size,
         shuffle=not streaming,
         drop_last=True,
-        collate_fn=collate_pairs,
+        collate_fn=shared,
         num_workers=args.num_workers,
         generator=loader_generator,
     )
     discriminator = MetricDiscriminator(checkpointing.read_discriminator_dim(checkpoint) if checkpoint else 16)
     optim_g, optim_d, sched_g, sched_d = build_optimizers(args, model, discriminator)
-    if streaming:  # each process already reads its own shards: Accelerate must not split the batches again
-        model, discriminator, optim_g, optim_d = accelerator.prepare(model, discriminator, optim_g, optim_d)
-    else:
-        model, discriminator, optim_g, optim_d, loader = accelerator.prepare(
-            model, discriminator, optim_g, optim_d, loader
-        )
+    model, discriminator, optim_g, optim_d = accelerator.prepare(model, discriminator, optim_g, optim_d)
+    if not streaming:  # each process already reads its own shards of a stream: Accelerate must not split them again
+        # Batches go to the device after they are copied out of the workers' buffers (_on_device).
+        loader = accelerator.prepare_data_loader(loader, device_placement=False)
     state = TrainingState()
     run = _Run(
         accelerator,
@@ -652,12 +653,11 @@ def _train(args: TrainingArguments, accelerator: Accelerator, output_dir: Path, 
             train_set.set_epoch(state.epoch)
             if streaming:
                 train_set.resume(run.stream_consumed)
-                batches = _streamed_batches(accelerator, loader, args.num_workers, state.batch_in_epoch)
+                batches = _streamed_batches(accelerator, shared.iterate(loader), args.num_workers, state.batch_in_epoch)
             else:
                 loader.set_epoch(state.epoch)
-                batches = loader
-                if state.batch_in_epoch:
-                    batches = accelerator.skip_first_batches(loader, state.batch_in_epoch)
+                epoch = accelerator.skip_first_batches(loader, state.batch_in_epoch) if state.batch_in_epoch else loader
+                batches = map(functools.partial(_on_device, accelerator), shared.iterate(epoch))
             for batch in batches:
                 if streaming:
                     worker, rows = int(batch.pop("worker")[0]), batch.pop("row")
@@ -706,11 +706,15 @@ def _train(args: TrainingArguments, accelerator: Accelerator, output_dir: Path, 
     return output_dir / "best"
 
 
-def _streamed_batches(accelerator: Accelerator, loader: torch.utils.data.DataLoader, workers: int, done: int):
+def _on_device(accelerator: Accelerator, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    return {name: value.to(accelerator.device) for name, value in batch.items()}
+
+
+def _streamed_batches(accelerator: Accelerator, batches: Iterable[dict[str, torch.Tensor]], workers: int, done: int):
     """The batches of a streamed source on the training device, `done` batches into the epoch, in the workers'
     round-robin order ([`in_worker_order`]). With several processes an epoch ends for all of them when one runs
     out of its shards' items (uneven shards), so that none waits for the others' gradients."""
-    iterator = in_worker_order(iter(loader), workers, done)
+    iterator = in_worker_order(iter(batches), workers, done)
     while True:
         batch = next(iterator, None)
         if accelerator.num_processes > 1:
@@ -719,7 +723,7 @@ def _streamed_batches(accelerator: Accelerator, loader: torch.utils.data.DataLoa
                 return
         if batch is None:
             return
-        yield {name: value.to(accelerator.device) for name, value in batch.items()}
+        yield _on_device(accelerator, batch)
 
 
 def train_step(
