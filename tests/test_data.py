@@ -1,5 +1,6 @@
 import json
 import logging
+import os
 
 import datasets
 import numpy as np
@@ -518,7 +519,7 @@ def test_a_streamed_epoch_resumes_where_each_worker_stopped_past_an_undecodable_
         assert all(torch.equal(a, b) for a, b in zip(whole[worker], resumed[worker], strict=True))
 
 
-def test_shared_batches_hand_over_the_plain_batches_through_reused_worker_buffers(tmp_path):
+def test_shared_batches_hand_over_the_plain_batches_through_reused_worker_buffers(monkeypatch):
     from hybrid_mpsenet.data import NoiseMixingDataset, SharedBatches
 
     dataset = NoiseMixingDataset([DATA / s for s in SPEECH], [DATA / NOISE[1]], 16000, 4000, items_per_epoch=14)
@@ -540,6 +541,12 @@ def test_shared_batches_hand_over_the_plain_batches_through_reused_worker_buffer
         with pytest.raises(RuntimeError, match="has not received"):
             list(shared.iterate({k: v for k, v in batch.items() if k != "ring"} for batch in taken))
     assert SharedBatches(2, 3000)([dataset[0], dataset[1]])["clean"].shape == (2, 4000)  # no worker: plain
+    full = os.statvfs_result((4096, 4096, 1000, 0, 0, 100, 0, 0, 0, 255))  # a /dev/shm with no free block
+    monkeypatch.setattr("hybrid_mpsenet.data.os.statvfs", lambda path: full)
+    shared = SharedBatches(2, 4000)
+    loader, handed = batches(2, shared)
+    assert all(torch.equal(a["noisy"], b["noisy"]) for a, b in zip(plain, handed, strict=True))
+    assert not any("slot" in batch for batch in loader)  # every worker handed over plainly
 
 
 def test_restarted_loaders_give_batches_in_the_round_robin_order_of_an_uninterrupted_epoch():

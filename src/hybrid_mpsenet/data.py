@@ -870,6 +870,16 @@ def collate_pairs(items: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tenso
     return batch
 
 
+def _shared_memory_room(size: int) -> bool:
+    """Whether /dev/shm (where Linux keeps shared memory; containers often give it 64 MiB) has twice `size` bytes
+    free; true where there is no such folder to ask."""
+    try:
+        stats = os.statvfs("/dev/shm")
+    except OSError:
+        return True
+    return stats.f_bavail * stats.f_frsize >= 2 * size
+
+
 class SharedBatches:
     """A `collate_fn` that hands fixed-shape batches from DataLoader workers to the trainer through shared memory
     each worker allocates once and reuses.
@@ -879,8 +889,9 @@ class SharedBatches:
     of batch took a worker longer to hand over than to mix). Here a worker writes a batch of `batch_size` items of
     `samples` samples into one of its `slots` free buffers and returns only which one; [`iterate`], in the trainer,
     copies each batch out as the DataLoader returns it and frees the slot. A batch of another shape, one that finds
-    no free slot and one made without workers are [`collate_pairs`]'s, so what the trainer gets is the same either
-    way: `clean`/`noisy` `(batch, samples)`, `lengths` `(batch,)`, and `worker`/`row` `(batch,)` for streamed items.
+    no free slot, one made without workers and those of a worker that found too little room in /dev/shm for its
+    buffers are [`collate_pairs`]'s, so what the trainer gets is the same either way: `clean`/`noisy`
+    `(batch, samples)`, `lengths` `(batch,)`, and `worker`/`row` `(batch,)` for streamed items.
     """
 
     def __init__(self, batch_size: int, samples: int, slots: int = 4):
@@ -896,14 +907,18 @@ class SharedBatches:
         shape = (self.samples,)
         if (
             torch.utils.data.get_worker_info() is None
+            or self.slots == 0
             or len(items) != self.batch_size
             or any(item["clean"].shape != shape or item["noisy"].shape != shape for item in items)
             or (self._ring is not None and items[0]["clean"].dtype != self._ring[0].dtype)
         ):
             return collate_pairs(items)
         if self._ring is None:
-            buffers = torch.zeros(self.slots, 2, self.batch_size, self.samples, dtype=items[0]["clean"].dtype)
-            buffers.share_memory_()
+            dtype = items[0]["clean"].dtype
+            if not _shared_memory_room(self.slots * 2 * self.batch_size * self.samples * dtype.itemsize):
+                self.slots = 0  # a full /dev/shm would kill the worker (SIGBUS): this worker hands over plainly
+                return collate_pairs(items)
+            buffers = torch.zeros(self.slots, 2, self.batch_size, self.samples, dtype=dtype).share_memory_()
             self._ring = buffers, torch.zeros(self.slots + 1, dtype=torch.int32).share_memory_()
         buffers, flags = self._ring
         free = torch.nonzero(flags[:-1] == 0)
