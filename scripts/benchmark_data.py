@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import resource
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -96,6 +97,11 @@ def measure(
     }
 
 
+def medians(results: list[dict]) -> dict:
+    """The median of each measure over repeated measurements (`None` stays `None`: no workers, no worker peak)."""
+    return {key: None if results[0][key] is None else statistics.median(r[key] for r in results) for key in results[0]}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--speech", default=str(ROOT.parent / "shared/data/clean/librispeech"))
@@ -106,6 +112,7 @@ def main() -> None:
     parser.add_argument("--items", type=int, default=400, help="items drawn per measurement")
     parser.add_argument("--workers", type=int, nargs="*", default=[0, 2], help="DataLoader workers to compare")
     parser.add_argument("--plain_handover", action="store_true", help="also measure PyTorch's default handover")
+    parser.add_argument("--repeats", type=int, default=1, help="measurements per setting (the table: medians)")
     parser.add_argument("--output", default="outputs/benchmark_data.json")
     parser.add_argument("--measure", help=argparse.SUPPRESS)  # internal: one measurement, JSON arguments
     args = parser.parse_args()
@@ -131,21 +138,28 @@ def main() -> None:
             settings.append(("shards", "header"))
         handovers = [False, True] if args.plain_handover else [False]
         for source, check_audio in settings:
-            for workers in args.workers:
-                for plain in handovers if workers else [False]:
-                    result = in_fresh_process(str(corpus), workers, args.items, check_audio, source, plain)
-                    rows.append({"corpus": name, "source": source, "check_audio": check_audio, "workers": workers,
-                                 "handover": "plain" if plain else "shared", **result})  # fmt: skip
-                    print(rows[-1], flush=True)
+            measured: dict[tuple[int, bool], list[dict]] = {}
+            # Repeats go round every setting in turn, so that the machine's changes of pace touch them alike.
+            for _ in range(args.repeats):
+                for workers in args.workers:
+                    for plain in handovers if workers else [False]:
+                        result = in_fresh_process(str(corpus), workers, args.items, check_audio, source, plain)
+                        measured.setdefault((workers, plain), []).append(result)
+                        print(result, flush=True)
+            for (workers, plain), results in measured.items():
+                setting = {"corpus": name, "source": source, "check_audio": check_audio, "workers": workers}
+                setting["handover"] = "plain" if plain else "shared"
+                rows.append({**setting, **medians(results), "repeats": results})
 
-    print("\n| corpus | speech read as | start-up check | workers | handover | s to first batch | items/s | "
+    print("\n| corpus | speech read as | start-up check | workers | handover | s to first batch | items/s (range) | "
           "trainer peak MiB | worker peak MiB |\n|---|---|---|---|---|---|---|---|---|")  # fmt: skip
     for r in rows:
         worker = f"{r['worker_peak_rss_mib']:.0f}" if r["worker_peak_rss_mib"] else ""
         handover = r["handover"] if r["workers"] else ""
+        rates = [result["items_per_second"] for result in r["repeats"]]
         print(f"| {r['corpus']} | {r['source']} | {r['check_audio']} | {r['workers']} | {handover} | "
-              f"{r['seconds_to_first_batch']:.1f} | {r['items_per_second']:.1f} | {r['trainer_peak_rss_mib']:.0f} | "
-              f"{worker} |")  # fmt: skip
+              f"{r['seconds_to_first_batch']:.2f} | {r['items_per_second']:.0f} ({min(rates):.0f}–{max(rates):.0f}) | "
+              f"{r['trainer_peak_rss_mib']:.0f} | {worker} |")  # fmt: skip
     print(f"wrote {write_json_atomic(args.output, {**benchmark_environment(), 'items': args.items, 'rows': rows})}")
 
 
