@@ -901,7 +901,6 @@ class SharedBatches:
         # In a worker: its buffers (slots, 2, batch, samples) and flags (slots + 1,): 1 = a slot holds a batch the
         # trainer has not copied yet; the last flag says the trainer has the buffers.
         self._ring: tuple[torch.Tensor, torch.Tensor] | None = None
-        self._rings: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}  # in the trainer, by worker process id
 
     def __call__(self, items: list[dict[str, torch.Tensor]]) -> dict:
         shape = (self.samples,)
@@ -939,26 +938,23 @@ class SharedBatches:
         """The batches of one pass over `loader` (a DataLoader with this `collate_fn`), each copied out of its
         worker's buffer as it arrives. The workers of a pass are new processes, so their buffers are forgotten
         when the pass ends."""
-        self._rings = {}
-        try:
-            for batch in loader:
-                yield self._receive(batch)
-        finally:
-            self._rings = {}
+        rings: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}  # this pass's workers' buffers, by process id
+        for batch in loader:
+            yield self._receive(batch, rings)
 
-    def _receive(self, batch: dict) -> dict[str, torch.Tensor]:
+    def _receive(self, batch: dict, rings: dict[int, tuple[torch.Tensor, torch.Tensor]]) -> dict[str, torch.Tensor]:
         if "slot" not in batch:
             return batch
         process, slot = batch.pop("slot")
         if "ring" in batch:
-            self._rings[process] = batch.pop("ring")
-            self._rings[process][1][-1] = 1
-        if process not in self._rings:
+            rings[process] = batch.pop("ring")
+            rings[process][1][-1] = 1
+        if process not in rings:
             raise RuntimeError(
                 f"A batch from DataLoader worker process {process}, whose buffers this pass has not received: "
                 "SharedBatches needs new workers for every pass (persistent_workers=False)."
             )
-        buffers, flags = self._rings[process]
+        buffers, flags = rings[process]
         both = buffers[slot].clone()
         flags[slot] = 0
         received = {"clean": both[0], "noisy": both[1], "lengths": torch.full((self.batch_size,), self.samples)}
