@@ -77,6 +77,8 @@ def plot(history: list[dict], offset: int, fitted: dict, projections: list[dict]
     """Validation PESQ against total steps (log axis) with the fit drawn out to the furthest projection."""
     from matplotlib.figure import Figure
 
+    from hybrid_mpsenet.plotting import save_figure
+
     steps = np.array([offset + entry["step"] for entry in history], dtype=float)
     pesq = np.array([entry["pesq"] for entry in history])
     figure = Figure(figsize=(7, 4))
@@ -93,10 +95,7 @@ def plot(history: list[dict], offset: int, fitted: dict, projections: list[dict]
     axes.set_ylabel("validation PESQ")
     axes.legend()
     figure.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(f".{path.name}.tmp")
-    figure.savefig(partial, dpi=80, format="png")
-    partial.replace(path)
+    save_figure(figure, path)
 
 
 def main() -> None:

@@ -12,7 +12,7 @@ from pathlib import Path
 import soundfile as sf
 
 from hybrid_mpsenet import HybridMPSENetEnhancer
-from hybrid_mpsenet.plotting import spectrogram_figure
+from hybrid_mpsenet.plotting import save_figure, spectrogram_figure
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -26,12 +26,7 @@ def main() -> None:
     clean, _ = sf.read(ROOT / "examples/audio/p257_418_clean.wav", dtype="float32")
     enhanced = HybridMPSENetEnhancer.from_pretrained(args.model).enhance(noisy, sampling_rate=rate)
     waveforms = {"noisy (VoiceBank+DEMAND p257_418)": noisy, f"enhanced ({args.model})": enhanced, "clean": clean}
-    figure = spectrogram_figure(waveforms, rate)
-    Path(args.output).parent.mkdir(parents=True, exist_ok=True)
-    partial = Path(args.output).with_name(f".{Path(args.output).name}.tmp")
-    figure.savefig(partial, dpi=80, format="png")
-    partial.replace(args.output)
-    print(f"wrote {args.output}")
+    print(f"wrote {save_figure(spectrogram_figure(waveforms, rate), args.output)}")
 
 
 if __name__ == "__main__":

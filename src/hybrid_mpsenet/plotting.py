@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 
 
@@ -40,3 +42,14 @@ def spectrogram_figure(waveforms: dict[str, np.ndarray], sampling_rate: int, n_f
     axes[-1].set_xlabel("seconds")
     figure.colorbar(image, ax=list(axes), label="dB")
     return figure
+
+
+def save_figure(figure, path: str | Path, dpi: int = 80) -> Path:
+    """Write a matplotlib figure as a PNG at `path` (its folder created), atomically: a temporary file renamed, so
+    an interrupted write never leaves a truncated image. Returns the path."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(f".{path.name}.tmp")
+    figure.savefig(partial, dpi=dpi, format="png")
+    partial.replace(path)
+    return path
