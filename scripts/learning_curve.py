@@ -1,12 +1,13 @@
 """Learning curve of one training run: validation PESQ against steps and training hours, with a fitted projection.
 
-Reads the run's history.jsonl (written by `hybrid-mpsenet train`) and prints the validation PESQ averaged over
-windows of `--window` steps, with the training hours at each window's end. Fits PESQ = a + b ln(steps) by least
-squares over the validations from `--from_step` on, steps counted from the model's first training step
-(`--offset_steps`: the steps its starting checkpoint had had), and the straight line PESQ = c + d steps; projects
-the logarithmic fit, with the standard error of its mean, to `--project` steps and says how many more training hours
-that is at the run's own seconds per step. The error is the fit's alone: that the curve stays logarithmic is the
-projection's assumption. Writes JSON and, with `--plot` (needs matplotlib), a figure.
+Reads the run's history.jsonl (written by `hybrid-mpsenet train`) and prints the validation PESQ averaged over windows
+of `--window` steps, with the training hours at each window's end and the core-hours (training hours times the CPU
+threads that trained them, as each line records; a line from before threads were recorded counts one).
+Fits PESQ = a + b ln(steps) by least squares over the validations from `--from_step` on, steps counted from the model's
+first training step (`--offset_steps`: the steps its starting checkpoint had had), and the straight line PESQ = c + d
+steps; projects the logarithmic fit, with the standard error of its mean, to `--project` steps and says how many more
+training hours that is at the run's own seconds per step. The error is the fit's alone: that the curve stays logarithmic
+is the projection's assumption. Writes JSON and, with `--plot` (needs matplotlib), a figure.
 
     python scripts/learning_curve.py campaign/default-v3 --offset_steps 4500 --project 34500 100000 \\
         --output outputs/learning_curve.json --plot docs/images/learning_curve.png
@@ -52,10 +53,22 @@ def project(fitted: dict, steps: float) -> dict:
     return {"steps": int(steps), "pesq": float(mean), "standard_error": float(error)}
 
 
+def core_hours(history: list[dict]) -> list[float]:
+    """Cumulative CPU core-hours at each validation: the training seconds since the previous line times the threads
+    this line records (1 when it records none)."""
+    total, previous, hours = 0.0, 0.0, []
+    for entry in history:
+        total += (entry["train_seconds"] - previous) * entry.get("threads", 1) / 3600
+        previous = entry["train_seconds"]
+        hours.append(total)
+    return hours
+
+
 def windows(history: list[dict], offset: int, size: int) -> list[dict]:
     """Validations grouped by windows of `size` run steps (step 0, the starting checkpoint, on its own)."""
     groups: dict[int, list[dict]] = {}
-    for entry in history:
+    for entry, cores in zip(history, core_hours(history), strict=True):
+        entry = {**entry, "core_hours": cores}
         groups.setdefault(0 if entry["step"] == 0 else (entry["step"] - 1) // size + 1, []).append(entry)
     rows = []
     for _, entries in sorted(groups.items()):
@@ -64,6 +77,7 @@ def windows(history: list[dict], offset: int, size: int) -> list[dict]:
             {
                 "steps": [offset + entries[0]["step"], offset + entries[-1]["step"]],
                 "hours": entries[-1]["train_seconds"] / 3600,
+                "core_hours": entries[-1]["core_hours"],
                 "validations": len(entries),
                 "mean_pesq": float(np.mean(pesq)),
                 "max_pesq": float(np.max(pesq)),
@@ -114,11 +128,12 @@ def main() -> None:
         raise SystemExit(f"{args.run}: history.jsonl has no validation yet.")
     rows = windows(history, args.offset_steps, args.window)
     print(f"{args.run}: {len(history)} validations; steps counted from the model's first ({args.offset_steps} before)")
-    print("| steps | training hours | validations | mean PESQ | best PESQ | mean STOI |")
-    print("|---|---|---|---|---|---|")
+    print("| steps | training hours | core-hours | validations | mean PESQ | best PESQ | mean STOI |")
+    print("|---|---|---|---|---|---|---|")
     for row in rows:
         print(
-            f"| {row['steps'][0]:,}–{row['steps'][1]:,} | {row['hours']:.1f} | {row['validations']} | "
+            f"| {row['steps'][0]:,}–{row['steps'][1]:,} | {row['hours']:.1f} | {row['core_hours']:.1f} | "
+            f"{row['validations']} | "
             f"{row['mean_pesq']:.3f} | {row['max_pesq']:.3f} | {row['mean_stoi']:.3f} |"
         )
     used = [entry for entry in history if entry["step"] >= args.from_step]

@@ -40,8 +40,11 @@ def test_learning_curve_fits_the_log_law_and_projects_with_the_run_pace(tmp_path
     steps = np.arange(0, 10_001, 500)
     wiggle = np.where(np.arange(len(steps)) % 2, 0.01, -0.01)
     pesq = 1.5 + 0.07 * np.log(steps + 4500) + wiggle
+    # The first half's lines predate the `threads` field (one thread); the second half trained on two.
     lines = [
-        json.dumps({"step": int(s), "train_seconds": 2.0 * s, "pesq": float(p), "stoi": 0.9})
+        json.dumps({"step": int(s), "train_seconds": 2.0 * s, "pesq": float(p), "stoi": 0.9, "threads": 2})
+        if s > 5000
+        else json.dumps({"step": int(s), "train_seconds": 2.0 * s, "pesq": float(p), "stoi": 0.9})
         for s, p in zip(steps, pesq, strict=True)
     ]
     (tmp_path / "run").mkdir()
@@ -58,6 +61,8 @@ def test_learning_curve_fits_the_log_law_and_projects_with_the_run_pace(tmp_path
     assert projection["more_hours"] == pytest.approx((34500 - 4500 - 10_000) * 2.0 / 3600)
     assert [row["steps"] for row in result["windows"]] == [[4500, 4500], [5000, 9500], [10000, 14500]]
     assert result["windows"][2]["hours"] == pytest.approx(10_000 * 2.0 / 3600)
+    assert result["windows"][1]["core_hours"] == pytest.approx(5000 * 2.0 / 3600)
+    assert result["windows"][2]["core_hours"] == pytest.approx((5000 * 2.0 + 5000 * 2.0 * 2) / 3600)
     assert (tmp_path / "curve.png").read_bytes()[:4] == b"\x89PNG"
 
 

@@ -117,9 +117,10 @@ def test_resume_is_exact(tmp_path):
         for key, state in left["state"].items():
             for field, value in state.items():
                 assert torch.equal(value, right["state"][key][field]), (name, key, field)
-    # Training time accumulates across the resume (validations at steps 3 and 6).
-    seconds = [json.loads(line)["train_seconds"] for line in (tmp_path / "b" / "run" / "history.jsonl").open()]
-    assert len(seconds) == 2 and 0 < seconds[0] < seconds[1]
+    # Training time accumulates across the resume (validations at steps 3 and 6); each line says on how many threads.
+    lines = [json.loads(line) for line in (tmp_path / "b" / "run" / "history.jsonl").open()]
+    assert len(lines) == 2 and 0 < lines[0]["train_seconds"] < lines[1]["train_seconds"]
+    assert [line["threads"] for line in lines] == [torch.get_num_threads()] * 2
     # Two loader workers hand the same batches over through their shared buffers (SharedBatches): same weights.
     train(arguments(tmp_path / "c", max_steps=6, save_every=3, num_workers=2, **mixing))
     _checkpoints_equal(a, latest_checkpoint(tmp_path / "c" / "run"))

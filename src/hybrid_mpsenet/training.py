@@ -856,6 +856,8 @@ def _validate(accelerator, args, unwrapped, eval_set, pool, state, output_dir, t
         metrics.update(
             step=state.step,
             train_seconds=round(state.train_seconds, 1),
+            # CPU threads training now, all processes together: what the steps since the last line cost in cores.
+            threads=torch.get_num_threads() * accelerator.num_processes,
             failed_training_pesq=state.failed_pesq,
             skipped_steps=state.skipped_steps,
         )
