@@ -133,8 +133,7 @@ def main() -> None:
     for row in rows:
         print(
             f"| {row['steps'][0]:,}–{row['steps'][1]:,} | {row['hours']:.1f} | {row['core_hours']:.1f} | "
-            f"{row['validations']} | "
-            f"{row['mean_pesq']:.3f} | {row['max_pesq']:.3f} | {row['mean_stoi']:.3f} |"
+            f"{row['validations']} | {row['mean_pesq']:.3f} | {row['max_pesq']:.3f} | {row['mean_stoi']:.3f} |"
         )
     used = [entry for entry in history if entry["step"] >= args.from_step]
     fitted = fit(np.array([args.offset_steps + e["step"] for e in used], float), np.array([e["pesq"] for e in used]))

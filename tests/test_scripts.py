@@ -42,10 +42,9 @@ def test_learning_curve_fits_the_log_law_and_projects_with_the_run_pace(tmp_path
     pesq = 1.5 + 0.07 * np.log(steps + 4500) + wiggle
     # The first half's lines predate the `threads` field (one thread); the second half trained on two.
     lines = [
-        json.dumps({"step": int(s), "train_seconds": 2.0 * s, "pesq": float(p), "stoi": 0.9, "threads": 2})
-        if s > 5000
-        else json.dumps({"step": int(s), "train_seconds": 2.0 * s, "pesq": float(p), "stoi": 0.9})
+        json.dumps({"step": int(s), "train_seconds": 2.0 * s, "pesq": float(p), "stoi": 0.9, **threads})
         for s, p in zip(steps, pesq, strict=True)
+        for threads in [{"threads": 2} if s > 5000 else {}]
     ]
     (tmp_path / "run").mkdir()
     (tmp_path / "run" / "history.jsonl").write_text("\n".join(lines) + '\n{"step": 10')  # a line cut by a crash
