@@ -131,8 +131,9 @@ def main() -> None:
     print("| steps | training hours | core-hours | validations | mean PESQ | best PESQ | mean STOI |")
     print("|---|---|---|---|---|---|---|")
     for row in rows:
+        low, high = row["steps"]
         print(
-            f"| {row['steps'][0]:,}–{row['steps'][1]:,} | {row['hours']:.1f} | {row['core_hours']:.1f} | "
+            f"| {low:,}{f'–{high:,}' if high != low else ''} | {row['hours']:.1f} | {row['core_hours']:.1f} | "
             f"{row['validations']} | {row['mean_pesq']:.3f} | {row['max_pesq']:.3f} | {row['mean_stoi']:.3f} |"
         )
     used = [entry for entry in history if entry["step"] >= args.from_step]

@@ -13,8 +13,10 @@ from helpers import DATA, tiny_config
 SCRIPTS = Path(__file__).resolve().parents[1] / "scripts"
 
 
-def run_script(name, *args):
-    subprocess.run([sys.executable, str(SCRIPTS / name), *map(str, args)], check=True, capture_output=True)
+def run_script(name, *args) -> str:
+    """Run a script from scripts/ and return what it printed."""
+    command = [sys.executable, str(SCRIPTS / name), *map(str, args)]
+    return subprocess.run(command, check=True, capture_output=True, text=True).stdout
 
 
 def test_compare_runs_reads_pesq_within_the_common_training_time(tmp_path):
@@ -48,7 +50,7 @@ def test_learning_curve_fits_the_log_law_and_projects_with_the_run_pace(tmp_path
     ]
     (tmp_path / "run").mkdir()
     (tmp_path / "run" / "history.jsonl").write_text("\n".join(lines) + '\n{"step": 10')  # a line cut by a crash
-    run_script(
+    printed = run_script(
         "learning_curve.py", tmp_path / "run", "--offset_steps", 4500, "--window", 5000, "--project", 34500,
         "--output", tmp_path / "out.json", "--plot", tmp_path / "curve.png",
     )  # fmt: skip
@@ -60,6 +62,8 @@ def test_learning_curve_fits_the_log_law_and_projects_with_the_run_pace(tmp_path
     assert projection["more_hours"] == pytest.approx((34500 - 4500 - 10_000) * 2.0 / 3600)
     assert [row["steps"] for row in result["windows"]] == [[4500, 4500], [5000, 9500], [10000, 14500]]
     assert result["windows"][2]["hours"] == pytest.approx(10_000 * 2.0 / 3600)
+    # A window of one validation prints its step alone; the others print their first and last steps.
+    assert "\n| 4,500 | 0.0 | 0.0 | 1 |" in printed and "\n| 5,000–9,500 | 2.8 | 2.8 | 10 |" in printed
     assert result["windows"][1]["core_hours"] == pytest.approx(5000 * 2.0 / 3600)
     assert result["windows"][2]["core_hours"] == pytest.approx((5000 * 2.0 + 5000 * 2.0 * 2) / 3600)
     assert (tmp_path / "curve.png").read_bytes()[:4] == b"\x89PNG"
