@@ -132,8 +132,9 @@ def main() -> None:
     print("|---|---|---|---|---|---|---|")
     for row in rows:
         low, high = row["steps"]
+        span = f"{low:,}" if low == high else f"{low:,}–{high:,}"
         print(
-            f"| {low:,}{f'–{high:,}' if high != low else ''} | {row['hours']:.1f} | {row['core_hours']:.1f} | "
+            f"| {span} | {row['hours']:.1f} | {row['core_hours']:.1f} | "
             f"{row['validations']} | {row['mean_pesq']:.3f} | {row['max_pesq']:.3f} | {row['mean_stoi']:.3f} |"
         )
     used = [entry for entry in history if entry["step"] >= args.from_step]
