@@ -11,7 +11,9 @@ The first batch includes listing the files and the start-up check (`--check_audi
 run folder; `none`, which only lists the files; `full` decodes every file, as training did before, and is measured
 on the smallest corpora only). `--files` and `--hours` choose the corpora (`--hours` with no value: none of long
 files). Workers hand batches to the trainer as `train` does (`SharedBatches`); `--plain_handover` also measures
-PyTorch's default handover (fresh shared memory for every batch).
+PyTorch's default handover (fresh shared memory for every batch). `--ceiling` also runs two processes without
+workers at once (their items per second added): what this machine gives two loaders that hand nothing over, the
+most two workers can draw.
 """
 
 from __future__ import annotations
@@ -35,11 +37,21 @@ from hybrid_mpsenet.data import write_speech_shards  # noqa: E402
 from hybrid_mpsenet.utils import benchmark_environment, peak_rss_gib, write_json_atomic  # noqa: E402
 
 
-def in_fresh_process(*arguments) -> dict:
-    """[`measure`] in a new Python process: a plain one, so that DataLoader workers fork as they do in training
-    (a multiprocessing-spawned process would spawn them too)."""
+def in_fresh_processes(*arguments, count: int = 1) -> list[dict]:
+    """[`measure`] in `count` new Python processes started together: plain ones, so that DataLoader workers fork as
+    they do in training (a multiprocessing-spawned process would spawn them too)."""
     command = [sys.executable, __file__, "--measure", json.dumps(arguments)]
-    return json.loads(subprocess.run(command, capture_output=True, text=True, check=True).stdout.splitlines()[-1])
+    processes = [subprocess.Popen(command, stdout=subprocess.PIPE, text=True) for _ in range(count)]
+    outputs = [process.communicate()[0] for process in processes]
+    for process in processes:
+        if process.returncode:
+            raise subprocess.CalledProcessError(process.returncode, command)
+    return [json.loads(output.splitlines()[-1]) for output in outputs]
+
+
+def in_fresh_process(*arguments) -> dict:
+    """[`measure`] in one new Python process."""
+    return in_fresh_processes(*arguments)[0]
 
 
 def measure(
@@ -50,7 +62,7 @@ def measure(
     `items` items in batches of 4."""
     import torch
 
-    from hybrid_mpsenet.data import SharedBatches, StreamingMixingDataset, collate_pairs
+    from hybrid_mpsenet.data import LOADER_PREFETCH, SharedBatches, StreamingMixingDataset, collate_pairs
     from hybrid_mpsenet.training import TrainingArguments, build_datasets
 
     torch.set_num_threads(1)
@@ -76,7 +88,13 @@ def measure(
         shared = SharedBatches(4, int(args.segment_seconds * 16000))
         collate = collate_pairs if plain else shared
         loader = torch.utils.data.DataLoader(
-            train, 4, shuffle=shuffle, drop_last=True, collate_fn=collate, num_workers=workers
+            train,
+            4,
+            shuffle=shuffle,
+            drop_last=True,
+            collate_fn=collate,
+            num_workers=workers,
+            prefetch_factor=LOADER_PREFETCH if workers else None,
         )
         batches = iter(loader) if plain else shared.iterate(loader)
         next(batches)
@@ -97,6 +115,21 @@ def measure(
     }
 
 
+def _together(pair: list[dict]) -> dict:
+    """Two measurements run at once as one: their items per second added (their drawing overlaps: both start
+    together and take about as long), the slower start and the larger peak."""
+    return {
+        "seconds_to_first_batch": max(r["seconds_to_first_batch"] for r in pair),
+        "items_per_second": sum(r["items_per_second"] for r in pair),
+        "trainer_peak_rss_mib": max(r["trainer_peak_rss_mib"] for r in pair),
+        "worker_peak_rss_mib": None,
+    }
+
+
+def _same_setting(one: dict, other: dict) -> bool:
+    return all(one[key] == other[key] for key in ("corpus", "source", "check_audio"))
+
+
 def medians(results: list[dict]) -> dict:
     """The median of each measure over repeated measurements (`None` stays `None`: no workers, no worker peak)."""
     return {key: None if results[0][key] is None else statistics.median(r[key] for r in results) for key in results[0]}
@@ -112,6 +145,11 @@ def main() -> None:
     parser.add_argument("--items", type=int, default=400, help="items drawn per measurement")
     parser.add_argument("--workers", type=int, nargs="*", default=[0, 2], help="DataLoader workers to compare")
     parser.add_argument("--plain_handover", action="store_true", help="also measure PyTorch's default handover")
+    parser.add_argument(
+        "--ceiling",
+        action="store_true",
+        help="also run two processes without workers at once: what the machine gives two loaders with no handover",
+    )
     parser.add_argument("--repeats", type=int, default=1, help="measurements per setting (the table: medians)")
     parser.add_argument("--output", default="outputs/benchmark_data.json")
     parser.add_argument("--measure", help=argparse.SUPPRESS)  # internal: one measurement, JSON arguments
@@ -138,28 +176,38 @@ def main() -> None:
             settings.append(("shards", "header"))
         handovers = [False, True] if args.plain_handover else [False]
         for source, check_audio in settings:
-            measured: dict[tuple[int, bool], list[dict]] = {}
+            measured: dict[tuple[int, bool, int], list[dict]] = {}  # by (workers, plain handover, processes)
             # Repeats go round every setting in turn, so that the machine's changes of pace touch them alike.
             for _ in range(args.repeats):
                 for workers in args.workers:
                     for plain in handovers if workers else [False]:
                         result = in_fresh_process(str(corpus), workers, args.items, check_audio, source, plain)
-                        measured.setdefault((workers, plain), []).append(result)
+                        measured.setdefault((workers, plain, 1), []).append(result)
                         print(result, flush=True)
-            for (workers, plain), results in measured.items():
+                if args.ceiling:
+                    pair = in_fresh_processes(str(corpus), 0, args.items, check_audio, source, False, count=2)
+                    measured.setdefault((0, False, 2), []).append(_together(pair))
+                    print(pair, flush=True)
+            for (workers, plain, processes), results in measured.items():
                 setting = {"corpus": name, "source": source, "check_audio": check_audio, "workers": workers}
-                setting["handover"] = "plain" if plain else "shared"
+                setting.update(handover="plain" if plain else "shared", processes=processes)
                 rows.append({**setting, **medians(results), "repeats": results})
 
-    print("\n| corpus | speech read as | start-up check | workers | handover | s to first batch | items/s (range) | "
-          "trainer peak MiB | worker peak MiB |\n|---|---|---|---|---|---|---|---|---|")  # fmt: skip
+    print("\n| corpus | speech read as | start-up check | processes | workers | handover | s to first batch | "
+          "items/s (range) | ÷ 1 process, 0 workers | trainer peak MiB | worker peak MiB |\n"
+          "|---|---|---|---|---|---|---|---|---|---|---|")  # fmt: skip
     for r in rows:
         worker = f"{r['worker_peak_rss_mib']:.0f}" if r["worker_peak_rss_mib"] else ""
         handover = r["handover"] if r["workers"] else ""
         rates = [result["items_per_second"] for result in r["repeats"]]
-        print(f"| {r['corpus']} | {r['source']} | {r['check_audio']} | {r['workers']} | {handover} | "
-              f"{r['seconds_to_first_batch']:.2f} | {r['items_per_second']:.0f} ({min(rates):.0f}–{max(rates):.0f}) | "
-              f"{r['trainer_peak_rss_mib']:.0f} | {worker} |")  # fmt: skip
+        # The setting's one process without workers: the base of the ratios.
+        bases = [b["items_per_second"] for b in rows if _same_setting(b, r) and b["processes"] + b["workers"] == 1]
+        ratio = f"{r['items_per_second'] / bases[0]:.2f}x" if bases else ""
+        print(
+            f"| {r['corpus']} | {r['source']} | {r['check_audio']} | {r['processes']} | {r['workers']} | "
+            f"{handover} | {r['seconds_to_first_batch']:.2f} | {r['items_per_second']:.0f} "
+            f"({min(rates):.0f}–{max(rates):.0f}) | {ratio} | {r['trainer_peak_rss_mib']:.0f} | {worker} |"
+        )
     print(f"wrote {write_json_atomic(args.output, {**benchmark_environment(), 'items': args.items, 'rows': rows})}")
 
 

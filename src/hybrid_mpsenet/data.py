@@ -870,6 +870,12 @@ def collate_pairs(items: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tenso
     return batch
 
 
+# Batches each DataLoader worker may have ready or under way (PyTorch's `prefetch_factor`; its default is 2). Items
+# differ in cost (a new noise file, babble, a room) and batches arrive in order, so with 2 a worker often idled
+# behind its partner's slow batch: 4 drew 1.0-1.3x the items of 2 in paired runs (docs/training.md).
+LOADER_PREFETCH = 4
+
+
 def _shared_memory_room(size: int) -> bool:
     """Whether /dev/shm (where Linux keeps shared memory; containers often give it 64 MiB) has twice `size` bytes
     free; true where there is no such folder to ask."""
@@ -894,10 +900,12 @@ class SharedBatches:
     `(batch, samples)`, `lengths` `(batch,)`, and `worker`/`row` `(batch,)` for streamed items.
     """
 
-    def __init__(self, batch_size: int, samples: int, slots: int = 4):
+    def __init__(self, batch_size: int, samples: int, slots: int = LOADER_PREFETCH + 1):
         if batch_size < 1 or samples < 1 or slots < 1:
             raise ValueError(f"batch_size, samples and slots must be positive, got {batch_size}, {samples}, {slots}.")
         self.batch_size, self.samples, self.slots = batch_size, samples, slots
+        # A worker has at most `prefetch_factor` batches the trainer has not taken, and is sent its next one before
+        # the trainer copies the last out: one slot more than that is enough.
         # In a worker: its buffers (slots, 2, batch, samples) and flags (slots + 1,): 1 = a slot holds a batch the
         # trainer has not copied yet; the last flag says the trainer has the buffers.
         self._ring: tuple[torch.Tensor, torch.Tensor] | None = None

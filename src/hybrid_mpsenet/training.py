@@ -29,6 +29,7 @@ from tqdm.auto import tqdm
 from . import checkpointing
 from .configuration_hybrid_mpsenet import HybridMPSENetConfig
 from .data import (
+    LOADER_PREFETCH,
     NoiseMixer,
     NoiseMixingDataset,
     PairedSpeechDataset,
@@ -599,6 +600,7 @@ def _train(args: TrainingArguments, accelerator: Accelerator, output_dir: Path, 
         drop_last=True,
         collate_fn=shared,
         num_workers=args.num_workers,
+        prefetch_factor=LOADER_PREFETCH if args.num_workers else None,
         generator=loader_generator,
     )
     discriminator = MetricDiscriminator(checkpointing.read_discriminator_dim(checkpoint) if checkpoint else 16)
