@@ -26,6 +26,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from operator import itemgetter
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -126,10 +127,6 @@ def _together(pair: list[dict]) -> dict:
     }
 
 
-def _same_setting(one: dict, other: dict) -> bool:
-    return all(one[key] == other[key] for key in ("corpus", "source", "check_audio"))
-
-
 def medians(results: list[dict]) -> dict:
     """The median of each measure over repeated measurements (`None` stays `None`: no workers, no worker peak)."""
     return {key: None if results[0][key] is None else statistics.median(r[key] for r in results) for key in results[0]}
@@ -196,13 +193,14 @@ def main() -> None:
     print("\n| corpus | speech read as | start-up check | processes | workers | handover | s to first batch | "
           "items/s (range) | ÷ 1 process, 0 workers | trainer peak MiB | worker peak MiB |\n"
           "|---|---|---|---|---|---|---|---|---|---|---|")  # fmt: skip
+    setting_of = itemgetter("corpus", "source", "check_audio")
+    # The base of the ratios: each setting's one process without workers.
+    bases = {setting_of(r): r["items_per_second"] for r in rows if (r["processes"], r["workers"]) == (1, 0)}
     for r in rows:
         worker = f"{r['worker_peak_rss_mib']:.0f}" if r["worker_peak_rss_mib"] else ""
         handover = r["handover"] if r["workers"] else ""
         rates = [result["items_per_second"] for result in r["repeats"]]
-        # The setting's one process without workers: the base of the ratios.
-        bases = [b["items_per_second"] for b in rows if _same_setting(b, r) and b["processes"] + b["workers"] == 1]
-        ratio = f"{r['items_per_second'] / bases[0]:.2f}x" if bases else ""
+        ratio = f"{r['items_per_second'] / bases[setting_of(r)]:.2f}x" if setting_of(r) in bases else ""
         print(
             f"| {r['corpus']} | {r['source']} | {r['check_audio']} | {r['processes']} | {r['workers']} | "
             f"{handover} | {r['seconds_to_first_batch']:.2f} | {r['items_per_second']:.0f} "
