@@ -1,5 +1,6 @@
-"""Copy a trained model (e.g. a run's `best/` folder) into the package as a bundled checkpoint: the default, or
-with `--name default-streaming` the causal one.
+"""Copy a trained or converted model (e.g. a run's `best/` folder) into the package as a bundled checkpoint: the
+default, with `--name default-streaming` the causal one, with `--name muse-vb` MUSE's converted released weights
+(the folder's LICENSE, the MIT notice of those weights, is copied too).
 
 Only the weights (safetensors), `config.json` and `preprocessor_config.json` are copied, and the model's ONNX graph
 is exported beside them (`model.onnx`, or `model_step.onnx` for the causal one), so the ONNX backend runs the same
@@ -8,6 +9,8 @@ the new one is complete.
 
     python scripts/export_default_model.py outputs/default-model/best
     python scripts/export_default_model.py outputs/default-streaming/best --name default-streaming
+    hybrid-mpsenet convert MUSE/paper_result/g_best muse-vb --config MUSE/paper_result/config.json
+    python scripts/export_default_model.py muse-vb --name muse-vb --license MUSE/LICENSE
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("model", help="folder written by save_pretrained")
     parser.add_argument("--name", choices=sorted(BUNDLED_MODELS), default=DEFAULT_MODEL, help="which bundled model")
+    parser.add_argument("--license", type=Path, help="licence of the weights, copied as the folder's LICENSE")
     args = parser.parse_args()
     source, target = Path(args.model), BUNDLED_MODELS[args.name]
     model = HybridMPSENetForSpeechEnhancement.from_pretrained(source)  # refuse a folder that does not load
@@ -42,7 +46,10 @@ def main() -> None:
             shutil.copyfile(source / name, tmp / name)
             (tmp / name).chmod(0o644)
         onnx.save(graph, tmp / graph_name)
-    size = sum((target / name).stat().st_size for name in (*FILES, graph_name))
+        if args.license:
+            shutil.copyfile(args.license, tmp / "LICENSE")
+            (tmp / "LICENSE").chmod(0o644)
+    size = sum(path.stat().st_size for path in target.iterdir())
     print(f"exported {source} to {target} ({size / 1024:.0f} KiB)")
 
 

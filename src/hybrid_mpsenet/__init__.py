@@ -29,6 +29,11 @@ _EXPORTS = {
     "HybridMPSENetOutput": "network",
     "HybridMPSENetPreTrainedModel": "modeling_hybrid_mpsenet",
     "Mamba": "mamba",
+    "MuseConfig": "configuration_muse",
+    "MuseEnhancer": "inference",
+    "MuseForSpeechEnhancement": "enhancement",
+    "MuseModel": "modeling_muse",
+    "ARCHITECTURES": "registry",
     "SpeechEnhancementPipeline": "pipeline",
     "convert_original_checkpoint": "convert",
     "selective_scan": "mamba",
@@ -38,14 +43,17 @@ __all__ = sorted(_EXPORTS)
 
 if TYPE_CHECKING:  # static analysers see the names; at run time __getattr__ loads them
     from .configuration_hybrid_mpsenet import PRESETS, HybridMPSENetConfig
+    from .configuration_muse import MuseConfig
     from .convert import convert_original_checkpoint
-    from .enhancement import HybridMPSENetForSpeechEnhancement
+    from .enhancement import HybridMPSENetForSpeechEnhancement, MuseForSpeechEnhancement
     from .feature_extraction_hybrid_mpsenet import HybridMPSENetFeatureExtractor
-    from .inference import HybridMPSENetEnhancer
+    from .inference import HybridMPSENetEnhancer, MuseEnhancer
     from .mamba import Mamba, selective_scan, selective_scan_reference
     from .modeling_hybrid_mpsenet import HybridMPSENetModel, HybridMPSENetPreTrainedModel
+    from .modeling_muse import MuseModel
     from .network import HybridMPSENetNetwork, HybridMPSENetOutput
     from .pipeline import SpeechEnhancementPipeline
+    from .registry import ARCHITECTURES
 
 
 def __getattr__(name: str) -> Any:
@@ -79,21 +87,29 @@ def _register_when_imported(transformers_module: str, own_module: str, register:
 def _register_config(module: Any) -> None:
     from transformers import AutoConfig
 
-    AutoConfig.register(module.HybridMPSENetConfig.model_type, module.HybridMPSENetConfig, exist_ok=True)
+    from .configuration_muse import MuseConfig
+
+    for config in (module.HybridMPSENetConfig, MuseConfig):
+        AutoConfig.register(config.model_type, config, exist_ok=True)
 
 
 def _register_model(module: Any) -> None:
     from transformers import AutoModel
 
+    from .modeling_muse import MuseModel
+
     AutoModel.register(module.HybridMPSENetConfig, module.HybridMPSENetModel, exist_ok=True)
+    AutoModel.register(MuseModel.config_class, MuseModel, exist_ok=True)
 
 
 def _register_feature_extractor(module: Any) -> None:
     from transformers import AutoFeatureExtractor
 
     from .configuration_hybrid_mpsenet import HybridMPSENetConfig
+    from .configuration_muse import MuseConfig
 
-    AutoFeatureExtractor.register(HybridMPSENetConfig, module.HybridMPSENetFeatureExtractor, exist_ok=True)
+    for config in (HybridMPSENetConfig, MuseConfig):
+        AutoFeatureExtractor.register(config, module.HybridMPSENetFeatureExtractor, exist_ok=True)
 
 
 def _register_pipeline(module: Any) -> None:

@@ -25,7 +25,7 @@ from .audio import DEFAULT_CHUNK_SECONDS, DEFAULT_OVERLAP_SECONDS, FORMAT_ALIASE
 if TYPE_CHECKING:
     import torch
 
-    from .configuration_hybrid_mpsenet import HybridMPSENetConfig
+    from .configuration_hybrid_mpsenet import FamilyConfig
     from .inference import HybridMPSENetEnhancer
     from .waveform import WaveformEnhancer
 
@@ -347,14 +347,14 @@ def _convert(args: argparse.Namespace) -> int:
     return 0
 
 
-def _describe(config: HybridMPSENetConfig) -> dict:
-    from .modeling_hybrid_mpsenet import HybridMPSENetModel
+def _describe(config: FamilyConfig) -> dict:
+    from .registry import ARCHITECTURES
 
+    model = ARCHITECTURES[config.model_type].load("model")(config)
     return {
-        "parameters": HybridMPSENetModel(config).num_parameters(),
-        "blocks": {name: f"{count} x {kind}" for name, (count, kind) in config.block_groups.items() if count},
-        "fusion": config.fusion,
-        "ts_transformer_axes": config.ts_transformer_axes,
+        "model_type": config.model_type,
+        "parameters": model.num_parameters(),
+        **config.describe(),
         "sampling_rate": config.sampling_rate,
     }
 
@@ -371,14 +371,20 @@ def _export(args: argparse.Namespace) -> int:
 
 
 def _info(args: argparse.Namespace) -> int:
-    from .configuration_hybrid_mpsenet import PRESETS, HybridMPSENetConfig
+    from .registry import ARCHITECTURES, architecture_of, architecture_of_preset
 
     if args.model is None:
-        info = {name: _describe(HybridMPSENetConfig.from_preset(name)) for name in PRESETS}
-    elif args.model in PRESETS:
-        info = {args.model: _describe(HybridMPSENetConfig.from_preset(args.model))}
+        info = {
+            name: _describe(architecture.load("config").from_preset(name))
+            for architecture in ARCHITECTURES.values()
+            for name in architecture.load("presets")
+        }
+    elif (architecture := architecture_of_preset(args.model)) is not None:
+        info = {args.model: _describe(architecture.load("config").from_preset(args.model))}
     else:
-        info = {args.model: _describe(HybridMPSENetConfig.from_pretrained(model_source(args.model)))}
+        source = model_source(args.model)
+        architecture = architecture_of(source) or ARCHITECTURES["hybrid_mpsenet"]
+        info = {args.model: _describe(architecture.load("config").from_pretrained(source))}
     print(json.dumps(info, indent=2))
     return 0
 

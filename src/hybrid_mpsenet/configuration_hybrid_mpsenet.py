@@ -110,7 +110,54 @@ PRESETS["hybrid-causal"] = {
 }
 
 
-class HybridMPSENetConfig(PreTrainedConfig):
+class FamilyConfig(PreTrainedConfig):
+    """What every config of the family shares: strict reading (a `config.json` that is not a JSON object, or lacks
+    one of the class's `architecture_keys`, is an error naming it) and the STFT conventions the feature extractor
+    and the waveform paths read (`sampling_rate`, `n_fft`, `hop_length`, `win_length`, `compress_factor`, `causal`,
+    `stft_epsilons`)."""
+
+    # The keys that shape the weights or change the output; a saved config must state every one.
+    architecture_keys = ()
+    # MP-SENet's epsilons in the compressed magnitude and the phase (see `spectral.compressed_magnitude_phase`).
+    stft_epsilons = True
+
+    @classmethod
+    def _dict_from_json_file(cls, json_file) -> dict:
+        """transformers' reader of `config.json`, refusing a file whose JSON is not an object (`null`, `42`) with a
+        message naming it instead of a `TypeError` deep inside transformers."""
+        config_dict = super()._dict_from_json_file(json_file)
+        if not isinstance(config_dict, dict):
+            raise ValueError(
+                f"{json_file}: a model config is a JSON object of settings, got {str(config_dict)[:40]!r}; the file is "
+                "damaged. Restore it, or write it with save_pretrained."
+            )
+        return config_dict
+
+    @classmethod
+    def from_dict(cls, config_dict: dict, **kwargs) -> FamilyConfig:
+        """Like `PreTrainedConfig.from_dict` (used by `from_pretrained`), but a dict that lacks any of
+        `architecture_keys` is an error naming them, not a config silently completed with defaults."""
+        if not isinstance(config_dict, dict):
+            raise ValueError(f"A model config is a dict of settings, got {type(config_dict).__name__}.")
+        missing = [key for key in cls.architecture_keys if key not in config_dict]
+        if missing:
+            raise ValueError(
+                f"The model config lacks {', '.join(missing)}; without them the defaults would be used and the weights "
+                "would not fit. Was config.json edited or truncated? Restore it, or write it with save_pretrained."
+            )
+        return super().from_dict(config_dict, **kwargs)
+
+    @property
+    def num_freq_bins(self) -> int:
+        """Frequency bins of the one-sided STFT, `n_fft // 2 + 1`."""
+        return self.n_fft // 2 + 1
+
+    def describe(self) -> dict:
+        """The architecture in a few readable entries (`hybrid-mpsenet info`)."""
+        raise NotImplementedError
+
+
+class HybridMPSENetConfig(FamilyConfig):
     r"""
     Configuration of [`HybridMPSENetModel`]. The defaults reproduce the `hybrid-large` architecture; use
     [`HybridMPSENetConfig.from_preset`] for `mpsenet`, `hybrid-large` or `hybrid-small`.
@@ -173,6 +220,7 @@ class HybridMPSENetConfig(PreTrainedConfig):
     """
 
     model_type = "hybrid_mpsenet"
+    architecture_keys = ARCHITECTURE_KEYS
 
     def __init__(
         self,
@@ -381,32 +429,6 @@ class HybridMPSENetConfig(PreTrainedConfig):
         super().__init__(**kwargs)
 
     @classmethod
-    def _dict_from_json_file(cls, json_file) -> dict:
-        """transformers' reader of `config.json`, refusing a file whose JSON is not an object (`null`, `42`) with a
-        message naming it instead of a `TypeError` deep inside transformers."""
-        config_dict = super()._dict_from_json_file(json_file)
-        if not isinstance(config_dict, dict):
-            raise ValueError(
-                f"{json_file}: a model config is a JSON object of settings, got {str(config_dict)[:40]!r}; the file is "
-                "damaged. Restore it, or write it with save_pretrained."
-            )
-        return config_dict
-
-    @classmethod
-    def from_dict(cls, config_dict: dict, **kwargs) -> HybridMPSENetConfig:
-        """Like `PreTrainedConfig.from_dict` (used by `from_pretrained`), but a dict that lacks any of
-        `ARCHITECTURE_KEYS` is an error naming them, not a config silently completed with defaults."""
-        if not isinstance(config_dict, dict):
-            raise ValueError(f"A model config is a dict of settings, got {type(config_dict).__name__}.")
-        missing = [key for key in ARCHITECTURE_KEYS if key not in config_dict]
-        if missing:
-            raise ValueError(
-                f"The model config lacks {', '.join(missing)}; without them the defaults would be used and the weights "
-                "would not fit. Was config.json edited or truncated? Restore it, or write it with save_pretrained."
-            )
-        return super().from_dict(config_dict, **kwargs)
-
-    @classmethod
     def from_preset(cls, name: str, **overrides) -> HybridMPSENetConfig:
         """Build the configuration of a named architecture (`mpsenet`, `hybrid-large`, `hybrid-small`,
         `mpsenet-causal`, `hybrid-causal`)."""
@@ -414,10 +436,13 @@ class HybridMPSENetConfig(PreTrainedConfig):
             raise ValueError(f"Unknown preset {name!r}; choose one of {sorted(PRESETS)}.")
         return cls(**{**PRESETS[name], **overrides})
 
-    @property
-    def num_freq_bins(self) -> int:
-        """Frequency bins of the one-sided STFT, `n_fft // 2 + 1`."""
-        return self.n_fft // 2 + 1
+    def describe(self) -> dict:
+        """The block groups, the fusion and the attention axes (`hybrid-mpsenet info`)."""
+        return {
+            "blocks": {name: f"{count} x {kind}" for name, (count, kind) in self.block_groups.items() if count},
+            "fusion": self.fusion,
+            "ts_transformer_axes": self.ts_transformer_axes,
+        }
 
     @property
     def norm_decay(self) -> float:

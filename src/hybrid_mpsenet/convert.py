@@ -13,9 +13,11 @@ import torch
 
 from . import checkpointing
 from .configuration_hybrid_mpsenet import PRESETS, HybridMPSENetConfig
+from .configuration_muse import MuseConfig
 from .feature_extraction_hybrid_mpsenet import HybridMPSENetFeatureExtractor
 from .losses import MetricDiscriminator
 from .modeling_hybrid_mpsenet import HybridMPSENetModel
+from .modeling_muse import MuseModel
 from .ownership import check_replaceable_folder
 from .utils import atomic_directory
 
@@ -53,6 +55,81 @@ KEY_RENAMES: list[tuple[str, str]] = [
     (r"^phase_decoder\.phase_conv_i\.", "phase_decoder.imag_conv."),
 ]
 
+# MUSE's keys (huaidanquede/MUSE-Speech-Enhancement) -> ours, applied in order.
+_MUSE_STAGES = {
+    "encoder_level1": "level1",
+    "encoder_level2": "level2",
+    "latent": "bottom",
+    "decoder_level2": "decoder2",
+    "decoder_level1": "decoder1",
+    "mag_refinement": "magnitude_refine",
+    "pha_refinement": "phase_refine",
+}
+_MUSE_EMBEDDINGS = {
+    "patch_embed_encoder_level1": "level1",
+    "patch_embed_encoder_level2": "level2",
+    "patch_embed_latent": "bottom",
+    "patch_embed_decoder_level2": "decoder2",
+    "patch_embed_decoder_level1": "decoder1",
+    "mag_patch_embed_refinement": "magnitude_refine",
+    "pha_patch_embed_refinement": "phase_refine",
+}
+MUSE_KEY_RENAMES: list[tuple[str, str]] = [
+    *(
+        (rf"^TCFTransformer\.{old}\.patch_embeds\.0\.patch_conv\.", f"unet.{new}.embedding.")
+        for old, new in _MUSE_EMBEDDINGS.items()
+    ),
+    *(
+        (rf"^TCFTransformer\.{old}\.mhca_blks\.0\.transformer_layers\.", f"unet.{new}.blocks.")
+        for old, new in _MUSE_STAGES.items()
+    ),
+    (r"\.embedding\.offset_generator\.0\.", ".embedding.offset_depthwise."),
+    (r"\.embedding\.offset_generator\.1\.", ".embedding.offset_pointwise."),
+    (r"\.embedding\.dcn\.weight$", ".embedding.deformable_weight"),
+    (r"\.embedding\.pwconv\.", ".embedding.pointwise."),
+    (r"\.norm([12])\.body\.", r".norm\1."),
+    (r"\.attn\.sca\.1\.", ".attn.channel_gate."),
+    (r"\.attn\.dwconv\.0\.", ".attn.gate_pointwise."),
+    (r"\.attn\.dwconv\.1\.", ".attn.gate_depthwise."),
+    (r"\.attn\.qkv_dwconv\.", ".attn.qkv_depthwise."),
+    (r"\.attn\.project_out\.", ".attn.output."),
+    (r"\.attn\.refine_att\.conv_list\.", ".attn.position.convs."),
+    (r"\.ffn\.project_in\.", ".ffn.input."),
+    (r"\.ffn\.dwconv\.", ".ffn.depthwise."),
+    (r"\.ffn\.project_out\.", ".ffn.output."),
+    (r"^TCFTransformer\.down1_2\.body\.", "unet.down1.body."),
+    (r"^TCFTransformer\.down2_3\.body\.", "unet.down2.body."),
+    (r"^TCFTransformer\.up3_2\.body\.", "unet.up2.body."),
+    (r"^TCFTransformer\.up2_1\.body\.", "unet.up1.body."),
+    (r"\.body\.0\.", ".depthwise."),
+    (r"\.body\.1\.", ".pointwise."),
+    (r"^TCFTransformer\.reduce_chan_level2\.0\.", "unet.merge2."),
+    (r"^TCFTransformer\.reduce_chan_level1\.0\.", "unet.merge1."),
+    (r"^TCFTransformer\.mag_output\.0\.", "unet.magnitude_output."),
+    (r"^TCFTransformer\.pha_output\.0\.", "unet.phase_output."),
+    (r"^dense_encoder\.dense_conv_1\.", "encoder.input."),
+    (r"^dense_encoder\.dense_conv_2\.", "encoder.output."),
+    (r"^dense_encoder\.dense_block\.dense_block\.", "encoder.dense.layers."),
+    (r"^(mask|phase)_decoder\.dense_block\.dense_block\.", r"\1_decoder.dense.layers."),
+    (r"^(encoder\.(?:input|output|dense\.layers\.\d+)|(?:mask|phase)_decoder\.dense\.layers\.\d+)\.0\.", r"\1.conv."),
+    (r"^(encoder\.(?:input|output|dense\.layers\.\d+)|(?:mask|phase)_decoder\.dense\.layers\.\d+)\.1\.", r"\1.norm."),
+    (r"^(encoder\.(?:input|output|dense\.layers\.\d+)|(?:mask|phase)_decoder\.dense\.layers\.\d+)\.2\.", r"\1.act."),
+    (r"^(mask|phase)_decoder\.\1_conv\.0\.", r"\1_decoder.upsample.expand."),
+    (r"^(mask|phase)_decoder\.\1_conv\.2\.", r"\1_decoder.upsample.depthwise."),
+    (r"^mask_decoder\.mask_conv\.3\.", "mask_decoder.project."),
+    (r"^mask_decoder\.mask_conv\.4\.", "mask_decoder.norm."),
+    (r"^mask_decoder\.mask_conv\.5\.", "mask_decoder.act."),
+    (r"^mask_decoder\.mask_conv\.6\.", "mask_decoder.output."),
+    (r"^mask_decoder\.lsigmoid\.", "mask_decoder.sigmoid."),
+    (r"^phase_decoder\.phase_conv\.3\.", "phase_decoder.norm."),
+    (r"^phase_decoder\.phase_conv\.4\.", "phase_decoder.act."),
+    (r"^phase_decoder\.phase_conv_r\.", "phase_decoder.real."),
+    (r"^phase_decoder\.phase_conv_i\.", "phase_decoder.imag."),
+]
+# MUSE's per-stage fusion of its paths (SKFF): with one path per stage, as released, it is a softmax over one value,
+# the identity, so its weights are dropped.
+MUSE_IDENTITY_KEYS = re.compile(r"^TCFTransformer\.\w+\.aggregate\.")
+
 # Fields of the original config.json that map onto ours.
 CONFIG_FIELDS = {
     "sampling_rate": "sampling_rate",
@@ -72,9 +149,18 @@ def rename_original_key(key: str) -> str:
     return key
 
 
+def rename_muse_key(key: str) -> str:
+    """Map a state-dict key of the original MUSE code to this package's name."""
+    for pattern, replacement in MUSE_KEY_RENAMES:
+        key = re.sub(pattern, replacement, key)
+    return key
+
+
 def detect_variant(state_dict: dict[str, torch.Tensor]) -> str:
-    """Tell `mpsenet`, `hybrid-large` and `hybrid-small` apart by their (original) state-dict keys."""
+    """Tell `mpsenet`, `hybrid-large`, `hybrid-small` and `muse` apart by their (original) state-dict keys."""
     keys = list(state_dict)
+    if any(k.startswith("TCFTransformer.") for k in keys):
+        return "muse"
     if any(k.startswith("TSTransformer.") for k in keys):
         return "mpsenet"
     if any(re.match(r"mag_ts_transformer\.\d+\.mamba_t\.", k) for k in keys):
@@ -82,7 +168,7 @@ def detect_variant(state_dict: dict[str, torch.Tensor]) -> str:
     if any(re.match(r"mag_ts_transformer\.\d+\.mamba\.", k) for k in keys):
         return "hybrid-small"
     raise ValueError(
-        "Cannot tell which architecture this checkpoint is: none of 'TSTransformer.*', "
+        "Cannot tell which architecture this checkpoint is: none of 'TSTransformer.*', 'TCFTransformer.*', "
         "'mag_ts_transformer.N.mamba_t.*' or 'mag_ts_transformer.N.mamba.*' is present. First keys: "
         f"{keys[:5]}"
     )
@@ -140,19 +226,36 @@ def original_config(config_json: str | Path | dict | None, state_dict: dict, var
     return HybridMPSENetConfig.from_preset(variant, **values, ts_transformer_axes="freq_time", fusion=fusion)
 
 
+def _muse_model(state_dict: dict[str, torch.Tensor], config_json) -> tuple[MuseModel, dict[str, torch.Tensor]]:
+    """Our MUSE model for an original MUSE generator, and its state dict under our names."""
+    if any(re.search(r"\.mhca_blks\.[1-9]", key) for key in state_dict):
+        raise ValueError("This MUSE checkpoint has stages of several paths; only one path per stage is supported.")
+    raw = _read_original_config(config_json)
+    values = {ours: raw[theirs] for theirs, ours in CONFIG_FIELDS.items() if theirs in raw}
+    blocks = _count_blocks(list(state_dict), "TCFTransformer.encoder_level1.mhca_blks.0.transformer_layers")
+    config = MuseConfig.from_preset("muse", **values, **({"num_blocks": blocks} if blocks else {}))
+    renamed = {rename_muse_key(k): v for k, v in state_dict.items() if not MUSE_IDENTITY_KEYS.match(k)}
+    return MuseModel(config), renamed
+
+
 def _convert_generator(
     state_dict: dict[str, torch.Tensor], config_json, variant: str, **config_overrides
-) -> tuple[HybridMPSENetModel, str]:
+) -> tuple[HybridMPSENetModel | MuseModel, str]:
     """Our model holding an original generator state dict; returns it and the variant."""
     detected = detect_variant(state_dict)
     if variant == "auto":
         variant = detected
-    elif variant not in PRESETS:
-        raise ValueError(f"Unknown variant {variant!r}; choose 'auto' or one of {sorted(PRESETS)}.")
-    config = original_config(config_json, state_dict, variant)
-    config.update(config_overrides)
-    model = HybridMPSENetModel(config)
-    renamed = {rename_original_key(k): v for k, v in state_dict.items()}
+    elif variant not in (*PRESETS, "muse"):
+        raise ValueError(f"Unknown variant {variant!r}; choose 'auto', 'muse' or one of {sorted(PRESETS)}.")
+    if variant == "muse":
+        if config_overrides:
+            raise ValueError(f"MUSE checkpoints take no config overrides, got {sorted(config_overrides)}.")
+        model, renamed = _muse_model(state_dict, config_json)
+    else:
+        config = original_config(config_json, state_dict, variant)
+        config.update(config_overrides)
+        model = HybridMPSENetModel(config)
+        renamed = {rename_original_key(k): v for k, v in state_dict.items()}
     _check_keys(
         model.state_dict(),
         renamed,
@@ -188,7 +291,7 @@ def convert_original_checkpoint(
     Args:
         checkpoint: file saved by the original training script (`g_XXXXXXXX`).
         config_json: the original `config.json` (STFT settings, channels); the presets' values when omitted.
-        variant: `"auto"` (from the keys), `"mpsenet"`, `"hybrid-large"` or `"hybrid-small"`.
+        variant: `"auto"` (from the keys), `"mpsenet"`, `"hybrid-large"`, `"hybrid-small"` or `"muse"`.
         output_dir: if given, a `save_pretrained` folder (safetensors, config, preprocessor config) is written there
             atomically. An existing model folder this package wrote (unchanged) is replaced only with `overwrite`;
             any other non-empty folder is refused (see [`ownership`]).

@@ -31,6 +31,8 @@ class HybridMPSENetFeatureExtractor(SequenceFeatureExtractor):
         n_fft, hop_length, win_length (`int`): STFT settings (400, 100, 400).
         compress_factor (`float`, defaults to 0.3): magnitude compression exponent.
         causal (`bool`, defaults to False): the features of a causal model (see [`HybridMPSENetConfig`]).
+        stft_epsilons (`bool`, defaults to True): MP-SENet's epsilons in the magnitude and phase; False for MUSE,
+            which takes `|X|` and `angle(X)` exactly.
     """
 
     model_input_names = ["magnitude", "phase", "frame_mask"]
@@ -45,6 +47,7 @@ class HybridMPSENetFeatureExtractor(SequenceFeatureExtractor):
         win_length: int = 400,
         compress_factor: float = 0.3,
         causal: bool = False,
+        stft_epsilons: bool = True,
         **kwargs,
     ):
         super().__init__(feature_size=feature_size, sampling_rate=sampling_rate, padding_value=padding_value, **kwargs)
@@ -53,6 +56,7 @@ class HybridMPSENetFeatureExtractor(SequenceFeatureExtractor):
         self.win_length = win_length
         self.compress_factor = compress_factor
         self.causal = causal
+        self.stft_epsilons = stft_epsilons
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path, *args, **kwargs) -> HybridMPSENetFeatureExtractor:
@@ -62,7 +66,7 @@ class HybridMPSENetFeatureExtractor(SequenceFeatureExtractor):
 
     @classmethod
     def from_model_config(cls, config) -> HybridMPSENetFeatureExtractor:
-        """The feature extractor matching a [`HybridMPSENetConfig`]."""
+        """The feature extractor matching the config of any member of the family."""
         return cls(
             sampling_rate=config.sampling_rate,
             n_fft=config.n_fft,
@@ -70,6 +74,7 @@ class HybridMPSENetFeatureExtractor(SequenceFeatureExtractor):
             win_length=config.win_length,
             compress_factor=config.compress_factor,
             causal=config.causal,
+            stft_epsilons=config.stft_epsilons,
         )
 
     @property
@@ -143,7 +148,9 @@ class HybridMPSENetFeatureExtractor(SequenceFeatureExtractor):
             energy = float(samples.double().pow(2).sum())
             # Silence has no level to normalise; it passes through unscaled.
             norm_factor = (samples.shape[0] / energy) ** 0.5 if energy > 0 and not self.causal else 1.0
-            magnitude, phase, _ = mag_phase_stft((samples * norm_factor)[None], *self._stft_args(), causal=self.causal)
+            magnitude, phase, _ = mag_phase_stft(
+                (samples * norm_factor)[None], *self._stft_args(), causal=self.causal, epsilons=self.stft_epsilons
+            )
             magnitudes.append(magnitude[0])
             phases.append(phase[0])
             norm_factors.append(norm_factor)

@@ -13,6 +13,8 @@ import torch
 from .bundled import BUNDLED_MODELS, DEFAULT_MODEL, DEFAULT_MODEL_DIR, model_location
 from .configuration_hybrid_mpsenet import HybridMPSENetConfig
 from .network import HybridMPSENetNetwork
+from .network_muse import MuseNetwork
+from .registry import architecture_of
 from .spectral import apply_controls, enhance_frames, pcs_exponents
 from .waveform import CHANNEL_GROUP, WaveformEnhancer, enhancement_controls
 
@@ -22,6 +24,7 @@ __all__ = [
     "DEFAULT_MODEL",
     "DEFAULT_MODEL_DIR",
     "HybridMPSENetEnhancer",
+    "MuseEnhancer",
     "WaveformEnhancementMixin",
     "enhancement_controls",
     "model_location",
@@ -139,9 +142,32 @@ class HybridMPSENetEnhancer(WaveformEnhancementMixin, HybridMPSENetNetwork):
     """
 
     @classmethod
-    def from_pretrained(
-        cls, pretrained_model_name_or_path: str | Path | None = None, **kwargs
-    ) -> HybridMPSENetEnhancer:
+    def from_pretrained(cls, pretrained_model_name_or_path: str | Path | None = None, **kwargs) -> WaveformEnhancer:
         """[`HybridMPSENetNetwork.from_pretrained`]; with no name or the string `"default"`, the package's bundled
-        checkpoint."""
+        checkpoint. A folder of another member of the family (a MUSE model, say) loads into that member's enhancer
+        ([`MuseEnhancer`]), which has the same methods."""
+        location = model_location(pretrained_model_name_or_path)
+        if cls is HybridMPSENetEnhancer:
+            member = architecture_of(location, **kwargs)
+            if member is not None and member.load("enhancer") is not cls:
+                return member.load("enhancer").from_pretrained(location, **kwargs)
+        return super().from_pretrained(location, **kwargs)
+
+
+class MuseEnhancer(WaveformEnhancementMixin, MuseNetwork):
+    """[`HybridMPSENetEnhancer`] for MUSE models: the same `enhance` and `enhance_file`, without transformers' model
+    classes.
+
+    Example:
+        ```python
+        from hybrid_mpsenet.inference import MuseEnhancer
+
+        model = MuseEnhancer.from_pretrained("muse-vb")  # the bundled conversion of MUSE's released weights
+        clean = model.enhance(noisy, sampling_rate=16000)
+        ```
+    """
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path: str | Path | None = None, **kwargs) -> MuseEnhancer:
+        """[`MuseNetwork.from_pretrained`]; bundled names (`"muse-vb"`) load the checkpoints shipped inside."""
         return super().from_pretrained(model_location(pretrained_model_name_or_path), **kwargs)

@@ -13,18 +13,15 @@ from torch import nn
 from transformers import PreTrainedModel
 from transformers import initialization as init
 
-from .bundled import model_location
 from .configuration_hybrid_mpsenet import HybridMPSENetConfig
 from .network import (
     BranchFusion,
     HybridMPSENetLayers,
     HybridMPSENetOutput,
     MambaBlock,
+    StrictPreTrainedLoading,
     TransformerBlock,
     TSTransformerBlock,
-    check_loaded_weights,
-    check_stored_dtypes,
-    safetensors_files,
 )
 
 __all__ = ["HybridMPSENetModel", "HybridMPSENetOutput", "HybridMPSENetPreTrainedModel"]
@@ -70,34 +67,12 @@ def _check_same_output(model: nn.Module, grown: nn.Module, changes: dict) -> Non
         )
 
 
-class HybridMPSENetPreTrainedModel(PreTrainedModel):
+class HybridMPSENetPreTrainedModel(StrictPreTrainedLoading, PreTrainedModel):
     config_class = HybridMPSENetConfig
     base_model_prefix = "hybrid_mpsenet"
     main_input_name = "magnitude"
     supports_gradient_checkpointing = True
     _no_split_modules = ["TSTransformerBlock", "MambaBlock"]
-
-    @classmethod
-    def from_pretrained(cls, pretrained_model_name_or_path, *args, **kwargs):
-        """Like `PreTrainedModel.from_pretrained`, but strict: this family has no task head to initialise, so a
-        checkpoint with missing, unexpected, mis-shaped or non-float tensors, a damaged file, or NaN/Inf in any, is
-        a `ValueError` that names them, never a model with freshly initialised layers. `"default"` and
-        `"default-streaming"` name the checkpoints bundled with the package (offline)."""
-        pretrained_model_name_or_path = model_location(pretrained_model_name_or_path)
-        want_info = kwargs.pop("output_loading_info", False)
-        hub = {key: kwargs[key] for key in ("revision", "cache_dir", "token", "local_files_only") if key in kwargs}
-        try:
-            files = safetensors_files(pretrained_model_name_or_path, hub)
-        except OSError:
-            files = []  # no safetensors: transformers reports what it finds (or does not)
-        check_stored_dtypes(files)
-        # transformers then lists mis-shaped tensors with the missing and unexpected ones instead of failing without
-        # naming them; the check below refuses all three.
-        kwargs["ignore_mismatched_sizes"] = True
-        model, info = super().from_pretrained(pretrained_model_name_or_path, *args, output_loading_info=True, **kwargs)
-        problems = {kind: info.get(kind) or [] for kind in ("missing_keys", "unexpected_keys", "mismatched_keys")}
-        check_loaded_weights(pretrained_model_name_or_path, problems, model.state_dict())
-        return (model, info) if want_info else model
 
     @torch.no_grad()
     def _init_weights(self, module: nn.Module) -> None:

@@ -32,6 +32,7 @@ from torch import nn
 from transformers import initialization as init
 from transformers.utils import ModelOutput
 
+from .bundled import model_location
 from .configuration_hybrid_mpsenet import HybridMPSENetConfig
 from .mamba import Mamba
 from .stft import mag_phase_istft, mag_phase_stft
@@ -799,15 +800,11 @@ class HybridMPSENetLayers:
         )
 
 
-class HybridMPSENetNetwork(HybridMPSENetLayers, nn.Module):
-    """[`HybridMPSENetModel`]'s network as a plain `nn.Module`: the same layers, parameter names and outputs, loaded
-    from the same folders and Hub repositories, for inference in a process that does not import transformers' model
-    classes. Training, saving, the Auto classes and the pipeline use [`HybridMPSENetModel`]."""
+class StrictNetwork:
+    """Loading and `device` for the plain `nn.Module` networks of the family ([`HybridMPSENetNetwork`],
+    `MuseNetwork`): `config_class` names the member's config."""
 
-    def __init__(self, config: HybridMPSENetConfig):
-        nn.Module.__init__(self)
-        self.config = config
-        self.build_layers(config)
+    config_class: type
 
     @property
     def device(self) -> torch.device:
@@ -822,13 +819,13 @@ class HybridMPSENetNetwork(HybridMPSENetLayers, nn.Module):
         cache_dir: str | Path | None = None,
         token: str | bool | None = None,
         local_files_only: bool = False,
-    ) -> HybridMPSENetNetwork:
-        """Load a folder or Hub repository written by `HybridMPSENetModel.save_pretrained` (config and safetensors
-        weights, also sharded) as strictly as `HybridMPSENetModel.from_pretrained`: a config without its
-        architecture keys, missing, unexpected or mis-shaped tensors, and NaN/Inf are `ValueError`s. Weights are
-        float32, in eval mode, on the CPU."""
+    ):
+        """Load a folder or Hub repository written by the member's `save_pretrained` (config and safetensors
+        weights, also sharded) as strictly as its transformers class: a config without its architecture keys,
+        missing, unexpected or mis-shaped tensors, and NaN/Inf are `ValueError`s. Weights are float32, in eval mode,
+        on the CPU."""
         hub = {"revision": revision, "cache_dir": cache_dir, "token": token, "local_files_only": local_files_only}
-        config = HybridMPSENetConfig.from_pretrained(pretrained_model_name_or_path, **hub)
+        config = cls.config_class.from_pretrained(pretrained_model_name_or_path, **hub)
         state_dict = _load_safetensors(pretrained_model_name_or_path, hub)
         model = cls(config)
         expected = model.state_dict()
@@ -844,6 +841,44 @@ class HybridMPSENetNetwork(HybridMPSENetLayers, nn.Module):
         check_loaded_weights(pretrained_model_name_or_path, problems, state_dict)
         model.load_state_dict(state_dict)
         return model.eval()
+
+
+class StrictPreTrainedLoading:
+    """`from_pretrained` for the family's `PreTrainedModel`s: like transformers', but strict. This family has no
+    task head to initialise, so a checkpoint with missing, unexpected, mis-shaped or non-float tensors, a damaged
+    file, or NaN/Inf in any, is a `ValueError` that names them, never a model with freshly initialised layers.
+    `"default"` and the other bundled names load the checkpoints shipped with the package (offline)."""
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, *args, **kwargs):
+        pretrained_model_name_or_path = model_location(pretrained_model_name_or_path)
+        want_info = kwargs.pop("output_loading_info", False)
+        hub = {key: kwargs[key] for key in ("revision", "cache_dir", "token", "local_files_only") if key in kwargs}
+        try:
+            files = safetensors_files(pretrained_model_name_or_path, hub)
+        except OSError:
+            files = []  # no safetensors: transformers reports what it finds (or does not)
+        check_stored_dtypes(files)
+        # transformers then lists mis-shaped tensors with the missing and unexpected ones instead of failing without
+        # naming them; the check below refuses all three.
+        kwargs["ignore_mismatched_sizes"] = True
+        model, info = super().from_pretrained(pretrained_model_name_or_path, *args, output_loading_info=True, **kwargs)
+        problems = {kind: info.get(kind) or [] for kind in ("missing_keys", "unexpected_keys", "mismatched_keys")}
+        check_loaded_weights(pretrained_model_name_or_path, problems, model.state_dict())
+        return (model, info) if want_info else model
+
+
+class HybridMPSENetNetwork(StrictNetwork, HybridMPSENetLayers, nn.Module):
+    """[`HybridMPSENetModel`]'s network as a plain `nn.Module`: the same layers, parameter names and outputs, loaded
+    from the same folders and Hub repositories, for inference in a process that does not import transformers' model
+    classes. Training, saving, the Auto classes and the pipeline use [`HybridMPSENetModel`]."""
+
+    config_class = HybridMPSENetConfig
+
+    def __init__(self, config: HybridMPSENetConfig):
+        nn.Module.__init__(self)
+        self.config = config
+        self.build_layers(config)
 
 
 def _load_safetensors(location: str | Path, hub: dict) -> dict[str, torch.Tensor]:

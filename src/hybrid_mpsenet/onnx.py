@@ -67,6 +67,7 @@ class OnnxModelConfig:
     win_length: int
     compress_factor: float
     causal: bool = False
+    stft_epsilons: bool = True
 
     @property
     def num_freq_bins(self) -> int:
@@ -95,7 +96,11 @@ class OnnxModelConfig:
             raise OnnxModelError(f"{path}: compress_factor must be a number in (0, 1], got {compress!r}.")
         if settings["win_length"] > settings["n_fft"]:
             raise OnnxModelError(f"{path}: win_length {settings['win_length']} exceeds n_fft {settings['n_fft']}.")
-        return cls(**settings, compress_factor=float(compress), causal=bool(values.get("causal", False))), values
+        epsilons = values.get("stft_epsilons", True)
+        if not isinstance(epsilons, bool):
+            raise OnnxModelError(f"{path}: stft_epsilons must be true or false, got {epsilons!r}.")
+        causal = bool(values.get("causal", False))
+        return cls(**settings, compress_factor=float(compress), causal=causal, stft_epsilons=epsilons), values
 
 
 def _import_onnxruntime():
@@ -288,7 +293,13 @@ class OnnxEnhancer(WaveformEnhancer):
     ) -> np.ndarray:
         config = self.config
         magnitude, phase = stft(
-            waveform, config.n_fft, config.hop_length, self.window, config.compress_factor, causal=False
+            waveform,
+            config.n_fft,
+            config.hop_length,
+            self.window,
+            config.compress_factor,
+            causal=False,
+            epsilons=config.stft_epsilons,
         )
         enhanced, enhanced_phase = self.session.run(None, {"magnitude": magnitude, "phase": phase})
         enhanced, enhanced_phase = apply_controls(

@@ -29,7 +29,6 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .configuration_hybrid_mpsenet import HybridMPSENetConfig
 from .onnx import (
     GRAPH_FILE,
     METADATA_CONFIG,
@@ -42,6 +41,7 @@ from .onnx import (
     state_shapes,
 )
 from .ownership import check_replaceable_folder
+from .registry import ARCHITECTURES
 from .utils import atomic_directory
 
 logger = logging.getLogger(__name__)
@@ -216,12 +216,11 @@ def export_onnx(model: nn.Module, output_dir: str | Path, overwrite: bool = Fals
     """
     import onnx
 
-    from .enhancement import HybridMPSENetForSpeechEnhancement
-
     output_dir = Path(output_dir)
     check_replaceable_folder(output_dir, overwrite)
-    config = HybridMPSENetConfig.from_dict(model.config.to_dict())
-    complete = HybridMPSENetForSpeechEnhancement(config)
+    architecture = ARCHITECTURES[model.config.model_type]
+    config = architecture.load("config").from_dict(model.config.to_dict())
+    complete = architecture.load("enhancement")(config)
     complete.load_state_dict(model.state_dict())
     complete.eval()
     proto, name = export_graph(complete)

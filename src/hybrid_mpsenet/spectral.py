@@ -19,11 +19,15 @@ def array_namespace(array: Array):
     return sys.modules[type(array).__module__.partition(".")[0]]
 
 
-def compressed_magnitude_phase(real: Array, imag: Array, compress_factor: float) -> tuple[Array, Array]:
+def compressed_magnitude_phase(
+    real: Array, imag: Array, compress_factor: float, epsilons: bool = True
+) -> tuple[Array, Array]:
     """MP-SENet's compressed magnitude `|X| ** compress_factor` and phase of a spectrum given as its real and
-    imaginary parts (any shape). The epsilons are the original implementation's: they keep sqrt and atan2
-    differentiable at zero."""
+    imaginary parts (any shape). With `epsilons`, those of the original implementation, which keep sqrt and atan2
+    differentiable at zero; without, the exact `|X|` and `angle(X)` (MUSE's convention)."""
     xp = array_namespace(real)
+    if not epsilons:
+        return xp.sqrt(real * real + imag * imag) ** compress_factor, xp.arctan2(imag, real)
     magnitude = xp.sqrt(real * real + imag * imag + 1e-9) ** compress_factor
     return magnitude, xp.arctan2(imag + 1e-10, real + 1e-5)
 
@@ -45,7 +49,13 @@ def hann_window(win_length: int, n_fft: int) -> np.ndarray:
 
 
 def stft(
-    waveform: np.ndarray, n_fft: int, hop_length: int, window: np.ndarray, compress_factor: float, causal: bool
+    waveform: np.ndarray,
+    n_fft: int,
+    hop_length: int,
+    window: np.ndarray,
+    compress_factor: float,
+    causal: bool,
+    epsilons: bool = True,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Numpy counterpart of `mag_phase_stft` (centred frames, reflected at the edges, or zero-padded for a causal
     model): `(batch, samples)` float32 in, compressed magnitude and phase `(batch, freq, samples // hop + 1)` out.
@@ -54,7 +64,7 @@ def stft(
     padded = np.pad(waveform, ((0, 0), (pad, pad)), mode="constant" if causal else "reflect")
     frames = sliding_window_view(padded, n_fft, axis=-1)[:, ::hop_length]  # (batch, frames, n_fft)
     spectrum = np.fft.rfft(frames * window.astype(np.float64), axis=-1).swapaxes(1, 2)
-    magnitude, phase = compressed_magnitude_phase(spectrum.real, spectrum.imag, compress_factor)
+    magnitude, phase = compressed_magnitude_phase(spectrum.real, spectrum.imag, compress_factor, epsilons)
     return magnitude.astype(np.float32), phase.astype(np.float32)
 
 

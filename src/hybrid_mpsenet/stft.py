@@ -15,6 +15,7 @@ def mag_phase_stft(
     compress_factor: float,
     window: torch.Tensor | None = None,
     causal: bool = False,
+    epsilons: bool = True,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Compressed magnitude, phase and complex spectrum of `waveform`.
 
@@ -23,6 +24,7 @@ def mag_phase_stft(
         window: periodic Hann window of `win_length` (made on the fly when omitted).
         causal: pad the centred frames at the edges with zeros, as a stream does (it cannot reflect the end
             before it has arrived), instead of reflecting the signal as MP-SENet does.
+        epsilons: MP-SENet's epsilons in the magnitude and phase (see `compressed_magnitude_phase`).
 
     Returns:
         magnitude `(batch, freq, frames)` raised to `compress_factor`, phase `(batch, freq, frames)` in (-pi, pi],
@@ -41,7 +43,7 @@ def mag_phase_stft(
         normalized=False,
         return_complex=True,
     )
-    magnitude, phase = compressed_magnitude_phase(spec.real, spec.imag, compress_factor)
+    magnitude, phase = compressed_magnitude_phase(spec.real, spec.imag, compress_factor, epsilons)
     complex_spec = torch.stack((magnitude * torch.cos(phase), magnitude * torch.sin(phase)), dim=-1)
     return magnitude, phase, complex_spec
 

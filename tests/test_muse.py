@@ -1,0 +1,211 @@
+"""MUSE in the family: exact conversion of original checkpoints, the deformable convolution, any length, loading by
+every class, and the bundled `muse-vb`.
+
+The fixtures (`tests/fixtures/muse`, made by `scripts/make_muse_fixtures.py` with the original code) hold a perturbed
+original generator and the original's inputs and outputs on real mixtures of 308 and 124 frames, in float32 and
+float64. Float32 rounding alone moves the original's own magnitude by up to 7e-5 on these weights (float32 against
+float64), so float64 is where the function is checked to be the same; float32 is checked at that rounding level.
+"""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+import torch.nn.functional as F
+from helpers import run_without_package
+from safetensors.torch import load_file
+from transformers import AutoConfig, AutoFeatureExtractor, AutoModel
+
+from hybrid_mpsenet import (
+    HybridMPSENetFeatureExtractor,
+    HybridMPSENetForSpeechEnhancement,
+    MuseConfig,
+    MuseEnhancer,
+    MuseForSpeechEnhancement,
+    MuseModel,
+    convert_original_checkpoint,
+)
+from hybrid_mpsenet.bundled import BUNDLED_MODELS
+from hybrid_mpsenet.inference import HybridMPSENetEnhancer
+from hybrid_mpsenet.modeling_muse import deform_conv2d
+
+FIXTURES = Path(__file__).parent / "fixtures" / "muse"
+EXAMPLES = Path(__file__).parents[1] / "examples" / "audio"
+FRAMES = (308, 124)
+
+
+@pytest.fixture(scope="module")
+def converted():
+    return convert_original_checkpoint(FIXTURES / "g_00000000", FIXTURES / "config.json").eval()
+
+
+@pytest.fixture(scope="module")
+def io():
+    return load_file(FIXTURES / "io.safetensors")
+
+
+def _phase_error(ours: torch.Tensor, theirs: torch.Tensor, magnitude: torch.Tensor) -> float:
+    """Largest wrapped phase difference where the bin has energy (the phase of silence is ill-conditioned)."""
+    difference = (ours.double() - theirs.double()).abs()
+    difference = torch.minimum(difference, 2 * torch.pi - difference)
+    return difference[magnitude > 1e-3 * magnitude.max()].max().item()
+
+
+@pytest.mark.parametrize("frames", FRAMES)
+def test_converted_muse_computes_the_original_function_in_float64(converted, io, frames):
+    model = converted.double()
+    try:
+        with torch.no_grad():
+            out = model(io[f"noisy_amp_{frames}"].double(), io[f"noisy_pha_{frames}"].double())
+    finally:
+        converted.float()
+    expected = io[f"amp_g64_{frames}"]
+    assert (out.magnitude - expected).abs().max().item() <= 1e-9
+    assert _phase_error(out.phase, io[f"pha_g64_{frames}"], expected) <= 1e-9
+
+
+@pytest.mark.parametrize("frames", FRAMES)
+def test_converted_muse_matches_the_original_in_float32_from_waveform_to_waveform(converted, io, frames):
+    wav = io[f"noisy_wav_{frames}"]
+    with torch.no_grad():
+        norm_factor = torch.sqrt(len(wav) / torch.sum(wav**2))
+        magnitude, phase, _ = converted.spectrum((wav * norm_factor)[None])
+        torch.testing.assert_close(magnitude, io[f"noisy_amp_{frames}"], rtol=0, atol=1e-5)
+        torch.testing.assert_close(phase, io[f"noisy_pha_{frames}"], rtol=0, atol=1e-5)
+        out = converted(magnitude, phase)
+        audio = converted.waveform(out.magnitude, out.phase, len(wav)) / norm_factor
+    # Two float32 implementations of the same function differ by their rounding: a few times the original's own.
+    assert (out.magnitude - io[f"amp_g_{frames}"]).abs().max().item() <= 5e-4
+    assert _phase_error(out.phase, io[f"pha_g_{frames}"], io[f"amp_g_{frames}"]) <= 5e-3
+    torch.testing.assert_close(out.complex_spectrum, io[f"com_g_{frames}"], rtol=0, atol=5e-4)
+    torch.testing.assert_close(audio, io[f"audio_g_{frames}"], rtol=0, atol=1e-5)
+
+
+def test_feature_extractor_gives_the_original_features(io):
+    extractor = HybridMPSENetFeatureExtractor.from_model_config(MuseConfig())
+    features = extractor(io["noisy_wav_124"].numpy(), sampling_rate=16000)
+    torch.testing.assert_close(features["magnitude"], io["noisy_amp_124"], rtol=0, atol=1e-5)
+    torch.testing.assert_close(features["phase"], io["noisy_pha_124"], rtol=0, atol=1e-5)
+
+
+def test_deform_conv2d_with_zero_offsets_is_a_convolution():
+    x = torch.randn(2, 6, 9, 11)
+    weight = torch.randn(4, 3, 3, 3)
+    bias = torch.randn(4)
+    offset = torch.zeros(2, 2 * 9, 5, 6)
+    out = deform_conv2d(x, offset, weight, bias, stride=(2, 2), padding=(1, 1))
+    torch.testing.assert_close(out, F.conv2d(x, weight, bias, stride=2, padding=1, groups=2), rtol=1e-5, atol=1e-5)
+
+
+def test_deform_conv2d_samples_bilinearly_with_zeros_outside():
+    x = torch.arange(12.0).reshape(1, 1, 3, 4)
+    weight = torch.ones(1, 1, 1, 1)
+    offset = torch.zeros(1, 2, 3, 4)
+    offset[:, 0] = 0.5  # half a row down: the mean of each pixel and the one below it, zero below the last row
+    offset[:, 1, 0, 0] = -1.5  # the first cell reads 1.5 columns left of the image: only zeros
+    out = deform_conv2d(x, offset, weight)
+    expected = torch.cat((0.5 * (x[..., :-1, :] + x[..., 1:, :]), 0.5 * x[..., -1:, :]), 2)
+    expected[0, 0, 0, 0] = 0.0
+    torch.testing.assert_close(out, expected)
+
+
+@pytest.mark.parametrize("groups,offset_groups,masked", [(4, 1, False), (1, 2, True), (2, 2, False)])
+def test_deform_conv2d_equals_torchvision(groups, offset_groups, masked):
+    ops = pytest.importorskip("torchvision.ops", reason="torchvision is not installed")
+    x = torch.randn(2, 4, 7, 9)
+    weight = torch.randn(4, 4 // groups, 3, 3)
+    offset = torch.randn(2, offset_groups * 18, 7, 9) * 2
+    mask = torch.rand(2, offset_groups * 9, 7, 9) if masked else None
+    expected = ops.deform_conv2d(x, offset, weight, torch.randn(4) * 0, padding=(1, 1), mask=mask)
+    torch.testing.assert_close(deform_conv2d(x, offset, weight, padding=(1, 1), mask=mask), expected)
+
+
+@pytest.mark.parametrize("frames", [1, 2, 7, 101])
+def test_any_number_of_frames_is_enhanced_to_the_same_number(frames):
+    model = MuseModel(MuseConfig(num_blocks=1)).eval()
+    magnitude = torch.rand(1, 256, frames)
+    with torch.no_grad():
+        out = model(magnitude, torch.rand(1, 256, frames) * 6 - 3)
+    assert out.magnitude.shape == out.phase.shape == (1, 256, frames)
+    assert torch.isfinite(out.complex_spectrum).all()
+
+
+def test_bad_inputs_and_configs_are_named():
+    model = MuseModel(MuseConfig(num_blocks=1)).eval()
+    with pytest.raises(ValueError, match="256 frequency bins"):
+        model(torch.rand(1, 201, 8), torch.rand(1, 201, 8))
+    with pytest.raises(ValueError, match="no stream cache"):
+        model(torch.rand(1, 256, 8), torch.rand(1, 256, 8), cache={})
+    with pytest.raises(ValueError, match="attention_heads"):
+        MuseConfig(attention_heads=[3, 2, 8])
+    with pytest.raises(ValueError, match="multiple of 8"):
+        MuseConfig(n_fft=400, win_length=400)
+
+
+def test_the_bundled_muse_vb_loads_into_every_class_with_the_same_output():
+    folder = BUNDLED_MODELS["muse-vb"]
+    noisy, rate = sf.read(EXAMPLES / "p257_418_noisy.wav", dtype="float32")
+    noisy = noisy[:16000]
+    lean = HybridMPSENetEnhancer.from_pretrained("muse-vb")
+    assert isinstance(lean, MuseEnhancer)
+    complete = HybridMPSENetForSpeechEnhancement.from_pretrained("muse-vb")
+    assert isinstance(complete, MuseForSpeechEnhancement)
+    auto = AutoModel.from_pretrained(folder)
+    assert isinstance(auto, MuseModel) and isinstance(AutoConfig.from_pretrained(folder), MuseConfig)
+    extractor = AutoFeatureExtractor.from_pretrained(folder)
+    assert extractor.n_fft == 510 and extractor.stft_epsilons is False
+    features = extractor(noisy, sampling_rate=rate)
+    with torch.no_grad():
+        out = auto(**features)
+    from_auto = extractor.post_process(out.magnitude, out.phase, features["norm_factor"], features["num_samples"])[0]
+    lean_output = lean.enhance(noisy, sampling_rate=rate)
+    np.testing.assert_allclose(lean_output, complete.enhance(noisy, sampling_rate=rate), atol=1e-6)
+    # enhance() works in overlapping chunks; one second is a single chunk, the whole utterance as above.
+    np.testing.assert_allclose(lean_output, from_auto, atol=1e-5)
+    assert (folder / "LICENSE").read_text().startswith("MIT License")
+
+
+def test_muse_vb_removes_noise_from_a_real_voicebank_recording():
+    from hybrid_mpsenet.metrics import si_sdr
+
+    noisy, rate = sf.read(EXAMPLES / "p257_418_noisy.wav", dtype="float32")
+    clean, _ = sf.read(EXAMPLES / "p257_418_clean.wav", dtype="float32")
+    enhanced = MuseEnhancer.from_pretrained("muse-vb").enhance(noisy, sampling_rate=rate)
+    assert si_sdr(clean, enhanced) > si_sdr(clean, noisy) + 5.0
+
+
+def test_convert_command_recognises_a_muse_generator(tmp_path, capsys):
+    from hybrid_mpsenet.cli import main
+
+    for extra in ([], ["--variant", "muse"]):
+        out = tmp_path / f"model{len(extra)}"
+        command = ["convert", str(FIXTURES / "g_00000000"), str(out), "--config", str(FIXTURES / "config.json")]
+        assert main([*command, *extra]) == 0
+        assert "511,408 parameters" in capsys.readouterr().out
+        assert json.loads((out / "config.json").read_text())["model_type"] == "muse"
+        assert isinstance(HybridMPSENetEnhancer.from_pretrained(out), MuseEnhancer)
+
+
+def test_a_muse_checkpoint_refused_as_another_variant_names_the_keys():
+    with pytest.raises(ValueError, match="does not fit variant 'mpsenet'"):
+        convert_original_checkpoint(FIXTURES / "g_00000000", variant="mpsenet")
+
+
+@pytest.mark.slow
+def test_a_saved_muse_folder_loads_as_remote_code_without_the_package(converted, tmp_path):
+    folder = tmp_path / "model"
+    MuseForSpeechEnhancement.from_pretrained(BUNDLED_MODELS["muse-vb"]).save_pretrained(folder)
+    code = f"""
+        import torch
+        from transformers import AutoModel
+        model = AutoModel.from_pretrained({str(folder)!r}, trust_remote_code=True).eval()
+        with torch.no_grad():
+            out = model(torch.rand(1, 256, 10), torch.rand(1, 256, 10))
+        print(type(model).__name__, tuple(out.magnitude.shape))
+    """
+    result = run_without_package(code, tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "(1, 256, 10)" in result.stdout
