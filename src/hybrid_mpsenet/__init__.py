@@ -84,31 +84,33 @@ def _register_when_imported(transformers_module: str, own_module: str, register:
     wrapt.register_post_import_hook(register, own)
 
 
-def _register_config(module: Any) -> None:
-    from transformers import AutoConfig
+def _register_config(name: str) -> Callable[[Any], None]:
+    def register(module: Any) -> None:
+        from transformers import AutoConfig
 
-    from .configuration_muse import MuseConfig
-
-    for config in (module.HybridMPSENetConfig, MuseConfig):
+        config = getattr(module, name)
         AutoConfig.register(config.model_type, config, exist_ok=True)
 
+    return register
 
-def _register_model(module: Any) -> None:
-    from transformers import AutoModel
 
-    from .modeling_muse import MuseModel
+def _register_model(name: str) -> Callable[[Any], None]:
+    def register(module: Any) -> None:
+        from transformers import AutoModel
 
-    AutoModel.register(module.HybridMPSENetConfig, module.HybridMPSENetModel, exist_ok=True)
-    AutoModel.register(MuseModel.config_class, MuseModel, exist_ok=True)
+        model = getattr(module, name)
+        AutoModel.register(model.config_class, model, exist_ok=True)
+
+    return register
 
 
 def _register_feature_extractor(module: Any) -> None:
     from transformers import AutoFeatureExtractor
 
-    from .configuration_hybrid_mpsenet import HybridMPSENetConfig
-    from .configuration_muse import MuseConfig
+    from .registry import ARCHITECTURES
 
-    for config in (HybridMPSENetConfig, MuseConfig):
+    for architecture in ARCHITECTURES.values():
+        config = architecture.load("config")
         AutoFeatureExtractor.register(config, module.HybridMPSENetFeatureExtractor, exist_ok=True)
 
 
@@ -127,8 +129,15 @@ def _register_pipeline(module: Any) -> None:
     )
 
 
-_register_when_imported("transformers.models.auto.configuration_auto", "configuration_hybrid_mpsenet", _register_config)
-_register_when_imported("transformers.models.auto.modeling_auto", "modeling_hybrid_mpsenet", _register_model)
+for _config_module, _config_name in (
+    ("configuration_hybrid_mpsenet", "HybridMPSENetConfig"),
+    ("configuration_muse", "MuseConfig"),
+):
+    _register_when_imported(
+        "transformers.models.auto.configuration_auto", _config_module, _register_config(_config_name)
+    )
+for _model_module, _model_name in (("modeling_hybrid_mpsenet", "HybridMPSENetModel"), ("modeling_muse", "MuseModel")):
+    _register_when_imported("transformers.models.auto.modeling_auto", _model_module, _register_model(_model_name))
 _register_when_imported(
     "transformers.models.auto.feature_extraction_auto", "feature_extraction_hybrid_mpsenet", _register_feature_extractor
 )

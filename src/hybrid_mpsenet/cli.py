@@ -539,7 +539,11 @@ def build_parser() -> argparse.ArgumentParser:
     _add_inference_arguments(enhance, backend=True)
     enhance.add_argument("-o", "--output", help="output folder (tree mirrored), or file for a single input")
     enhance.add_argument("--suffix", default="_enhanced", help="name suffix when writing beside the inputs")
-    enhance.add_argument("--chunk-seconds", type=float, default=DEFAULT_CHUNK_SECONDS, help="chunk length (s)")
+    enhance.add_argument(
+        "--chunk-seconds",
+        type=float,
+        help=f"chunk length (s; default: the model's, {DEFAULT_CHUNK_SECONDS:g} s or more)",
+    )
     enhance.add_argument("--overlap-seconds", type=float, default=DEFAULT_OVERLAP_SECONDS, help="crossfade (s)")
     enhance.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"], help="autocast")
     enhance.add_argument("--downmix", action="store_true", help="average multi-channel input to mono")

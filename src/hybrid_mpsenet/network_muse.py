@@ -37,8 +37,9 @@ def deform_conv2d(
     computes: every kernel tap samples the input at its regular position plus a learned offset, bilinearly, with
     zeros outside the input.
 
-    It is one gather of the four bilinear corners of every tap from the zero-padded input, then one (grouped)
-    matmul with the weights, so it runs wherever PyTorch runs and exports to ONNX as `GatherElements` + `MatMul`.
+    The samples of all taps come from one `grid_sample` (bilinear, zero padding) and meet the weights in one
+    grouped matmul, so it runs wherever PyTorch runs, on any offsets, and exports to ONNX as `GridSample` + `MatMul`.
+    On a CPU it is about four times faster than gathering the four bilinear corners of every tap.
 
     Args:
         input: `(batch, in_channels, height, width)`.
@@ -64,34 +65,27 @@ def deform_conv2d(
             "groups."
         )
     positions = out_height * out_width
-    device, dtype = input.device, input.dtype
-    rows = torch.arange(out_height, device=device, dtype=dtype) * stride[0] - padding[0]
-    cols = torch.arange(out_width, device=device, dtype=dtype) * stride[1] - padding[1]
-    tap_rows = (torch.arange(kh, device=device, dtype=dtype) * dilation[0]).repeat_interleave(kw)
-    tap_cols = (torch.arange(kw, device=device, dtype=dtype) * dilation[1]).repeat(kh)
-    offset = offset.reshape(batch, offset_groups, taps, 2, out_height, out_width)
-    y = offset[:, :, :, 0] + (tap_rows[:, None, None] + rows[:, None])  # (batch, groups, taps, out_h, out_w)
-    x = offset[:, :, :, 1] + (tap_cols[:, None, None] + cols)
-    y0, x0 = torch.floor(y), torch.floor(x)
-    wy, wx = y - y0, x - x0
-    # On a border of one zero pixel, clamping a corner into [-1, size] keeps every outside corner at zero.
-    padded_width = width + 2
-    y0, x0 = y0.long(), x0.long()
-    y1, x1 = (y0 + 1).clamp(-1, height) + 1, (x0 + 1).clamp(-1, width) + 1
-    y0, x0 = y0.clamp(-1, height) + 1, x0.clamp(-1, width) + 1
-    index = torch.stack(
-        (y0 * padded_width + x0, y0 * padded_width + x1, y1 * padded_width + x0, y1 * padded_width + x1), 2
-    )
-    corner_weights = torch.stack(((1 - wy) * (1 - wx), (1 - wy) * wx, wy * (1 - wx), wy * wx), 2)
+    dtype = input.dtype
+    rows = torch.arange(out_height, device=input.device, dtype=dtype) * stride[0] - padding[0]
+    cols = torch.arange(out_width, device=input.device, dtype=dtype) * stride[1] - padding[1]
+    tap_rows = (torch.arange(kh, device=input.device, dtype=dtype) * dilation[0]).repeat_interleave(kw)
+    tap_cols = (torch.arange(kw, device=input.device, dtype=dtype) * dilation[1]).repeat(kh)
+    offset = offset.reshape(batch * offset_groups, taps, 2, out_height, out_width)
+    y = offset[:, :, 0] + (tap_rows[:, None, None] + rows[:, None])  # (batch * groups, taps, out_h, out_w)
+    x = offset[:, :, 1] + (tap_cols[:, None, None] + cols)
+    # grid_sample's pixel centres without align_corners: pixel i sits at (2 i + 1) / size - 1.
+    grid = torch.stack(((2 * x + 1) / width - 1, (2 * y + 1) / height - 1), -1)
     group_size = in_channels // offset_groups
-    flat = F.pad(input, (1, 1, 1, 1)).reshape(batch, offset_groups, group_size, -1)
-    index = index.reshape(batch, offset_groups, 1, -1).expand(-1, -1, group_size, -1)
-    corners = flat.gather(3, index).reshape(batch, offset_groups, group_size, 4, taps, positions)
-    corner_weights = corner_weights.reshape(batch, offset_groups, 1, 4, taps, positions)
-    columns = (corners * corner_weights).sum(3)  # (batch, offset_groups, group_size, taps, positions)
+    samples = F.grid_sample(
+        input.reshape(batch * offset_groups, group_size, height, width),
+        grid.reshape(batch * offset_groups, taps * out_height, out_width, 2),
+        mode="bilinear",
+        padding_mode="zeros",
+        align_corners=False,
+    ).reshape(batch, offset_groups, group_size, taps, positions)
     if mask is not None:
-        columns = columns * mask.reshape(batch, offset_groups, 1, taps, positions)
-    columns = columns.reshape(batch, groups, group_channels * taps, positions)
+        samples = samples * mask.reshape(batch, offset_groups, 1, taps, positions)
+    columns = samples.reshape(batch, groups, group_channels * taps, positions)
     out = weight.reshape(groups, out_channels // groups, group_channels * taps) @ columns
     out = out.reshape(batch, out_channels, out_height, out_width)
     return out if bias is None else out + bias[:, None, None]
@@ -106,7 +100,9 @@ class ChannelNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(channels))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        variance = x.var(1, keepdim=True, unbiased=False)
+        # Two passes over the channels: over a non-contiguous dim, `Tensor.var` is ten times slower on a CPU.
+        centred = x - x.mean(1, keepdim=True)
+        variance = (centred * centred).mean(1, keepdim=True)
         return x / torch.sqrt(variance + 1e-5) * self.weight[:, None, None]
 
 
@@ -282,14 +278,25 @@ class TaylorAttention(nn.Module):
         self.position = PositionGate(channels // heads, heads)
         self.output = nn.Conv2d(channels, channels, 1, bias=False)
 
+    def _gate_kernel(self) -> torch.Tensor:
+        """The gate's pointwise conv and its grouped 3x3 conv (two inputs per group, no biases) folded into one 3x3
+        kernel `(C, C, 3, 3)`: the same linear map, computed by one fast convolution instead of a grouped one that
+        CPUs run slowly."""
+        channels = self.gate_depthwise.out_channels
+        grouped = self.gate_depthwise.weight.reshape(channels, 2, 9)  # output c reads pointwise outputs 2c, 2c + 1
+        pointwise = self.gate_pointwise.weight.reshape(channels, 2, channels)
+        return torch.einsum("cgk,cgi->cik", grouped, pointwise).reshape(channels, channels, 3, 3)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         batch, channels, frames, bins = x.shape
         cells = frames * bins
         channel_gate = self.channel_gate(x.mean((2, 3), keepdim=True))
-        local = F.gelu(self.gate_depthwise(self.gate_pointwise(x)))
+        local = F.gelu(F.conv2d(x, self._gate_kernel(), padding=1))
         q, k, v = self.qkv_depthwise(self.qkv(x)).reshape(batch, 3, self.heads, channels // self.heads, cells).unbind(1)
-        q = q / (torch.linalg.vector_norm(q, dim=2, keepdim=True) + 1e-6)
-        k = k / (torch.linalg.vector_norm(k, dim=2, keepdim=True) + 1e-6)
+        # L2 norms over the head's channels as sqrt(sum of squares): `linalg.vector_norm` over a non-contiguous dim
+        # is thirty times slower on a CPU.
+        q = q / ((q * q).sum(2, keepdim=True).sqrt() + 1e-6)
+        k = k / ((k * k).sum(2, keepdim=True).sqrt() + 1e-6)
         position = self.position(q, k, frames, bins)
         numerator = v.sum(-1, keepdim=True) + (k @ v.transpose(2, 3)).transpose(2, 3) @ q
         denominator = (cells + k.sum(-1, keepdim=True).transpose(2, 3) @ q) + 1e-6

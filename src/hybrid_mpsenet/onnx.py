@@ -68,6 +68,7 @@ class OnnxModelConfig:
     compress_factor: float
     causal: bool = False
     stft_epsilons: bool = True
+    segment_samples: int = 0
 
     @property
     def num_freq_bins(self) -> int:
@@ -99,8 +100,12 @@ class OnnxModelConfig:
         epsilons = values.get("stft_epsilons", True)
         if not isinstance(epsilons, bool):
             raise OnnxModelError(f"{path}: stft_epsilons must be true or false, got {epsilons!r}.")
+        segment = values.get("segment_samples", 0)
+        if isinstance(segment, bool) or not isinstance(segment, int) or not 0 <= segment <= 10**7:
+            raise OnnxModelError(f"{path}: segment_samples must be a number of samples, got {segment!r}.")
         causal = bool(values.get("causal", False))
-        return cls(**settings, compress_factor=float(compress), causal=causal, stft_epsilons=epsilons), values
+        settings.update(compress_factor=float(compress), causal=causal, stft_epsilons=epsilons, segment_samples=segment)
+        return cls(**settings), values
 
 
 def _import_onnxruntime():

@@ -9,7 +9,7 @@ import numpy as np
 import torch
 from transformers import Pipeline
 
-from .audio import DEFAULT_CHUNK_SECONDS, DEFAULT_OVERLAP_SECONDS, open_audio
+from .audio import DEFAULT_OVERLAP_SECONDS, open_audio
 
 
 class SpeechEnhancementPipeline(Pipeline):
@@ -89,7 +89,7 @@ class SpeechEnhancementPipeline(Pipeline):
     def _forward(
         self,
         model_inputs: dict,
-        chunk_seconds: float = DEFAULT_CHUNK_SECONDS,
+        chunk_seconds: float | None = None,
         overlap_seconds: float = DEFAULT_OVERLAP_SECONDS,
         downmix: bool = False,
         attenuation_limit_db: float | None = None,

@@ -60,17 +60,24 @@ class _Chunker:
     """Enhances a signal fed block by block in overlapping chunks and yields the crossfaded result in order.
 
     Blocks and results are `(channels, samples)` at the model's rate; the signal must already be normalised.
+
+    For a model with a training segment (`config.segment_samples`, MUSE) the final chunk, when shorter than the
+    others, reaches back into the input before it, as MUSE's own inference does: every chunk the model sees is then
+    a whole chunk of real audio, not a short one padded with zeros.
     """
 
     def __init__(self, model: WaveformEnhancer, chunk: int, overlap: int, dtype: Any, controls: dict):
         self.model, self.chunk, self.overlap, self.dtype, self.controls = model, chunk, overlap, dtype, controls
         self.buffer: np.ndarray | None = None
         self.tail: np.ndarray | None = None  # the previous chunk's enhanced overlap, waiting to be crossfaded
+        self.reach_back = getattr(model.config, "segment_samples", 0) > 0
+        self.history: np.ndarray | None = None  # the input before `buffer` (one chunk step), for the reach-back
         ramp = np.sin(0.5 * np.pi * (np.arange(overlap, dtype=np.float64) + 0.5) / max(overlap, 1)) ** 2
         self.fade_in = ramp.astype(np.float32)
 
-    def _emit(self, segment: np.ndarray, last: bool) -> np.ndarray:
-        enhanced = self.model.enhance_segment(segment, self.dtype, **self.controls)
+    def _emit(self, segment: np.ndarray, last: bool, context: int = 0) -> np.ndarray:
+        """Enhance `segment` and return its crossfaded output, less its first `context` samples (already output)."""
+        enhanced = self.model.enhance_segment(segment, self.dtype, **self.controls)[:, context:]
         if self.tail is not None:
             head = enhanced[:, : self.overlap]
             enhanced[:, : self.overlap] = self.tail + (head - self.tail) * self.fade_in
@@ -84,17 +91,25 @@ class _Chunker:
         self.buffer = block if self.buffer is None else np.concatenate([self.buffer, block], axis=1)
         # Keep more than one chunk buffered so that the final chunk is never shorter than the overlap.
         while self.buffer.shape[1] > self.chunk + self.overlap:
-            yield self._emit(self.buffer[:, : self.chunk], last=False)
-            self.buffer = self.buffer[:, self.chunk - self.overlap :]
+            yield self._emit_next_chunk()
+
+    def _emit_next_chunk(self) -> np.ndarray:
+        out = self._emit(self.buffer[:, : self.chunk], last=False)
+        self.history = self.buffer[:, : self.chunk - self.overlap]
+        self.buffer = self.buffer[:, self.chunk - self.overlap :]
+        return out
 
     def finish(self) -> Iterator[np.ndarray]:
         if self.buffer is None:
             return
         if self.buffer.shape[1] > self.chunk:
-            yield self._emit(self.buffer[:, : self.chunk], last=False)
-            self.buffer = self.buffer[:, self.chunk - self.overlap :]
-        yield self._emit(self.buffer, last=True)
-        self.buffer = None
+            yield self._emit_next_chunk()
+        context = 0
+        if self.reach_back and self.history is not None:
+            context = min(self.chunk - self.buffer.shape[1], self.history.shape[1])
+        segment = self.buffer if context <= 0 else np.concatenate([self.history[:, -context:], self.buffer], axis=1)
+        yield self._emit(segment, last=True, context=max(context, 0))
+        self.buffer = self.history = None
 
 
 class WaveformEnhancer:
@@ -105,10 +120,13 @@ class WaveformEnhancer:
 
     config: Any
 
-    def _chunk_sizes(self, chunk_seconds: float, overlap_seconds: float) -> tuple[int, int]:
+    def _chunk_sizes(self, chunk_seconds: float | None, overlap_seconds: float) -> tuple[int, int]:
         """Chunk and overlap in samples at the model rate, as multiples of the hop; for a causal model, the blocks
-        its stream is fed (`overlap_seconds` unused)."""
+        its stream is fed (`overlap_seconds` unused). `chunk_seconds=None` is the model's own: its training
+        segment where the config names one (`segment_samples`, MUSE's 3.07 s), else `DEFAULT_CHUNK_SECONDS`."""
         hop, rate = self.config.hop_length, self.config.sampling_rate
+        if chunk_seconds is None:
+            chunk_seconds = max(DEFAULT_CHUNK_SECONDS, getattr(self.config, "segment_samples", 0) / rate)
         for name, value in (("chunk_seconds", chunk_seconds), ("overlap_seconds", overlap_seconds)):
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
                 raise ValueError(f"{name} must be a finite number of seconds, got {value!r}.")
@@ -145,8 +163,8 @@ class WaveformEnhancer:
         """Enhance normalised audio at the model rate in one pass.
 
         Args:
-            segment: `(channels, samples)` float32, already RMS-normalised; shorter inputs than one STFT frame
-                are zero-padded and trimmed back.
+            segment: `(channels, samples)` float32, already RMS-normalised; inputs shorter than one STFT frame
+                (or than the config's `segment_samples`) are zero-padded and trimmed back.
             dtype: the backend's precision (see `enhance`), already checked.
             attenuation_limit_db: no bin of the output is more than this many dB below the input's
                 ([`attenuation_floor`]); `None`: no limit.
@@ -168,7 +186,9 @@ class WaveformEnhancer:
                 ]
             )
         length = segment.shape[-1]
-        minimum = self.config.n_fft // 2 + 1
+        # MUSE (`segment_samples`) is run on whole training segments, shorter inputs zero-padded, as its own
+        # inference does; any model needs at least one STFT frame.
+        minimum = max(self.config.n_fft // 2 + 1, getattr(self.config, "segment_samples", 0))
         waveform = np.ascontiguousarray(segment, dtype=np.float32)
         if length < minimum:
             waveform = np.pad(waveform, ((0, 0), (0, minimum - length)))
@@ -327,7 +347,7 @@ class WaveformEnhancer:
         self,
         waveform: Any,
         sampling_rate: int,
-        chunk_seconds: float = DEFAULT_CHUNK_SECONDS,
+        chunk_seconds: float | None = None,
         overlap_seconds: float = DEFAULT_OVERLAP_SECONDS,
         downmix: bool = False,
         dtype: Any = None,
@@ -340,8 +360,9 @@ class WaveformEnhancer:
             waveform: `(samples,)` mono or `(channels, samples)`, float in [-1, 1] or integer PCM, a numpy array
                 (or, with the PyTorch backend, a torch tensor).
             sampling_rate: rate of `waveform` in Hz; it is resampled to the model's rate and back.
-            chunk_seconds, overlap_seconds: inputs longer than `chunk_seconds` are enhanced in chunks that overlap
-                by `overlap_seconds` and are crossfaded. A causal model streams the signal in blocks of
+            chunk_seconds, overlap_seconds: inputs longer than `chunk_seconds` (default: the model's choice, 2 s,
+                or MUSE's 3.07-s training segment) are enhanced in chunks that overlap by `overlap_seconds` and are
+                crossfaded. A causal model streams the signal in blocks of
                 `chunk_seconds` instead (no overlap): the output is the same for any block size.
             downmix: average the channels and return mono.
             dtype: the PyTorch backend's autocast dtype (`torch.bfloat16`, `torch.float16`, or a name such as
@@ -384,7 +405,7 @@ class WaveformEnhancer:
         self,
         input_path: str | Path,
         output_path: str | Path,
-        chunk_seconds: float = DEFAULT_CHUNK_SECONDS,
+        chunk_seconds: float | None = None,
         overlap_seconds: float = DEFAULT_OVERLAP_SECONDS,
         downmix: bool = False,
         dtype: Any = None,
