@@ -353,7 +353,7 @@ def _describe(config: FamilyConfig) -> dict:
     model = ARCHITECTURES[config.model_type].load("model")(config)
     return {
         "model_type": config.model_type,
-        "parameters": model.num_parameters(),
+        "parameters": sum(parameter.numel() for parameter in model.parameters()),
         **config.describe(),
         "sampling_rate": config.sampling_rate,
     }

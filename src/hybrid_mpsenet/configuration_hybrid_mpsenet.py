@@ -122,6 +122,8 @@ class FamilyConfig(PreTrainedConfig):
     stft_epsilons = True
     # Inference pads inputs shorter than this many samples with zeros (0: only to one STFT frame).
     segment_samples = 0
+    # Whether the model only looks back (it can stream); members that can be causal set it per config.
+    causal = False
 
     @classmethod
     def _dict_from_json_file(cls, json_file) -> dict:

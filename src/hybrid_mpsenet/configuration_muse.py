@@ -65,7 +65,6 @@ class MuseConfig(FamilyConfig):
 
     model_type = "muse"
     architecture_keys = MUSE_ARCHITECTURE_KEYS
-    causal = False  # MUSE looks at the whole utterance; the family's streaming paths check this
 
     def __init__(
         self,

@@ -78,6 +78,9 @@ GROUP_PLACES = {"shared": "shared", "magnitude": "in the magnitude branch", "pha
 
 
 def _architecture(model: HybridMPSENetForSpeechEnhancement) -> str:
+    if not hasattr(model.config, "block_groups"):  # another member of the family (MUSE): its own description
+        blocks = model.config.describe()["blocks"]
+        return f"{model.config.model_type}: " + ", ".join(f"{name} {value}" for name, value in blocks.items())
     groups = [
         f"{count} {kind} block(s) {GROUP_PLACES[name]}"
         for name, (count, kind) in model.config.block_groups.items()

@@ -3,8 +3,8 @@ its model classes and its presets, and [`SpectralModel`] states what every membe
 Hub card, ONNX export and the loaders look classes up here instead of naming one architecture, so a new member is
 one [`Architecture`] entry (see `register_architecture`).
 
-Classes are named as `"module.Class"` and imported on first use: the CLI reads this module without importing
-PyTorch or transformers.
+Classes are named as `"module.Class"` (`".module.Class"` for a module of this package) and imported on first use:
+the CLI reads this module without importing PyTorch or transformers.
 """
 
 from __future__ import annotations
@@ -46,8 +46,8 @@ class SpectralModel(Protocol):
 
 @dataclass(frozen=True)
 class Architecture:
-    """One member of the family. Each class is `"module.Class"` (a module of this package, or an absolute module
-    path for a member defined elsewhere); `presets` names a dict of preset name -> config overrides."""
+    """One member of the family. Each class is `"module.Class"` (`".module.Class"` for a module of this package);
+    `presets` names a dict of preset name -> config overrides."""
 
     model_type: str
     config: str
@@ -59,27 +59,25 @@ class Architecture:
     def load(self, role: str) -> Any:
         """The class (or presets dict) for `role`: one of `config`, `model`, `enhancement`, `enhancer`, `presets`."""
         module_name, _, name = getattr(self, role).rpartition(".")
-        package = __name__.rpartition(".")[0]
-        module = importlib.import_module(module_name if "." in module_name else f"{package}.{module_name}")
-        return getattr(module, name)
+        return getattr(importlib.import_module(module_name, __package__), name)
 
 
 ARCHITECTURES: dict[str, Architecture] = {
     "hybrid_mpsenet": Architecture(
         model_type="hybrid_mpsenet",
-        config="configuration_hybrid_mpsenet.HybridMPSENetConfig",
-        model="modeling_hybrid_mpsenet.HybridMPSENetModel",
-        enhancement="enhancement.HybridMPSENetForSpeechEnhancement",
-        enhancer="inference.HybridMPSENetEnhancer",
-        presets="configuration_hybrid_mpsenet.PRESETS",
+        config=".configuration_hybrid_mpsenet.HybridMPSENetConfig",
+        model=".modeling_hybrid_mpsenet.HybridMPSENetModel",
+        enhancement=".enhancement.HybridMPSENetForSpeechEnhancement",
+        enhancer=".inference.HybridMPSENetEnhancer",
+        presets=".configuration_hybrid_mpsenet.PRESETS",
     ),
     "muse": Architecture(
         model_type="muse",
-        config="configuration_muse.MuseConfig",
-        model="modeling_muse.MuseModel",
-        enhancement="enhancement.MuseForSpeechEnhancement",
-        enhancer="inference.MuseEnhancer",
-        presets="configuration_muse.MUSE_PRESETS",
+        config=".configuration_muse.MuseConfig",
+        model=".modeling_muse.MuseModel",
+        enhancement=".enhancement.MuseForSpeechEnhancement",
+        enhancer=".inference.MuseEnhancer",
+        presets=".configuration_muse.MUSE_PRESETS",
     ),
 }
 
