@@ -437,3 +437,21 @@ def test_bad_training_files_stop_the_run_at_step_0_naming_each(tmp_path, capsys)
     sf.write(noise / "tap.wav", np.zeros(16000, np.float32), 16000)
     assert main(args) == 2
     assert "Every noise file is silent" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_a_muse_model_trains_and_resumes_with_the_same_objective(tmp_path, voicebank):
+    """MUSE trains with MP-SENet's objective through the same loop (a preset of another member of the family), with
+    finite losses through its zero-padded frames, and resumes from its checkpoint as its own class."""
+    from hybrid_mpsenet import MuseConfig, MuseForSpeechEnhancement
+
+    tiny = MuseConfig(n_fft=126, win_length=126, hop_length=64, dense_channel=8, dense_depth=2, num_blocks=1,
+                      attention_heads=[1, 2, 4], segment_samples=0)  # fmt: skip
+    common = dict(train_data=str(voicebank), preset="muse", config_overrides=tiny.to_json_string(use_diff=True))
+    first = train(arguments(tmp_path, max_steps=2, **common))
+    history = [json.loads(line) for line in (first.parent / "history.jsonl").read_text().splitlines()]
+    assert history and all(np.isfinite(row["pesq"]) for row in history if "pesq" in row)
+    model = MuseForSpeechEnhancement.from_pretrained(first)
+    assert model.config.num_blocks == 1 and all(torch.isfinite(p).all() for p in model.parameters())
+    train(arguments(tmp_path, max_steps=3, resume=True, **common))
+    assert latest_checkpoint(tmp_path / "run").name.endswith("3")

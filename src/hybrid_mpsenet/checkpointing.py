@@ -117,10 +117,15 @@ def _read(path: Path, what: str):
 
 
 def read_generator_config(folder: str | Path) -> HybridMPSENetConfig:
+    """The generator's config in a checkpoint folder, as the config class of its member of the family."""
+    from .registry import architecture_of
+
     path = Path(folder) / GENERATOR / "config.json"
     if not path.is_file():
         raise CheckpointError(f"{path}: missing from the checkpoint (generator config).")
-    return HybridMPSENetConfig.from_json_file(path)
+    architecture = architecture_of(path.parent)
+    config_class = architecture.load("config") if architecture is not None else HybridMPSENetConfig
+    return config_class.from_json_file(path)
 
 
 def read_discriminator_dim(folder: str | Path) -> int:

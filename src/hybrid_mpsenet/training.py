@@ -27,7 +27,6 @@ from accelerate.utils import DataLoaderConfiguration, gather_object, set_seed
 from tqdm.auto import tqdm
 
 from . import checkpointing
-from .configuration_hybrid_mpsenet import HybridMPSENetConfig
 from .data import (
     LOADER_PREFETCH,
     NoiseMixer,
@@ -49,6 +48,7 @@ from .enhancement import HybridMPSENetForSpeechEnhancement
 from .losses import LossWeights, MetricDiscriminator, generator_losses
 from .metrics import batch_pesq, make_pool, stoi_score
 from .ownership import apply_new_file_modes, check_replaceable_folder
+from .registry import ARCHITECTURES, architecture_of_preset
 from .utils import atomic_directory
 
 logger = logging.getLogger(__name__)
@@ -412,7 +412,8 @@ def build_model(args: TrainingArguments, checkpoint: Path | None = None) -> Hybr
     (grown by `config_overrides`; `{"causal": true}` warm-starts its causal form), else a new model of `--preset`
     with `config_overrides`."""
     if checkpoint is not None:
-        return HybridMPSENetForSpeechEnhancement(checkpointing.read_generator_config(checkpoint))
+        config = checkpointing.read_generator_config(checkpoint)
+        return ARCHITECTURES[config.model_type].load("enhancement")(config)
     try:
         overrides = json.loads(args.config_overrides or "{}")
     except json.JSONDecodeError as error:
@@ -423,10 +424,13 @@ def build_model(args: TrainingArguments, checkpoint: Path | None = None) -> Hybr
         model = HybridMPSENetForSpeechEnhancement.from_pretrained(args.model)
         # Settings that restate the model's own (a whole saved config, say) change nothing.
         changes = {key: value for key, value in overrides.items() if getattr(model.config, key, None) != value}
+        if changes and not hasattr(model, "grow"):
+            raise ValueError(f"A {model.config.model_type} model takes no config_overrides, got {sorted(changes)}.")
         if changes.pop("causal", False):  # a causal model warm-started from this one
             model = model.to_causal()
         return model.grow(**changes) if changes else model
-    return HybridMPSENetForSpeechEnhancement(HybridMPSENetConfig.from_preset(args.preset, **overrides))
+    architecture = architecture_of_preset(args.preset) or ARCHITECTURES["hybrid_mpsenet"]
+    return architecture.load("enhancement")(architecture.load("config").from_preset(args.preset, **overrides))
 
 
 def build_optimizers(args: TrainingArguments, model: torch.nn.Module, discriminator: torch.nn.Module):
