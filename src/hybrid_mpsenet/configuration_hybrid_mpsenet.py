@@ -160,6 +160,20 @@ class FamilyConfig(PreTrainedConfig):
         """The architecture in a few readable entries (`hybrid-mpsenet info`)."""
         raise NotImplementedError
 
+    @staticmethod
+    def check_positive_integers(values: dict) -> None:
+        """Refuse any of `values` (name -> value) that is not a positive integer (booleans included)."""
+        for name, value in values.items():
+            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+                raise ValueError(f"{name} must be a positive integer, got {value!r}.")
+
+    @staticmethod
+    def check_upper_bounds(bounds: tuple) -> None:
+        """Refuse any `(name, value, bound)` whose value exceeds its bound: a damaged or mistyped config."""
+        for name, value, bound in bounds:
+            if value > bound:
+                raise ValueError(f"{name} must be at most {bound}, got {value}; is the config damaged or mistyped?")
+
 
 class HybridMPSENetConfig(FamilyConfig):
     r"""
@@ -266,23 +280,23 @@ class HybridMPSENetConfig(FamilyConfig):
         causal_norm_seconds: float = 1.0,
         **kwargs,
     ):
-        for name, value in {
-            "sampling_rate": sampling_rate,
-            "n_fft": n_fft,
-            "hop_length": hop_length,
-            "win_length": win_length,
-            "dense_channel": dense_channel,
-            "dense_depth": dense_depth,
-            "num_attention_heads": num_attention_heads,
-            "ffn_hidden_size": ffn_hidden_size,
-            "mamba_d_state": mamba_d_state,
-            "mamba_d_conv": mamba_d_conv,
-            "mamba_expand": mamba_expand,
-            "mamba_scan_chunk_size": mamba_scan_chunk_size,
-            "causal_attention_window": causal_attention_window,
-        }.items():
-            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
-                raise ValueError(f"{name} must be a positive integer, got {value!r}.")
+        self.check_positive_integers(
+            {
+                "sampling_rate": sampling_rate,
+                "n_fft": n_fft,
+                "hop_length": hop_length,
+                "win_length": win_length,
+                "dense_channel": dense_channel,
+                "dense_depth": dense_depth,
+                "num_attention_heads": num_attention_heads,
+                "ffn_hidden_size": ffn_hidden_size,
+                "mamba_d_state": mamba_d_state,
+                "mamba_d_conv": mamba_d_conv,
+                "mamba_expand": mamba_expand,
+                "mamba_scan_chunk_size": mamba_scan_chunk_size,
+                "causal_attention_window": causal_attention_window,
+            }
+        )
         for name, value in {
             "num_shared_blocks": num_shared_blocks,
             "num_magnitude_blocks": num_magnitude_blocks,
@@ -324,19 +338,19 @@ class HybridMPSENetConfig(FamilyConfig):
             )
         if dense_depth > MAX_DENSE_DEPTH:
             raise ValueError(f"dense_depth must be at most {MAX_DENSE_DEPTH}, got {dense_depth}.")
-        for name, value, bound in (
-            ("dense_channel", dense_channel, limits.MAX_DENSE_CHANNEL),
-            ("num_shared_blocks", num_shared_blocks, limits.MAX_BLOCKS_PER_GROUP),
-            ("num_magnitude_blocks", num_magnitude_blocks, limits.MAX_BLOCKS_PER_GROUP),
-            ("num_phase_blocks", num_phase_blocks, limits.MAX_BLOCKS_PER_GROUP),
-            ("ffn_hidden_size", ffn_hidden_size, limits.MAX_FFN_HIDDEN_SIZE),
-            ("n_fft", n_fft, limits.MAX_N_FFT),
-            ("mamba_d_state", mamba_d_state, limits.MAX_MAMBA_D_STATE),
-            ("mamba_d_conv", mamba_d_conv, limits.MAX_MAMBA_D_CONV),
-            ("mamba_expand", mamba_expand, limits.MAX_MAMBA_EXPAND),
-        ):
-            if value > bound:
-                raise ValueError(f"{name} must be at most {bound}, got {value}; is the config damaged or mistyped?")
+        self.check_upper_bounds(
+            (
+                ("dense_channel", dense_channel, limits.MAX_DENSE_CHANNEL),
+                ("num_shared_blocks", num_shared_blocks, limits.MAX_BLOCKS_PER_GROUP),
+                ("num_magnitude_blocks", num_magnitude_blocks, limits.MAX_BLOCKS_PER_GROUP),
+                ("num_phase_blocks", num_phase_blocks, limits.MAX_BLOCKS_PER_GROUP),
+                ("ffn_hidden_size", ffn_hidden_size, limits.MAX_FFN_HIDDEN_SIZE),
+                ("n_fft", n_fft, limits.MAX_N_FFT),
+                ("mamba_d_state", mamba_d_state, limits.MAX_MAMBA_D_STATE),
+                ("mamba_d_conv", mamba_d_conv, limits.MAX_MAMBA_D_CONV),
+                ("mamba_expand", mamba_expand, limits.MAX_MAMBA_EXPAND),
+            )
+        )
         if n_fft % 4 != 0:
             # The encoder halves n_fft // 2 + 1 bins with a stride-2 conv and the decoders double them back:
             # that round trip is exact only for an odd bin count.

@@ -84,25 +84,25 @@ class MuseConfig(FamilyConfig):
         segment_samples: int = 30700,
         **kwargs,
     ):
-        for name, value in {
-            "sampling_rate": sampling_rate,
-            "n_fft": n_fft,
-            "hop_length": hop_length,
-            "win_length": win_length,
-            "dense_channel": dense_channel,
-            "dense_depth": dense_depth,
-            "num_blocks": num_blocks,
-        }.items():
-            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
-                raise ValueError(f"{name} must be a positive integer, got {value!r}.")
-        for name, value, bound in (
-            ("dense_channel", dense_channel, limits.MAX_DENSE_CHANNEL),
-            ("num_blocks", num_blocks, limits.MAX_BLOCKS_PER_GROUP),
-            ("n_fft", n_fft, limits.MAX_N_FFT),
-            ("dense_depth", dense_depth, 8),
-        ):
-            if value > bound:
-                raise ValueError(f"{name} must be at most {bound}, got {value}; is the config damaged or mistyped?")
+        self.check_positive_integers(
+            {
+                "sampling_rate": sampling_rate,
+                "n_fft": n_fft,
+                "hop_length": hop_length,
+                "win_length": win_length,
+                "dense_channel": dense_channel,
+                "dense_depth": dense_depth,
+                "num_blocks": num_blocks,
+            }
+        )
+        self.check_upper_bounds(
+            (
+                ("dense_channel", dense_channel, limits.MAX_DENSE_CHANNEL),
+                ("num_blocks", num_blocks, limits.MAX_BLOCKS_PER_GROUP),
+                ("n_fft", n_fft, limits.MAX_N_FFT),
+                ("dense_depth", dense_depth, 8),
+            )
+        )
         if not MIN_SAMPLING_RATE <= sampling_rate <= MAX_SAMPLING_RATE:
             raise ValueError(
                 f"sampling_rate must be between {MIN_SAMPLING_RATE} and {MAX_SAMPLING_RATE} Hz, got {sampling_rate}."

@@ -697,7 +697,57 @@ def check_loaded_weights(
         )
 
 
-class HybridMPSENetLayers:
+class SpectralLayers:
+    """What every network of the family shares around its layers: the STFT pair with the config's conventions, the
+    check of its input spectra and the output with the complex spectrum. Needs `config` and a `window` buffer."""
+
+    config: HybridMPSENetConfig
+
+    def spectrum(self, waveform: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """`(batch, samples)` -> compressed magnitude, phase `(batch, freq, frames)` and complex `(..., 2)`."""
+        c = self.config
+        return mag_phase_stft(
+            waveform,
+            c.n_fft,
+            c.hop_length,
+            c.win_length,
+            c.compress_factor,
+            self.window,
+            causal=c.causal,
+            epsilons=c.stft_epsilons,
+        )
+
+    def waveform(self, magnitude: torch.Tensor, phase: torch.Tensor, length: int | None = None) -> torch.Tensor:
+        """Compressed magnitude and phase `(batch, freq, frames)` -> waveform `(batch, samples)`."""
+        c = self.config
+        return mag_phase_istft(
+            magnitude, phase, c.n_fft, c.hop_length, c.win_length, c.compress_factor, self.window, length
+        )
+
+    def check_spectra(self, magnitude: torch.Tensor, phase: torch.Tensor) -> None:
+        """Refuse spectra that are not `(batch, freq, time)` pairs with the config's number of bins."""
+        if magnitude.dim() != 3 or magnitude.shape != phase.shape:
+            raise ValueError(
+                f"magnitude and phase must both be (batch, freq, time), got {tuple(magnitude.shape)} and "
+                f"{tuple(phase.shape)}."
+            )
+        if magnitude.shape[1] != self.config.num_freq_bins:
+            raise ValueError(
+                f"Expected {self.config.num_freq_bins} frequency bins (n_fft={self.config.n_fft}), got "
+                f"{magnitude.shape[1]}. Compute features with HybridMPSENetFeatureExtractor.from_model_config(config)."
+            )
+
+    def output(
+        self, magnitude: torch.Tensor, phase: torch.Tensor, return_dict: bool | None
+    ) -> HybridMPSENetOutput | tuple:
+        """The enhanced `magnitude` and `phase` with their complex spectrum `(batch, freq, time, 2)`."""
+        complex_spectrum = torch.stack((magnitude * torch.cos(phase), magnitude * torch.sin(phase)), dim=-1)
+        if not (return_dict if return_dict is not None else self.config.return_dict):
+            return magnitude, phase, complex_spectrum
+        return HybridMPSENetOutput(magnitude=magnitude, phase=phase, complex_spectrum=complex_spectrum)
+
+
+class HybridMPSENetLayers(SpectralLayers):
     """The network's layers and its forward pass on spectra, for an `nn.Module` with a `config`; shared by
     [`HybridMPSENetModel`] (transformers) and [`HybridMPSENetNetwork`] (plain PyTorch), so both have the same
     parameter names and compute the same outputs."""
@@ -718,20 +768,6 @@ class HybridMPSENetLayers:
         self.mask_decoder = MaskDecoder(config)
         self.phase_decoder = PhaseDecoder(config)
         self.register_buffer("window", torch.hann_window(config.win_length), persistent=False)
-
-    def spectrum(self, waveform: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """`(batch, samples)` -> compressed magnitude, phase `(batch, freq, frames)` and complex `(..., 2)`."""
-        c = self.config
-        return mag_phase_stft(
-            waveform, c.n_fft, c.hop_length, c.win_length, c.compress_factor, self.window, causal=c.causal
-        )
-
-    def waveform(self, magnitude: torch.Tensor, phase: torch.Tensor, length: int | None = None) -> torch.Tensor:
-        """Compressed magnitude and phase `(batch, freq, frames)` -> waveform `(batch, samples)`."""
-        c = self.config
-        return mag_phase_istft(
-            magnitude, phase, c.n_fft, c.hop_length, c.win_length, c.compress_factor, self.window, length
-        )
 
     def forward(
         self,
@@ -755,17 +791,7 @@ class HybridMPSENetLayers:
                 state from one call to the next, so that consecutive pieces of a spectrum, fed with one cache, give
                 the output of the whole spectrum. Inference only.
         """
-        if magnitude.dim() != 3 or magnitude.shape != phase.shape:
-            raise ValueError(
-                f"magnitude and phase must both be (batch, freq, time), got {tuple(magnitude.shape)} and "
-                f"{tuple(phase.shape)}."
-            )
-        if magnitude.shape[1] != self.config.num_freq_bins:
-            raise ValueError(
-                f"Expected {self.config.num_freq_bins} frequency bins (n_fft={self.config.n_fft}), got "
-                f"{magnitude.shape[1]}. Compute features with HybridMPSENetFeatureExtractor."
-            )
-        return_dict = return_dict if return_dict is not None else self.config.return_dict
+        self.check_spectra(magnitude, phase)
         if cache is not None and not self.config.causal:
             raise ValueError("Only causal models (config.causal=True) carry a stream cache; this one looks ahead.")
         if self.config.causal:
@@ -790,14 +816,7 @@ class HybridMPSENetLayers:
 
         enhanced_magnitude = magnitude * self.mask_decoder(mag_features, frame_mask, cache)
         enhanced_phase = self.phase_decoder(phase_features, frame_mask, cache)
-        complex_spectrum = torch.stack(
-            (enhanced_magnitude * torch.cos(enhanced_phase), enhanced_magnitude * torch.sin(enhanced_phase)), dim=-1
-        )
-        if not return_dict:
-            return enhanced_magnitude, enhanced_phase, complex_spectrum
-        return HybridMPSENetOutput(
-            magnitude=enhanced_magnitude, phase=enhanced_phase, complex_spectrum=complex_spectrum
-        )
+        return self.output(enhanced_magnitude, enhanced_phase, return_dict)
 
 
 class StrictNetwork:

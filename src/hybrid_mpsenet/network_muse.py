@@ -17,8 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .configuration_muse import REFINE_WINDOWS, UNET_MULTIPLE, MuseConfig
-from .network import HybridMPSENetOutput, StrictNetwork
-from .stft import mag_phase_istft, mag_phase_stft
+from .network import HybridMPSENetOutput, SpectralLayers, StrictNetwork
 
 __all__ = ["MuseLayers", "MuseNetwork", "deform_conv2d"]
 
@@ -410,7 +409,7 @@ class MetUNet(nn.Module):
         return magnitude, phase
 
 
-class MuseLayers:
+class MuseLayers(SpectralLayers):
     """MUSE's layers and forward pass on spectra, shared by [`MuseModel`] (transformers) and [`MuseNetwork`]
     (plain PyTorch), as `HybridMPSENetLayers` is for the TS-Transformer members."""
 
@@ -422,20 +421,6 @@ class MuseLayers:
         self.mask_decoder = MaskDecoder(config)
         self.phase_decoder = PhaseDecoder(config)
         self.register_buffer("window", torch.hann_window(config.win_length), persistent=False)
-
-    def spectrum(self, waveform: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """`(batch, samples)` -> compressed magnitude, phase `(batch, freq, frames)` and complex `(..., 2)`."""
-        c = self.config
-        return mag_phase_stft(
-            waveform, c.n_fft, c.hop_length, c.win_length, c.compress_factor, self.window, epsilons=c.stft_epsilons
-        )
-
-    def waveform(self, magnitude: torch.Tensor, phase: torch.Tensor, length: int | None = None) -> torch.Tensor:
-        """Compressed magnitude and phase `(batch, freq, frames)` -> waveform `(batch, samples)`."""
-        c = self.config
-        return mag_phase_istft(
-            magnitude, phase, c.n_fft, c.hop_length, c.win_length, c.compress_factor, self.window, length
-        )
 
     def forward(
         self,
@@ -461,19 +446,9 @@ class MuseLayers:
             `HybridMPSENetOutput` with the enhanced `magnitude`, `phase` `(batch, freq, time)` and
             `complex_spectrum` `(batch, freq, time, 2)`.
         """
-        if magnitude.dim() != 3 or magnitude.shape != phase.shape:
-            raise ValueError(
-                f"magnitude and phase must both be (batch, freq, time), got {tuple(magnitude.shape)} and "
-                f"{tuple(phase.shape)}."
-            )
-        if magnitude.shape[1] != self.config.num_freq_bins:
-            raise ValueError(
-                f"Expected {self.config.num_freq_bins} frequency bins (n_fft={self.config.n_fft}), got "
-                f"{magnitude.shape[1]}. Compute features with HybridMPSENetFeatureExtractor.from_model_config(config)."
-            )
+        self.check_spectra(magnitude, phase)
         if cache is not None:
             raise ValueError("MUSE is not causal and carries no stream cache.")
-        return_dict = return_dict if return_dict is not None else self.config.return_dict
         frames = magnitude.shape[-1]
         x = self.encoder(torch.stack((magnitude, phase), 1).transpose(2, 3))  # (batch, C, time, freq // 2)
         pad = -frames % UNET_MULTIPLE
@@ -481,14 +456,7 @@ class MuseLayers:
         mag_features, phase_features = mag_features[:, :, :frames], phase_features[:, :, :frames]
         enhanced_magnitude = magnitude * self.mask_decoder(mag_features)
         enhanced_phase = self.phase_decoder(phase_features)
-        complex_spectrum = torch.stack(
-            (enhanced_magnitude * torch.cos(enhanced_phase), enhanced_magnitude * torch.sin(enhanced_phase)), dim=-1
-        )
-        if not return_dict:
-            return enhanced_magnitude, enhanced_phase, complex_spectrum
-        return HybridMPSENetOutput(
-            magnitude=enhanced_magnitude, phase=enhanced_phase, complex_spectrum=complex_spectrum
-        )
+        return self.output(enhanced_magnitude, enhanced_phase, return_dict)
 
 
 class MuseNetwork(StrictNetwork, MuseLayers, nn.Module):
