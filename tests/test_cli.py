@@ -289,3 +289,18 @@ def test_enhancing_does_not_import_transformers_model_classes(tmp_path):
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert result.stdout.split()[-2:] == ["0", "False"], result.stderr[-2000:]
     assert (tmp_path / "p232_001_noisy.wav").exists()
+
+
+def test_streams_run_on_one_thread_unless_told_otherwise(tmp_path, speech):
+    sf.write(tmp_path / "in.wav", speech[:3200], 16000)
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        assert main(["enhance", str(tmp_path / "in.wav"), "-o", str(tmp_path / "a.wav"), "--model",
+                     "default-streaming", "--stream", "-q"]) == 0  # fmt: skip
+        assert torch.get_num_threads() == 1
+        assert main(["enhance", str(tmp_path / "in.wav"), "-o", str(tmp_path / "b.wav"), "--model",
+                     "default-streaming", "--stream", "--threads", "2", "-q"]) == 0  # fmt: skip
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
