@@ -196,7 +196,7 @@ def test_a_muse_checkpoint_refused_as_another_variant_names_the_keys():
 @pytest.mark.slow
 def test_a_saved_muse_folder_loads_as_remote_code_without_the_package(converted, tmp_path):
     folder = tmp_path / "model"
-    MuseForSpeechEnhancement.from_pretrained(BUNDLED_MODELS["muse-vb"]).save_pretrained(folder)
+    MuseModel.from_pretrained(BUNDLED_MODELS["muse-vb"]).save_pretrained(folder)
     code = f"""
         import torch
         from transformers import AutoModel
@@ -222,3 +222,10 @@ def test_muse_vb_runs_on_onnx_runtime_with_the_pytorch_output():
     np.testing.assert_allclose(onnx_output, torch_output, atol=1e-3)
     difference = np.sum((onnx_output - torch_output) ** 2)
     assert 10 * np.log10(np.sum(torch_output**2) / difference) > 50
+
+
+def test_a_hub_card_for_a_muse_model_describes_its_u_net():
+    from hybrid_mpsenet.hub import build_model_card
+
+    card = str(build_model_card(BUNDLED_MODELS["muse-vb"], "someone/muse"))
+    assert "muse: u-net 7 stages x 4 x MET transformer" in card and "511,408 parameters" in card
