@@ -30,7 +30,7 @@ from hybrid_mpsenet import (
 )
 from hybrid_mpsenet.bundled import BUNDLED_MODELS
 from hybrid_mpsenet.inference import HybridMPSENetEnhancer
-from hybrid_mpsenet.modeling_muse import deform_conv2d
+from hybrid_mpsenet.network_muse import deform_conv2d
 
 FIXTURES = Path(__file__).parent / "fixtures" / "muse"
 EXAMPLES = Path(__file__).parents[1] / "examples" / "audio"

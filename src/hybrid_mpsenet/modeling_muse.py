@@ -11,9 +11,9 @@ from transformers import initialization as init
 
 from .configuration_muse import MuseConfig
 from .network import StrictPreTrainedLoading
-from .network_muse import ChannelNorm, LearnableSigmoid, MuseLayers, TaylorAttention, deform_conv2d
+from .network_muse import ChannelNorm, LearnableSigmoid, MuseLayers, TaylorAttention
 
-__all__ = ["MuseModel", "MusePreTrainedModel", "deform_conv2d"]
+__all__ = ["MuseModel", "MusePreTrainedModel"]
 
 
 class MusePreTrainedModel(StrictPreTrainedLoading, PreTrainedModel):
