@@ -210,6 +210,7 @@ def test_termination_removes_the_partial_output_and_says_so_in_one_line(tmp_path
     assert sorted(p.name for p in tmp_path.iterdir()) == ["long.wav", "slow"]
 
 
+@pytest.mark.slow
 def test_after_kill_9_no_truncated_output_exists_and_the_leftover_is_ignored(tmp_path, model_dir):
     folder = tmp_path / "takes"
     folder.mkdir()
@@ -251,6 +252,7 @@ def test_evaluate_skips_and_reports_pairs_that_cannot_be_scored_fairly(tmp_path,
     assert "SKIPPED shifted:" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_a_folder_of_200_files_with_5_corrupt_writes_195_and_reports_5(tmp_path, model_dir, capsys):
     source = tmp_path / "many"
     source.mkdir()

@@ -32,6 +32,7 @@ def test_bundled_model_loads_offline_and_improves_the_example(monkeypatch):
 
 
 @pytest.mark.skipif(not VOICEBANK.is_dir(), reason="needs ../shared/data/voicebank_dev")
+@pytest.mark.slow
 def test_bundled_model_improves_the_voicebank_pairs_on_average():
     model = HybridMPSENetForSpeechEnhancement.from_pretrained().eval()
     before, after = [], []
@@ -53,6 +54,7 @@ def test_cli_uses_the_bundled_model_by_default(tmp_path, monkeypatch, capsys):
     assert sf.info(tmp_path / "out.wav").frames == sf.info(EXAMPLES / "p257_418_noisy.wav").frames
 
 
+@pytest.mark.slow
 def test_bundled_streaming_model_is_causal_streams_exactly_and_improves_the_example(monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     model = HybridMPSENetForSpeechEnhancement.from_pretrained("default-streaming").eval()

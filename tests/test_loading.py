@@ -138,6 +138,7 @@ def test_a_foreign_auto_map_never_runs_code_in_our_loading_path(saved, tmp_path,
     assert not marker.exists()
 
 
+@pytest.mark.slow
 def test_the_lean_model_computes_what_the_transformers_model_computes(tmp_path, speech):
     """Every block kind, both branches and the fusion: same parameters, same outputs, also from sharded weights."""
     model = HybridMPSENetForSpeechEnhancement(tiny_config()).eval()

@@ -176,6 +176,7 @@ def test_muse_vb_removes_noise_from_a_real_voicebank_recording():
     assert si_sdr(clean, enhanced) > si_sdr(clean, noisy) + 5.0
 
 
+@pytest.mark.slow
 def test_convert_command_recognises_a_muse_generator(tmp_path, capsys):
     from hybrid_mpsenet.cli import main
 
@@ -210,6 +211,7 @@ def test_a_saved_muse_folder_loads_as_remote_code_without_the_package(converted,
     assert "(1, 256, 10)" in result.stdout
 
 
+@pytest.mark.slow
 def test_muse_vb_runs_on_onnx_runtime_with_the_pytorch_output():
     pytest.importorskip("onnxruntime")
     from hybrid_mpsenet.onnx import OnnxEnhancer

@@ -93,6 +93,7 @@ def _trainer_counters(checkpoint):
     return json.loads((checkpoint / "trainer_state.json").read_text())["counters"]
 
 
+@pytest.mark.slow
 def test_resume_is_exact(tmp_path):
     mixing = dict(
         clean_dirs=[str(DATA)], noise_dirs=[str(DATA)], items_per_epoch=4, segment_seconds=0.5, eval_every=100
@@ -126,6 +127,7 @@ def test_resume_is_exact(tmp_path):
     _checkpoints_equal(a, latest_checkpoint(tmp_path / "c" / "run"))
 
 
+@pytest.mark.slow
 def test_streamed_training_resumes_mid_epoch_bit_identically(tmp_path):
     noise_like_utterances(tmp_path / "speech")
     write_speech_shards(tmp_path / "speech", tmp_path / "shards", 4, progress=False)
@@ -194,6 +196,7 @@ def test_yaml_config_with_overrides_and_errors(tmp_path, voicebank):
         train(arguments(tmp_path, train_data=str(voicebank), batch_size=8))
 
 
+@pytest.mark.slow
 def test_train_and_finetune_commands(tmp_path, voicebank, capsys):
     common = ["--config_overrides", CONFIG, "--pesq_workers", "0", "--log_with", "none", "--progress", "false"]
     common += ["--max_steps", "2", "--batch_size", "2", "--eval_max_items", "1"]
