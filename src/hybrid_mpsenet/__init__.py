@@ -15,6 +15,8 @@ from typing import TYPE_CHECKING, Any
 
 import wrapt
 
+from .registry import ARCHITECTURES
+
 __version__ = "0.1.0"
 
 # Public name -> the module that defines it.
@@ -53,7 +55,6 @@ if TYPE_CHECKING:  # static analysers see the names; at run time __getattr__ loa
     from .modeling_muse import MuseModel
     from .network import HybridMPSENetNetwork, HybridMPSENetOutput
     from .pipeline import SpeechEnhancementPipeline
-    from .registry import ARCHITECTURES
 
 
 def __getattr__(name: str) -> Any:
@@ -107,8 +108,6 @@ def _register_model(name: str) -> Callable[[Any], None]:
 def _register_feature_extractor(module: Any) -> None:
     from transformers import AutoFeatureExtractor
 
-    from .registry import ARCHITECTURES
-
     for architecture in ARCHITECTURES.values():
         config = architecture.load("config")
         AutoFeatureExtractor.register(config, module.HybridMPSENetFeatureExtractor, exist_ok=True)
@@ -129,15 +128,14 @@ def _register_pipeline(module: Any) -> None:
     )
 
 
-for _config_module, _config_name in (
-    ("configuration_hybrid_mpsenet", "HybridMPSENetConfig"),
-    ("configuration_muse", "MuseConfig"),
-):
-    _register_when_imported(
-        "transformers.models.auto.configuration_auto", _config_module, _register_config(_config_name)
-    )
-for _model_module, _model_name in (("modeling_hybrid_mpsenet", "HybridMPSENetModel"), ("modeling_muse", "MuseModel")):
-    _register_when_imported("transformers.models.auto.modeling_auto", _model_module, _register_model(_model_name))
+# Every member of the family's registry (a module of its own without imports beyond the standard library).
+for _architecture in ARCHITECTURES.values():
+    for _auto_module, _role, _register in (
+        ("transformers.models.auto.configuration_auto", "config", _register_config),
+        ("transformers.models.auto.modeling_auto", "model", _register_model),
+    ):
+        _module, _, _name = getattr(_architecture, _role).rpartition(".")
+        _register_when_imported(_auto_module, _module.lstrip("."), _register(_name))
 _register_when_imported(
     "transformers.models.auto.feature_extraction_auto", "feature_extraction_hybrid_mpsenet", _register_feature_extractor
 )

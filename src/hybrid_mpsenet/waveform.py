@@ -70,7 +70,7 @@ class _Chunker:
         self.model, self.chunk, self.overlap, self.dtype, self.controls = model, chunk, overlap, dtype, controls
         self.buffer: np.ndarray | None = None
         self.tail: np.ndarray | None = None  # the previous chunk's enhanced overlap, waiting to be crossfaded
-        self.reach_back = getattr(model.config, "segment_samples", 0) > 0
+        self.reach_back = model.config.segment_samples > 0
         self.history: np.ndarray | None = None  # the input before `buffer` (one chunk step), for the reach-back
         ramp = np.sin(0.5 * np.pi * (np.arange(overlap, dtype=np.float64) + 0.5) / max(overlap, 1)) ** 2
         self.fade_in = ramp.astype(np.float32)
@@ -116,7 +116,7 @@ class WaveformEnhancer:
     """Waveform and file enhancement on top of a backend that enhances one normalised segment
     (`_enhance_waveform`) and opens streams (`stream`): shared by the PyTorch model classes (through
     [`WaveformEnhancementMixin`]) and the ONNX Runtime [`OnnxEnhancer`]. `config` is the model's configuration (or
-    any object with its `sampling_rate`, `n_fft`, `hop_length` and `causal`)."""
+    any object with its `sampling_rate`, `n_fft`, `hop_length`, `causal` and `segment_samples`)."""
 
     config: Any
 
@@ -126,7 +126,7 @@ class WaveformEnhancer:
         segment where the config names one (`segment_samples`, MUSE's 3.07 s), else `DEFAULT_CHUNK_SECONDS`."""
         hop, rate = self.config.hop_length, self.config.sampling_rate
         if chunk_seconds is None:
-            chunk_seconds = max(DEFAULT_CHUNK_SECONDS, getattr(self.config, "segment_samples", 0) / rate)
+            chunk_seconds = max(DEFAULT_CHUNK_SECONDS, self.config.segment_samples / rate)
         for name, value in (("chunk_seconds", chunk_seconds), ("overlap_seconds", overlap_seconds)):
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
                 raise ValueError(f"{name} must be a finite number of seconds, got {value!r}.")
@@ -188,7 +188,7 @@ class WaveformEnhancer:
         length = segment.shape[-1]
         # MUSE (`segment_samples`) is run on whole training segments, shorter inputs zero-padded, as its own
         # inference does; any model needs at least one STFT frame.
-        minimum = max(self.config.n_fft // 2 + 1, getattr(self.config, "segment_samples", 0))
+        minimum = max(self.config.n_fft // 2 + 1, self.config.segment_samples)
         waveform = np.ascontiguousarray(segment, dtype=np.float32)
         if length < minimum:
             waveform = np.pad(waveform, ((0, 0), (0, minimum - length)))
