@@ -22,6 +22,7 @@ from hybrid_mpsenet.data import (
     load_voicebank,
     mix_at_snr,
     simulate_room,
+    speech_shaped_noise,
 )
 
 SPEECH = ["LJ001-0002.wav", "arctic_a0001.wav"]
@@ -113,7 +114,7 @@ def test_noise_mixing_dataset_is_seeded_cropped_and_in_range():
             [DATA / n for n in NOISE],
             16000,
             8000,
-            (0.0, 10.0),
+            snr_range=(0.0, 10.0),
             items_per_epoch=6,
             seed=seed,
         )
@@ -162,14 +163,15 @@ def test_augmentations_are_seeded_keep_the_snr_and_change_the_noise():
             [DATA / NOISE[1]],
             16000,
             8000,
-            (5.0, 5.0),
+            snr_range=(5.0, 5.0),
             items_per_epoch=4,
             seed=3,
             **augment,
         )
 
     plain = make()
-    for augment in ({"coloured_noise_prob": 1.0}, {"babble_prob": 1.0}, {"eq_prob": 1.0}):
+    augments = ({"coloured_noise_prob": 1.0}, {"babble_prob": 1.0}, {"speech_shaped_prob": 1.0}, {"eq_prob": 1.0})
+    for augment in augments:
         first, again = make(**augment), make(**augment)
         item = first[0]
         np.testing.assert_array_equal(item["noisy"].numpy(), again[0]["noisy"].numpy())
@@ -179,6 +181,23 @@ def test_augmentations_are_seeded_keep_the_snr_and_change_the_noise():
         assert not np.allclose(noise.numpy(), (plain[0]["noisy"] - plain[0]["clean"]).double().numpy()), augment
     with pytest.raises(ValueError, match="babble_prob must be a probability"):
         make(babble_prob=1.5)
+
+
+def test_speech_shaped_noise_keeps_the_spectrum_of_speech_and_none_of_its_rhythm():
+    speech = sum(decode_audio(str(DATA / name), 16000)[:24000] for name in SPEECH).astype(np.float32)
+    noise = speech_shaped_noise(speech, np.random.default_rng(0))
+    np.testing.assert_array_equal(noise, speech_shaped_noise(speech, np.random.default_rng(0)))
+    assert noise.dtype == np.float32 and np.sqrt(np.mean(noise**2)) == pytest.approx(1.0, rel=1e-4)
+    # The same magnitude spectrum (up to the gain) ...
+    ratio = np.abs(np.fft.rfft(noise))[1:] / np.maximum(np.abs(np.fft.rfft(speech))[1:], 1e-9)
+    assert np.std(ratio[np.abs(np.fft.rfft(speech))[1:] > 1e-3]) < 1e-3 * np.mean(ratio)
+
+    # ... but a flat envelope: the 100-ms energies of speech (even of two talkers) spread wider than the noise's.
+    def envelope_spread_db(x):
+        energies = 10 * np.log10(np.mean(x[: len(x) // 1600 * 1600].reshape(-1, 1600) ** 2, axis=1) + 1e-12)
+        return np.percentile(energies, 90) - np.percentile(energies, 10)
+
+    assert envelope_spread_db(noise) < 3 < envelope_spread_db(speech)
 
 
 def test_coloured_noise_slopes():
@@ -214,10 +233,10 @@ def test_reverberant_mixtures_target_the_early_reflections():
             [DATA / NOISE[1]],
             16000,
             16000,
-            (5.0, 5.0),
-            (0.0, 0.0),
-            2,
-            7,
+            snr_range=(5.0, 5.0),
+            gain_range=(0.0, 0.0),
+            items_per_epoch=2,
+            seed=7,
             reverb_prob=reverb_prob,
         )
 
@@ -413,8 +432,18 @@ def test_measured_impulse_responses_are_drawn_beside_the_simulated_rooms(tmp_pat
     sf.write(tmp_path / "silent.wav", np.zeros(100, np.float32), 16000)
 
     def make(reverb_prob, rir_files):
-        args = ([DATA / SPEECH[0]], [DATA / NOISE[1]], 16000, 16000, (30.0, 30.0), (0.0, 0.0), 2, 7)
-        return NoiseMixingDataset(*args, reverb_prob=reverb_prob, rir_files=rir_files)
+        return NoiseMixingDataset(
+            [DATA / SPEECH[0]],
+            [DATA / NOISE[1]],
+            16000,
+            16000,
+            snr_range=(30.0, 30.0),
+            gain_range=(0.0, 0.0),
+            items_per_epoch=2,
+            seed=7,
+            reverb_prob=reverb_prob,
+            rir_files=rir_files,
+        )
 
     monkeypatch.setattr(NoiseMixer, "ROOMS", 0)  # every reverberant draw takes a measured response
     dry, wet = make(0.0, [])[0], make(1.0, [tmp_path / "echo.wav"])[0]

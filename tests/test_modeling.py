@@ -5,7 +5,7 @@ from helpers import run_without_package, tiny_config
 from transformers import AutoConfig, AutoFeatureExtractor, AutoModel
 
 from hybrid_mpsenet import HybridMPSENetConfig, HybridMPSENetFeatureExtractor, HybridMPSENetModel
-from hybrid_mpsenet.modeling_hybrid_mpsenet import TSTransformerBlock
+from hybrid_mpsenet.network import TSTransformerBlock
 
 CONFIGS = {
     "hybrid-criss-cross": {},

@@ -231,3 +231,86 @@ def test_a_hub_card_for_a_muse_model_describes_its_u_net():
 
     card = str(build_model_card(BUNDLED_MODELS["muse-vb"], "someone/muse"))
     assert "muse: u-net 7 stages x 4 x MET transformer" in card and "511,408 parameters" in card
+
+
+def test_hybrid_muse_grown_from_muse_vb_enhances_real_audio_exactly_as_muse_vb():
+    """Growing adds a Mamba branch beside the MET blocks of the preset's stages, each fused by cross-attention that
+    starts at zero: on a real recording the grown model's output is muse-vb's (float32 rounding alone moves MUSE's
+    output by up to 3e-7 between two copies of one model)."""
+    noisy, rate = sf.read(EXAMPLES / "p257_418_noisy.wav", dtype="float32")
+    muse = MuseForSpeechEnhancement.from_pretrained("muse-vb").eval()
+    stages = MuseConfig.from_preset("hybrid-muse").mamba_stages
+    grown = muse.grow(mamba_stages=stages).eval()
+    assert sorted(name for name, module in grown.unet.named_children() if getattr(module, "mamba_branch", None)) == (
+        sorted(stages)
+    )
+    added = sum(p.numel() for p in grown.parameters()) - sum(p.numel() for p in muse.parameters())
+    assert added > 50_000  # three Mamba blocks and their fusions
+    with torch.no_grad():
+        expected, output = (model.enhance(noisy, sampling_rate=rate) for model in (muse, grown))
+    assert np.abs(output - expected).max() <= 1e-6
+    with pytest.raises(ValueError, match="mamba_stages must list stages"):
+        muse.grow(mamba_stages=["middle"])
+
+
+def test_hybrid_muse_says_where_its_mamba_blocks_and_fusion_are(capsys):
+    from hybrid_mpsenet.cli import main
+
+    described = MuseConfig.from_preset("hybrid-muse").describe()
+    assert described["fusion"] == "cross_attention"
+    assert described["blocks"]["mamba"] == (
+        "1 x mamba (time, then frequency) beside the MET blocks of level2, bottom, decoder2"
+    )
+    assert MuseConfig().describe()["fusion"] == "none" and "mamba" not in MuseConfig().describe()["blocks"]
+    assert main(["info", "hybrid-muse"]) == 0
+    assert "beside the MET blocks of level2, bottom, decoder2" in capsys.readouterr().out
+
+
+def test_a_grown_muse_trains_only_its_new_branches_toward_the_model_it_grew_from(tmp_path):
+    """`train_only_new` freezes every weight the starting model had; `distill_weight` adds the distance to that
+    model's outputs to the objective, logged as `train/distill`."""
+    from helpers import DATA, training_arguments
+    from safetensors.torch import load_file as load_tensors
+
+    from hybrid_mpsenet.training import latest_checkpoint, train
+
+    tiny = MuseConfig(n_fft=126, win_length=126, hop_length=64, dense_channel=8, dense_depth=2, num_blocks=1,
+                      attention_heads=[1, 2, 4], segment_samples=0)  # fmt: skip
+    MuseForSpeechEnhancement(tiny).save_pretrained(tmp_path / "base")
+    speech = [str(DATA / name) for name in ("LJ001-0002.wav", "arctic_a0001.wav", "p232_001_clean.wav")]
+    args = training_arguments(
+        tmp_path,
+        model=str(tmp_path / "base"),
+        config_overrides='{"mamba_stages": ["bottom"]}',
+        train_only_new=True,
+        distill_weight=1.0,
+        clean_dirs=speech,
+        noise_dirs=[str(DATA / "running_tap_8s.wav")],
+        items_per_epoch=4,
+        max_steps=2,
+        discriminator=False,
+    )
+    train(args)
+    before = MuseForSpeechEnhancement.from_pretrained(tmp_path / "base").state_dict()
+    after = load_tensors(next((latest_checkpoint(tmp_path / "run") / "generator").glob("*.safetensors")))
+    assert all(torch.equal(after[name], tensor) for name, tensor in before.items())
+    new = [name for name in after if name not in before]
+    assert new and all(name.startswith("unet.bottom.mamba_branch.") for name in new)
+    # The first step starts at the teacher's output (distance 0); after it, the branches have moved.
+    history = json.loads((tmp_path / "run" / "history.jsonl").read_text().splitlines()[-1])
+    assert history["train/distill"] > 0
+    with pytest.raises(ValueError, match="need --model"):
+        training_arguments(tmp_path, train_only_new=True, clean_dirs=speech, noise_dirs=speech)
+
+
+def test_digital_silence_gives_finite_gradients_through_muses_exact_stft():
+    """MUSE takes `|X| ** 0.3` and `angle(X)` without epsilons; at an exact zero (a silent stretch of enhanced audio
+    re-analysed by the training losses) their gradients are zero, not NaN, and every value is unchanged."""
+    model = MuseModel(MuseConfig(num_blocks=1))
+    audio = torch.cat((torch.zeros(1, 2000), torch.randn(1, 2000) * 0.1), 1).requires_grad_()
+    magnitude, phase, _ = model.spectrum(audio)
+    (magnitude.sum() + phase.sum()).backward()
+    assert torch.isfinite(audio.grad).all() and audio.grad[:, 2500:].abs().sum() > 0
+    assert (magnitude[:, :, :5] == 0).all() and (phase[:, :, :5] == 0).all()
+    spectrum = torch.stft(audio.detach(), 510, 100, 510, torch.hann_window(510), return_complex=True)
+    torch.testing.assert_close(magnitude.detach(), spectrum.abs() ** 0.3)

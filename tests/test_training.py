@@ -394,6 +394,9 @@ def test_failed_pesq_and_non_finite_losses_are_counted_not_fatal(tmp_path, monke
         calls["n"] += 1
         if calls["n"] == 2:
             losses["total"] = losses["total"] * float("nan")
+        if calls["n"] == 3:  # a finite loss whose gradients are NaN (as pow at an exact zero gives)
+            nan_gradient = torch.where(torch.tensor(True), torch.zeros(()), losses["total"] * float("nan"))
+            losses["total"] = losses["total"] + nan_gradient
         return losses
 
     monkeypatch.setattr(training, "generator_losses", nan_on_second_call)
@@ -410,9 +413,12 @@ def test_failed_pesq_and_non_finite_losses_are_counted_not_fatal(tmp_path, monke
     )
     train(args)
     record = json.loads((tmp_path / "run" / "history.jsonl").read_text().splitlines()[-1])
-    # Silent references make every PESQ fail (2 per step); the NaN step was skipped and counted.
-    assert record["failed_training_pesq"] == 6 and record["skipped_steps"] == 1
+    # Silent references make every PESQ fail (2 per step); the NaN-loss and NaN-gradient steps were skipped and
+    # counted, and the weights stayed finite.
+    assert record["failed_training_pesq"] == 6 and record["skipped_steps"] == 2
     assert latest_checkpoint(tmp_path / "run").name == "step-00000003"
+    weights = HybridMPSENetForSpeechEnhancement.from_pretrained(latest_checkpoint(tmp_path / "run") / "generator")
+    assert all(torch.isfinite(p).all() for p in weights.parameters())
 
 
 def test_bad_training_files_stop_the_run_at_step_0_naming_each(tmp_path, capsys):

@@ -468,15 +468,6 @@ class HybridMPSENetConfig(FamilyConfig):
         return math.exp(-self.hop_length / (self.causal_norm_seconds * self.sampling_rate))
 
     @property
-    def mamba_d_inner(self) -> int:
-        return self.mamba_expand * self.dense_channel
-
-    @property
-    def mamba_dt_rank_value(self) -> int:
-        """`dt_rank` resolved as `mamba_ssm.Mamba` does: `ceil(d_model / 16)` for `"auto"`."""
-        return math.ceil(self.dense_channel / 16) if self.mamba_dt_rank == "auto" else self.mamba_dt_rank
-
-    @property
     def block_groups(self) -> dict[str, tuple[int, str]]:
         """`{"shared" | "magnitude" | "phase": (number of blocks, block type)}` in network order."""
         return {

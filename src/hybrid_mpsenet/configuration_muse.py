@@ -6,13 +6,16 @@ them exactly as they read a [`HybridMPSENetConfig`]'s."""
 from __future__ import annotations
 
 from . import limits
-from .configuration_hybrid_mpsenet import FamilyConfig
+from .configuration_hybrid_mpsenet import MAMBA_AXES, FamilyConfig
 from .limits import MAX_SAMPLING_RATE, MIN_SAMPLING_RATE
 
 # Attention heads -> {window of the convolutional relative-position term: heads that use it}, as MUSE splits them.
 REFINE_WINDOWS = {1: {3: 1}, 2: {3: 2}, 4: {3: 2, 5: 2}, 8: {3: 2, 5: 3, 7: 3}}
 # The U-Net halves time and frequency twice, so both must be multiples of this inside the model.
 UNET_MULTIPLE = 4
+
+# The U-Net's stages in network order; `mamba_stages` names those that get a Mamba branch.
+MUSE_STAGES = ("level1", "level2", "bottom", "decoder2", "decoder1", "magnitude_refine", "phase_refine")
 
 # What a saved config.json must state (see `configuration_hybrid_mpsenet.ARCHITECTURE_KEYS`).
 MUSE_ARCHITECTURE_KEYS = (
@@ -31,8 +34,13 @@ MUSE_ARCHITECTURE_KEYS = (
     "stft_epsilons",
 )
 
-# The released VoiceBank+DEMAND model's sizes (0.51 M parameters).
-MUSE_PRESETS: dict[str, dict] = {"muse": {}}
+# The released VoiceBank+DEMAND model's sizes (0.51 M parameters), and the hybrid grown from it: a Mamba branch
+# beside the MET blocks of the three inner stages, where time and frequency are 2x and 4x shorter than at the
+# first level (see docs/models.md for what the other placements cost).
+MUSE_PRESETS: dict[str, dict] = {
+    "muse": {},
+    "hybrid-muse": {"mamba_stages": ["level2", "bottom", "decoder2"]},
+}
 
 
 class MuseConfig(FamilyConfig):
@@ -62,10 +70,23 @@ class MuseConfig(FamilyConfig):
             enhancement runs it on chunks of this length by default and zero-pads shorter inputs to it, as MUSE's
             own inference does (on 10 VoiceBank test pairs: PESQ 3.05 against 3.03 unpadded in 2-s chunks; the
             original code's own inference scores 3.09).
+        mamba_stages (`list[str]`, defaults to `[]`): the U-Net stages (of `MUSE_STAGES`) that run a Mamba block
+            beside their MET blocks, on the same embedded input, fused into the MET blocks' output by criss-cross
+            cross-attention (the `hybrid-muse` preset: `level2`, `bottom`, `decoder2`). Empty: MUSE as released.
+        mamba_d_state, mamba_d_conv, mamba_expand (`int`, defaults to 16, 4, 2), mamba_axes (`str`, defaults to
+            `"time_freq"`), use_mamba_kernels (`bool`), mamba_scan_chunk_size (`int`, defaults to 16): the Mamba
+            blocks' settings, as [`HybridMPSENetConfig`]'s.
     """
 
     model_type = "muse"
     architecture_keys = MUSE_ARCHITECTURE_KEYS
+    # Mamba settings the hybrid keeps at mamba_ssm's defaults (MambaBlock reads them).
+    mamba_dt_rank = "auto"
+    mamba_dt_min = 0.001
+    mamba_dt_max = 0.1
+    mamba_dt_init_floor = 1e-4
+    mamba_share_time_freq = False
+    dropout = 0.0
 
     def __init__(
         self,
@@ -83,10 +104,21 @@ class MuseConfig(FamilyConfig):
         offset_clamp: float = 1.0,
         stft_epsilons: bool = False,
         segment_samples: int = 30700,
+        mamba_stages: list[str] | tuple[str, ...] = (),
+        mamba_d_state: int = 16,
+        mamba_d_conv: int = 4,
+        mamba_expand: int = 2,
+        mamba_axes: str = "time_freq",
+        use_mamba_kernels: bool = True,
+        mamba_scan_chunk_size: int = 16,
         **kwargs,
     ):
         self.check_positive_integers(
             {
+                "mamba_d_state": mamba_d_state,
+                "mamba_d_conv": mamba_d_conv,
+                "mamba_expand": mamba_expand,
+                "mamba_scan_chunk_size": mamba_scan_chunk_size,
                 "sampling_rate": sampling_rate,
                 "n_fft": n_fft,
                 "hop_length": hop_length,
@@ -102,8 +134,18 @@ class MuseConfig(FamilyConfig):
                 ("num_blocks", num_blocks, limits.MAX_BLOCKS_PER_GROUP),
                 ("n_fft", n_fft, limits.MAX_N_FFT),
                 ("dense_depth", dense_depth, 8),
+                ("mamba_d_state", mamba_d_state, limits.MAX_MAMBA_D_STATE),
+                ("mamba_d_conv", mamba_d_conv, limits.MAX_MAMBA_D_CONV),
+                ("mamba_expand", mamba_expand, limits.MAX_MAMBA_EXPAND),
             )
         )
+        mamba_stages = list(mamba_stages) if isinstance(mamba_stages, (list, tuple)) else mamba_stages
+        if not isinstance(mamba_stages, list) or any(stage not in MUSE_STAGES for stage in mamba_stages):
+            raise ValueError(f"mamba_stages must list stages of {MUSE_STAGES}, got {mamba_stages!r}.")
+        if mamba_axes not in MAMBA_AXES:
+            raise ValueError(f"mamba_axes must be one of {MAMBA_AXES}, got {mamba_axes!r}.")
+        if not isinstance(use_mamba_kernels, bool):
+            raise ValueError(f"use_mamba_kernels must be true or false, got {use_mamba_kernels!r}.")
         if not MIN_SAMPLING_RATE <= sampling_rate <= MAX_SAMPLING_RATE:
             raise ValueError(
                 f"sampling_rate must be between {MIN_SAMPLING_RATE} and {MAX_SAMPLING_RATE} Hz, got {sampling_rate}."
@@ -156,25 +198,34 @@ class MuseConfig(FamilyConfig):
         self.offset_clamp = float(offset_clamp)
         self.stft_epsilons = stft_epsilons
         self.segment_samples = segment_samples
+        # In network order, so that a config names its stages one way only.
+        self.mamba_stages = [stage for stage in MUSE_STAGES if stage in mamba_stages]
+        self.mamba_d_state = mamba_d_state
+        self.mamba_d_conv = mamba_d_conv
+        self.mamba_expand = mamba_expand
+        self.mamba_axes = mamba_axes
+        self.use_mamba_kernels = use_mamba_kernels
+        self.mamba_scan_chunk_size = mamba_scan_chunk_size
         super().__init__(**kwargs)
 
     @classmethod
     def from_preset(cls, name: str, **overrides) -> MuseConfig:
-        """The config of a named MUSE architecture (`muse`), with `overrides`."""
+        """The config of a named MUSE architecture (`muse`, `hybrid-muse`), with `overrides`."""
         if name not in MUSE_PRESETS:
             raise ValueError(f"Unknown MUSE preset {name!r}; choose one of {sorted(MUSE_PRESETS)}.")
         return cls(**{**MUSE_PRESETS[name], **overrides})
 
     def describe(self) -> dict:
-        """The U-Net's stages (`hybrid-mpsenet info`)."""
+        """The U-Net's stages, its Mamba branches and their fusion (`hybrid-mpsenet info`)."""
         c = self.dense_channel
-        return {
-            "blocks": {
-                "u-net": f"7 stages x {self.num_blocks} x MET transformer (levels of {c}, {2 * c}, {3 * c} channels)",
-                "attention_heads": "/".join(map(str, self.attention_heads)),
-            },
-            "fusion": "none",
+        blocks = {
+            "u-net": f"7 stages x {self.num_blocks} x MET transformer (levels of {c}, {2 * c}, {3 * c} channels)",
+            "attention_heads": "/".join(map(str, self.attention_heads)),
         }
+        if self.mamba_stages:
+            axes = "time, then frequency" if self.mamba_axes == "time_freq" else "time"
+            blocks["mamba"] = f"1 x mamba ({axes}) beside the MET blocks of {', '.join(self.mamba_stages)}"
+        return {"blocks": blocks, "fusion": "cross_attention" if self.mamba_stages else "none"}
 
 
 MuseConfig.register_for_auto_class()

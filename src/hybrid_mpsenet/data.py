@@ -483,6 +483,18 @@ def coloured_noise(length: int, exponent: float, rng: np.random.Generator) -> np
     return (noise / max(np.sqrt(np.mean(noise**2)), 1e-12)).astype(np.float32)
 
 
+# Talkers summed for speech-shaped noise: enough that no single voice stands out of the long-term spectrum.
+SPEECH_SHAPED_TALKERS = 8
+
+
+def speech_shaped_noise(speech: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Stationary noise with the magnitude spectrum of `speech` `(samples,)` (the sum of several talkers): its
+    phases are drawn at random, which keeps the spectrum and removes every word and rhythm. Unit RMS."""
+    spectrum = np.abs(np.fft.rfft(speech)) * np.exp(2j * np.pi * rng.uniform(size=len(speech) // 2 + 1))
+    noise = np.fft.irfft(spectrum, len(speech))
+    return (noise / max(np.sqrt(np.mean(noise**2)), 1e-12)).astype(np.float32)
+
+
 def random_equaliser(audio: np.ndarray, rng: np.random.Generator, max_db: float = 9.0) -> np.ndarray:
     """`audio` through a random smooth EQ: gains uniform in +-`max_db` at 6 log-spaced frequencies, interpolated."""
     spectrum = np.fft.rfft(audio)
@@ -611,10 +623,11 @@ class NoiseMixer:
     `noise_probabilities`) at a random offset (looped when shorter), a random SNR in `snr_range` dB and a random
     overall gain in `gain_range` dB. Augmentations, each with its own probability (0 by default):
     `coloured_noise_prob` replaces the noise with white/pink/brown-like noise (random exponent in [0, 2]),
-    `babble_prob` with the sum of 3-6 other talkers, and `eq_prob` passes the noise through a random +-9 dB
-    equaliser. `reverb_prob` plays the speech in one of `ROOMS` simulated rooms ([`simulate_room`], built once per
-    seed) or, drawn alike, one of the measured impulse responses `rir_files`: the input is the reverberant speech
-    plus noise (the SNR is that of the reverberant speech), the target the speech with early reflections only.
+    `babble_prob` with the sum of 3-6 other talkers, `speech_shaped_prob` with noise shaped like the spectrum of
+    8 other talkers ([`speech_shaped_noise`]), and `eq_prob` passes the noise through a random +-9 dB equaliser.
+    `reverb_prob` plays the speech in one of `ROOMS` simulated rooms ([`simulate_room`], built once per seed) or,
+    drawn alike, one of the measured impulse responses `rir_files`: the input is the reverberant speech plus noise
+    (the SNR is that of the reverberant speech), the target the speech with early reflections only.
     With `normalise`, each mixture and its target are scaled by the mixture's inverse RMS ([`normalise_pair`]).
     Noise is read by windows ([`loop`]), never held in memory. With `skip_unreadable` (files not checked before
     training), an item that meets a file it cannot read is drawn again ([`redrawing`]).
@@ -640,10 +653,12 @@ class NoiseMixer:
         noise_probabilities: Sequence[float] | None = None,
         rir_files: Sequence[str | Path] = (),
         skip_unreadable: bool = False,
+        speech_shaped_prob: float = 0.0,
     ):
         for name, value in (
             ("coloured_noise_prob", coloured_noise_prob),
             ("babble_prob", babble_prob),
+            ("speech_shaped_prob", speech_shaped_prob),
             ("eq_prob", eq_prob),
             ("reverb_prob", reverb_prob),
         ):
@@ -655,7 +670,7 @@ class NoiseMixer:
             raise ValueError(f"Ranges must be (low, high), got snr_range={snr_range} and gain_range={gain_range}.")
         self.sampling_rate, self.seed, self.normalise = sampling_rate, seed, normalise
         self.coloured_noise_prob, self.babble_prob, self.eq_prob = coloured_noise_prob, babble_prob, eq_prob
-        self.reverb_prob = reverb_prob
+        self.reverb_prob, self.speech_shaped_prob = reverb_prob, speech_shaped_prob
         self._rooms: dict[int, tuple[np.ndarray, np.ndarray]] = {}
         self.rir_files = [str(f) for f in rir_files]
         self.noise_files = [str(f) for f in noise_files]
@@ -745,7 +760,7 @@ class NoiseMixer:
     def _augment(
         self, noise: np.ndarray, rng: np.random.Generator, babble: Callable[[int, int], np.ndarray | None]
     ) -> np.ndarray:
-        if not (self.coloured_noise_prob or self.babble_prob or self.eq_prob):
+        if not (self.coloured_noise_prob or self.babble_prob or self.eq_prob or self.speech_shaped_prob):
             return noise  # no draws: the item stream is the same as without augmentation support
         draws = rng.uniform(size=3)
         if draws[0] < self.coloured_noise_prob:
@@ -753,6 +768,10 @@ class NoiseMixer:
         elif draws[1] < self.babble_prob:
             talkers = babble(int(rng.integers(3, 7)), len(noise))
             noise = noise if talkers is None else talkers
+        # Drawn only when asked for, so that runs without it keep their item streams.
+        elif self.speech_shaped_prob and rng.uniform() < self.speech_shaped_prob:
+            talkers = babble(SPEECH_SHAPED_TALKERS, len(noise))
+            noise = noise if talkers is None else speech_shaped_noise(talkers, rng)
         if draws[2] < self.eq_prob:
             noise = random_equaliser(noise, rng)
         return noise
@@ -770,40 +789,19 @@ class NoiseMixingDataset(_SeededDataset):
         noise_files: Sequence[str | Path],
         sampling_rate: int,
         segment_samples: int | None = None,
-        snr_range: tuple[float, float] = (-5.0, 20.0),
-        gain_range: tuple[float, float] = (-12.0, 6.0),
+        *,
         items_per_epoch: int | None = None,
         seed: int = 0,
-        coloured_noise_prob: float = 0.0,
-        babble_prob: float = 0.0,
-        eq_prob: float = 0.0,
-        reverb_prob: float = 0.0,
-        normalise: bool = False,
-        headers: dict[str, tuple[int, int]] | None = None,
         clean_probabilities: Sequence[float] | None = None,
-        noise_probabilities: Sequence[float] | None = None,
-        rir_files: Sequence[str | Path] = (),
-        skip_unreadable: bool = False,
+        **mixing,
     ):
-        super().__init__(sampling_rate, segment_samples, seed, normalise)
+        """`mixing`: the [`NoiseMixer`]'s keyword settings (`snr_range`, `gain_range`, the augmentation
+        probabilities, `normalise`, `headers`, `noise_probabilities`, `rir_files`, `skip_unreadable`)."""
+        super().__init__(sampling_rate, segment_samples, seed, mixing.get("normalise", False))
         if not clean_files:
             raise ValueError("NoiseMixingDataset needs at least one clean file.")
-        self.mixer = NoiseMixer(
-            noise_files,
-            sampling_rate,
-            snr_range,
-            gain_range,
-            seed,
-            coloured_noise_prob,
-            babble_prob,
-            eq_prob,
-            reverb_prob,
-            normalise,
-            dict(headers or {}),
-            noise_probabilities,
-            rir_files,
-            skip_unreadable,
-        )
+        mixing["headers"] = dict(mixing.get("headers") or {})
+        self.mixer = NoiseMixer(noise_files, sampling_rate, seed=seed, **mixing)
         self.clean_files = [str(f) for f in clean_files]
         self.items_per_epoch = items_per_epoch or len(self.clean_files)
         self._clean_cdf = _cumulative(clean_probabilities, len(self.clean_files), "clean_probabilities")

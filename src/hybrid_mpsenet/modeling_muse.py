@@ -10,7 +10,7 @@ from transformers import PreTrainedModel
 from transformers import initialization as init
 
 from .configuration_muse import MuseConfig
-from .network import StrictPreTrainedLoading
+from .network import GrowableModel, StrictPreTrainedLoading
 from .network_muse import ChannelNorm, LearnableSigmoid, MuseLayers, TaylorAttention
 
 __all__ = ["MuseModel", "MusePreTrainedModel"]
@@ -37,8 +37,9 @@ class MusePreTrainedModel(StrictPreTrainedLoading, PreTrainedModel):
             module.reset_parameters()
 
 
-class MuseModel(MuseLayers, MusePreTrainedModel):
-    """Enhances a compressed magnitude and phase spectrum with MUSE (see [`MuseConfig`])."""
+class MuseModel(GrowableModel, MuseLayers, MusePreTrainedModel):
+    """Enhances a compressed magnitude and phase spectrum with MUSE (see [`MuseConfig`]); `grow(mamba_stages=...)`
+    adds Mamba branches that start as identities ([`GrowableModel`])."""
 
     def __init__(self, config: MuseConfig):
         super().__init__(config)

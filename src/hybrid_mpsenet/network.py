@@ -21,6 +21,8 @@ earlier frame of a causal model, so it needs no `frame_mask`.
 
 from __future__ import annotations
 
+import copy
+import inspect
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -33,7 +35,7 @@ from transformers import initialization as init
 from transformers.utils import ModelOutput
 
 from .bundled import model_location
-from .configuration_hybrid_mpsenet import HybridMPSENetConfig
+from .configuration_hybrid_mpsenet import FamilyConfig, HybridMPSENetConfig
 from .mamba import Mamba
 from .stft import mag_phase_istft, mag_phase_stft
 
@@ -357,12 +359,11 @@ class MultiHeadAttention(nn.Module):
     """Batch-first multi-head attention with the parameter names of `nn.MultiheadAttention`
     (`in_proj_weight`, `in_proj_bias`, `out_proj`)."""
 
-    def __init__(self, config: HybridMPSENetConfig):
+    def __init__(self, hidden: int, num_heads: int, dropout: float = 0.0):
         super().__init__()
-        hidden = config.dense_channel
-        self.num_heads = config.num_attention_heads
-        self.head_dim = hidden // self.num_heads
-        self.dropout = config.attention_dropout
+        self.num_heads = num_heads
+        self.head_dim = hidden // num_heads
+        self.dropout = dropout
         self.in_proj_weight = nn.Parameter(torch.empty(3 * hidden, hidden))
         self.in_proj_bias = nn.Parameter(torch.empty(3 * hidden))
         self.out_proj = nn.Linear(hidden, hidden)
@@ -480,7 +481,7 @@ class TransformerBlock(nn.Module):
         super().__init__()
         hidden = config.dense_channel
         self.norm1 = nn.LayerNorm(hidden)
-        self.attention = MultiHeadAttention(config)
+        self.attention = MultiHeadAttention(hidden, config.num_attention_heads, config.attention_dropout)
         self.dropout1 = nn.Dropout(config.dropout)
         self.norm2 = nn.LayerNorm(hidden)
         self.ffn = GRUFeedForward(config, causal)
@@ -548,6 +549,9 @@ class TSTransformerBlock(SequenceBlock):
         self.time_transformer = TransformerBlock(config, causal=config.causal)
         self.freq_transformer = TransformerBlock(config)
 
+    def start_as_identity(self) -> None:
+        _zero_final_norms(self)
+
     def forward(
         self, x: torch.Tensor, frame_mask: torch.Tensor | None = None, cache: dict | None = None
     ) -> torch.Tensor:
@@ -577,17 +581,20 @@ class MambaBlock(SequenceBlock):
     `batch * freq` sequences; a stream of one frame per call takes [`Mamba.step`].
     """
 
-    def __init__(self, config: HybridMPSENetConfig):
+    def __init__(self, config: FamilyConfig, channels: int | None = None):
+        """`config`: any member's config with the `mamba_*` settings; `channels`: the features' (default
+        `config.dense_channel`)."""
         super().__init__()
-        self.norm = nn.LayerNorm(config.dense_channel)
+        channels = channels or config.dense_channel
+        self.norm = nn.LayerNorm(channels)
 
         def make_mamba():
             return Mamba(
-                config.dense_channel,
+                channels,
                 d_state=config.mamba_d_state,
                 d_conv=config.mamba_d_conv,
                 expand=config.mamba_expand,
-                dt_rank=config.mamba_dt_rank_value,
+                dt_rank=None if config.mamba_dt_rank == "auto" else config.mamba_dt_rank,
                 dt_min=config.mamba_dt_min,
                 dt_max=config.mamba_dt_max,
                 dt_init_floor=config.mamba_dt_init_floor,
@@ -603,6 +610,12 @@ class MambaBlock(SequenceBlock):
             if "freq" in self.axes:
                 self.mamba_f = make_mamba()
         self.dropout = nn.Dropout(config.dropout)
+
+    @torch.no_grad()
+    def start_as_identity(self) -> None:
+        """Zero every output projection, so that the block passes its input through (a grown model's new block)."""
+        for mamba in self.mambas():
+            mamba.out_proj.weight.zero_()
 
     def mambas(self) -> list[Mamba]:
         """The Mamba of each pass, in the order of `self.axes`."""
@@ -630,6 +643,28 @@ class MambaBlock(SequenceBlock):
         return x
 
 
+@torch.no_grad()
+def _zero_final_norms(module: nn.Module) -> None:
+    """Zero the final LayerNorm of every [`TransformerBlock`] in `module`: each is a residual branch, so the
+    module then passes its input through (a grown model's new layer)."""
+    for block in module.modules():
+        if isinstance(block, TransformerBlock):
+            block.norm3.weight.zero_()
+            block.norm3.bias.zero_()
+
+
+class BranchProjection(nn.Conv2d):
+    """The 1x1 convolution that feeds a magnitude or phase branch from the shared features."""
+
+    def __init__(self, channels: int):
+        super().__init__(channels, channels, 1)
+
+    @torch.no_grad()
+    def start_as_identity(self) -> None:
+        self.weight.copy_(torch.eye(self.out_channels, dtype=self.weight.dtype)[:, :, None, None])
+        self.bias.zero_()
+
+
 class BranchFusion(nn.Module):
     """Each branch queries the other and adds the result residually; both directions read the pre-fusion features.
 
@@ -643,6 +678,9 @@ class BranchFusion(nn.Module):
         block = CrissCrossTransformerBlock if self.mode == "cross_attention" else TransformerBlock
         self.phase_to_magnitude = block(config)
         self.magnitude_to_phase = block(config)
+
+    def start_as_identity(self) -> None:
+        _zero_final_norms(self)
 
     def forward(self, magnitude, phase, frame_mask=None):
         """`(batch, C, time, freq)` magnitude and phase features -> fused features of the same shape."""
@@ -760,8 +798,8 @@ class HybridMPSENetLayers(SpectralLayers):
         self.shared_blocks = _make_blocks(config, config.num_shared_blocks, config.shared_block_type)
         proj = config.has_branches and config.branch_projection
         c = config.dense_channel
-        self.magnitude_projection = nn.Conv2d(c, c, 1) if proj else None
-        self.phase_projection = nn.Conv2d(c, c, 1) if proj else None
+        self.magnitude_projection = BranchProjection(c) if proj else None
+        self.phase_projection = BranchProjection(c) if proj else None
         self.magnitude_blocks = _make_blocks(config, config.num_magnitude_blocks, config.magnitude_block_type)
         self.phase_blocks = _make_blocks(config, config.num_phase_blocks, config.phase_block_type)
         self.fusion = BranchFusion(config) if config.fusion != "none" else None
@@ -885,6 +923,74 @@ class StrictPreTrainedLoading:
         problems = {kind: info.get(kind) or [] for kind in ("missing_keys", "unexpected_keys", "mismatched_keys")}
         check_loaded_weights(pretrained_model_name_or_path, problems, model.state_dict())
         return (model, info) if want_info else model
+
+
+class GrowableModel:
+    """`grow`: a wider or deeper model of the same member that starts exactly where this one is. Layers that can be
+    added have a `start_as_identity` method that makes them pass their residual stream through unchanged."""
+
+    config: FamilyConfig
+
+    def grow(self, **changes):
+        """A new model of this class with the config `changes` (more blocks, a fusion, a branch projection, a
+        Mamba branch), whose added layers start as identities, so that it computes exactly what this model computes.
+
+        Settings that shape no weight (dropout, Mamba init ranges, the kernel choice) may change too. A change that
+        would alter or drop the existing weights, add weights inside an existing layer, or change what the
+        existing weights compute, is a `ValueError`. Training then shapes the new layers from there.
+        """
+        signature = inspect.signature(type(self.config).__init__).parameters
+        unknown = sorted(set(changes) - set(signature))
+        if unknown:
+            raise ValueError(f"Unknown config settings {unknown}; see {type(self.config).__name__}.")
+        config = type(self.config).from_dict({**self.config.to_dict(), **changes})
+        grown = type(self)(config)
+        old_state = self.state_dict()
+        new_state = grown.state_dict()
+        dropped = [name for name in old_state if name not in new_state]
+        reshaped = [name for name in old_state if name in new_state and new_state[name].shape != old_state[name].shape]
+        if dropped or reshaped:
+            raise ValueError(
+                f"grow({', '.join(sorted(changes))}) cannot keep the existing weights: "
+                + "; ".join(
+                    f"{kind}: {', '.join(names[:6])}"
+                    for kind, names in (("dropped", dropped), ("reshaped", reshaped))
+                    if names
+                )
+                + ". Only whole layers (blocks, fusions, branch projections, Mamba branches) can be added."
+            )
+        grown.load_state_dict(old_state, strict=False)
+        added = set(new_state) - set(old_state)
+        for name, module in grown.named_modules():  # outer layers come before the layers inside them
+            keys = {f"{name}.{key}" for key in module.state_dict()}
+            if callable(getattr(module, "start_as_identity", None)) and keys and keys <= added:
+                module.start_as_identity()
+                added -= keys
+        if added:
+            raise ValueError(
+                f"grow({', '.join(sorted(changes))}) would add weights inside existing layers "
+                f"({', '.join(sorted(added)[:6])}); only whole layers can be added."
+            )
+        _check_same_output(self, grown, changes)
+        return grown
+
+
+@torch.no_grad()
+def _check_same_output(model: nn.Module, grown: nn.Module, changes: dict) -> None:
+    """Raise unless `grown` enhances a random spectrum as `model` does. Both run as float64 copies in eval mode:
+    in float32 even two copies of one model differ by rounding that depends on where their weights lie in memory
+    (1e-5 for MUSE on random input), which would hide or fake a change."""
+    bins = model.config.num_freq_bins
+    generator = torch.Generator().manual_seed(0)
+    magnitude = torch.rand(1, bins, 24, generator=generator, dtype=torch.float64)
+    phase = (torch.rand(1, bins, 24, generator=generator, dtype=torch.float64) * 2 - 1) * torch.pi
+    before, after = (copy.deepcopy(net).double().eval()(magnitude, phase).complex_spectrum for net in (model, grown))
+    error = (after - before).abs().max().item()
+    if not error <= 1e-9 * before.abs().max().item():
+        raise ValueError(
+            f"grow({', '.join(sorted(changes))}) changes what the existing weights compute (largest difference "
+            f"{error:.3g}); keep the settings of the existing layers (axes, attention keys and values) as they are."
+        )
 
 
 class HybridMPSENetNetwork(StrictNetwork, HybridMPSENetLayers, nn.Module):

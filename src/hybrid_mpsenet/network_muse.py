@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .configuration_muse import REFINE_WINDOWS, UNET_MULTIPLE, MuseConfig
-from .network import HybridMPSENetOutput, SpectralLayers, StrictNetwork
+from .network import HybridMPSENetOutput, MambaBlock, MultiHeadAttention, SpectralLayers, StrictNetwork
 
 __all__ = ["MuseLayers", "MuseNetwork", "deform_conv2d"]
 
@@ -261,12 +261,10 @@ class PositionGate(nn.Module):
 
 
 def _channel_norm(x: torch.Tensor) -> torch.Tensor:
-    """L2 norm over dim 2, kept. For inference as sqrt(sum of squares): `linalg.vector_norm` over a non-contiguous
-    dim is thirty times slower on a CPU. For training `vector_norm`, whose gradient at a zero vector (zero padding)
-    is zero where sqrt's is infinite."""
-    if torch.is_grad_enabled() and x.requires_grad:
-        return torch.linalg.vector_norm(x, dim=2, keepdim=True)
-    return (x * x).sum(2, keepdim=True).sqrt()
+    """L2 norm over dim 2, kept, as sqrt(sum of squares): `linalg.vector_norm` over a non-contiguous dim is thirty
+    times slower on a CPU. The floor keeps the gradient at a zero vector (zero padding) zero, as `vector_norm`'s
+    is, where sqrt's would be infinite; it is far below the 1e-6 the norm is added to."""
+    return (x * x).sum(2, keepdim=True).clamp_min(1e-30).sqrt()
 
 
 class TaylorAttention(nn.Module):
@@ -341,21 +339,49 @@ class MetBlock(nn.Module):
         return x + self.ffn(self.norm2(x))
 
 
-class MetStage(nn.Module):
-    """A U-Net stage: the deformable embedding, `num_blocks` MET blocks, and a residual around both. (MUSE's
-    multi-path fusion over one path is a softmax over one value, the identity, so it is not computed.)"""
+class MambaBranch(nn.Module):
+    """The hybrid's branch beside a stage's MET blocks: a [`MambaBlock`] (along time, then frequency) reads the
+    stage's embedded input, and the MET blocks' output queries it with criss-cross cross-attention, added
+    residually. Its attention's output projection at zero makes it the identity (a model grown from MUSE)."""
 
     def __init__(self, channels: int, heads: int, config: MuseConfig):
+        super().__init__()
+        self.mamba = MambaBlock(config, channels)
+        self.norm = nn.LayerNorm(channels)
+        self.attention = MultiHeadAttention(channels, heads)
+
+    @torch.no_grad()
+    def start_as_identity(self) -> None:
+        self.attention.out_proj.weight.zero_()
+        self.attention.out_proj.bias.zero_()
+
+    def forward(self, transformer: torch.Tensor, embedded: torch.Tensor) -> torch.Tensor:
+        """The MET blocks' output and their input, `(batch, C, time, freq)` -> fused `(batch, C, time, freq)`."""
+        context = self.mamba(embedded).permute(0, 2, 3, 1)
+        query = self.norm(transformer.permute(0, 2, 3, 1))
+        # Channels-first like the MET path, so the convolutions after the stage keep their (exact) algorithm.
+        return transformer + self.attention.criss_cross(query, context).permute(0, 3, 1, 2).contiguous()
+
+
+class MetStage(nn.Module):
+    """A U-Net stage: the deformable embedding, `num_blocks` MET blocks (with `mamba`, a [`MambaBranch`] beside
+    them), and a residual around all. (MUSE's multi-path fusion over one path is a softmax over one value, the
+    identity, so it is not computed.)"""
+
+    def __init__(self, channels: int, heads: int, config: MuseConfig, mamba: bool = False):
         super().__init__()
         self.embedding = DeformableEmbedding(channels, config.offset_clamp)
         self.blocks = nn.ModuleList(
             MetBlock(channels, heads, config.ffn_expansion_factor) for _ in range(config.num_blocks)
         )
+        self.mamba_branch = MambaBranch(channels, heads, config) if mamba else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = self.embedding(x)
+        embedded = out = self.embedding(x)
         for block in self.blocks:
             out = block(out)
+        if self.mamba_branch is not None:
+            out = self.mamba_branch(out, embedded)
         return out + x
 
 
@@ -382,20 +408,24 @@ class MetUNet(nn.Module):
         super().__init__()
         c = config.dense_channel
         heads1, heads2, heads3 = config.attention_heads
-        self.level1 = MetStage(c, heads1, config)
+
+        def stage(name: str, level: int, heads: int) -> MetStage:
+            return MetStage(level * c, heads, config, mamba=name in config.mamba_stages)
+
+        self.level1 = stage("level1", 1, heads1)
         self.down1 = Resample(c, 2 * c, down=True)
-        self.level2 = MetStage(2 * c, heads2, config)
+        self.level2 = stage("level2", 2, heads2)
         self.down2 = Resample(2 * c, 3 * c, down=True)
-        self.bottom = MetStage(3 * c, heads3, config)
+        self.bottom = stage("bottom", 3, heads3)
         self.up2 = Resample(3 * c, 2 * c, down=False)
         self.merge2 = nn.Conv2d(4 * c, 2 * c, 1, bias=False)
-        self.decoder2 = MetStage(2 * c, heads2, config)
+        self.decoder2 = stage("decoder2", 2, heads2)
         self.up1 = Resample(2 * c, c, down=False)
         self.merge1 = nn.Conv2d(2 * c, c, 1, bias=False)
-        self.decoder1 = MetStage(c, heads1, config)
-        self.magnitude_refine = MetStage(c, heads1, config)
+        self.decoder1 = stage("decoder1", 1, heads1)
+        self.magnitude_refine = stage("magnitude_refine", 1, heads1)
         self.magnitude_output = nn.Conv2d(c, c, 3, padding=1, bias=False)
-        self.phase_refine = MetStage(c, heads1, config)
+        self.phase_refine = stage("phase_refine", 1, heads1)
         self.phase_output = nn.Conv2d(c, c, 3, padding=1, bias=False)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -24,10 +24,16 @@ def compressed_magnitude_phase(
 ) -> tuple[Array, Array]:
     """MP-SENet's compressed magnitude `|X| ** compress_factor` and phase of a spectrum given as its real and
     imaginary parts (any shape). With `epsilons`, those of the original implementation, which keep sqrt and atan2
-    differentiable at zero; without, the exact `|X|` and `angle(X)` (MUSE's convention)."""
+    differentiable at zero; without, the exact `|X|` and `angle(X)` (MUSE's convention), whose gradients at an exact
+    zero (a silent frame of enhanced audio in the training losses) are taken as zero instead of NaN."""
     xp = array_namespace(real)
     if not epsilons:
-        return xp.sqrt(real * real + imag * imag) ** compress_factor, xp.arctan2(imag, real)
+        power = real * real + imag * imag
+        # Zero bins go through safe inputs (power 1, the point (1, 0)) and are then set to 0, so that no NaN from
+        # pow or atan2 at the origin reaches the gradient; every other value is computed exactly as written.
+        nonzero = power > 0
+        magnitude = xp.where(nonzero, xp.sqrt(xp.where(nonzero, power, 1.0)) ** compress_factor, 0.0)
+        return magnitude, xp.arctan2(xp.where(nonzero, imag, 0.0), xp.where(nonzero, real, 1.0))
     magnitude = xp.sqrt(real * real + imag * imag + 1e-9) ** compress_factor
     return magnitude, xp.arctan2(imag + 1e-10, real + 1e-5)
 

@@ -71,6 +71,18 @@ class TrainingArguments:
         },
     )
     model: str | None = field(default=None, metadata={"help": "start from this model folder or Hub id"})
+    distill_weight: float = field(
+        default=0.0,
+        metadata={
+            "help": "weight of a distillation term toward --model's own outputs on the same noisy input (the L1 "
+            "distance of the compressed magnitudes plus that of the complex spectra), so that a grown model keeps "
+            "what the model it grew from does well; 0: none"
+        },
+    )
+    train_only_new: bool = field(
+        default=False,
+        metadata={"help": "train only the layers that config_overrides added to --model; the others stay frozen"},
+    )
     train_data: str | None = field(default=None, metadata={"help": "VoiceBank+DEMAND folder, saved dataset or id"})
     eval_data: str | None = field(default=None, metadata={"help": "pairs for validation (default: train_data test)"})
     clean_dirs: list[str] | None = field(
@@ -124,6 +136,9 @@ class TrainingArguments:
     items_per_epoch: int | None = field(default=None, metadata={"help": "mixtures per epoch (mixing mode)"})
     coloured_noise_prob: float = field(default=0.0, metadata={"help": "share of mixtures with coloured noise"})
     babble_prob: float = field(default=0.0, metadata={"help": "share of mixtures with babble of other talkers"})
+    speech_shaped_prob: float = field(
+        default=0.0, metadata={"help": "share of mixtures with noise shaped like the spectrum of other talkers"}
+    )
     eq_prob: float = field(default=0.0, metadata={"help": "share of noises through a random equaliser"})
     reverb_prob: float = field(default=0.0, metadata={"help": "share of mixtures with speech in a simulated room"})
     segment_seconds: float = field(default=2.0, metadata={"help": "length of the training crops (s)"})
@@ -204,6 +219,10 @@ class TrainingArguments:
             raise ValueError(
                 "Give one of train_data (clean/noisy pairs), clean_dirs or clean_streams (mixing with noise_dirs)."
             )
+        if (self.distill_weight or self.train_only_new) and self.model is None:
+            raise ValueError("distill_weight and train_only_new need --model, the model to distil from or grow.")
+        if self.distill_weight < 0:
+            raise ValueError(f"distill_weight must be 0 or more, got {self.distill_weight}.")
         if self.train_data is None and not self.noise_dirs:
             raise ValueError("Mixing mode needs noise_dirs as well as clean_dirs or clean_streams.")
         if self.clean_stream_weights is not None and len(self.clean_stream_weights) != len(self.clean_streams or []):
@@ -337,6 +356,7 @@ def build_datasets(
     augmentations = {
         "coloured_noise_prob": args.coloured_noise_prob,
         "babble_prob": args.babble_prob,
+        "speech_shaped_prob": args.speech_shaped_prob,
         "eq_prob": args.eq_prob,
         "reverb_prob": args.reverb_prob,
         "normalise": normalise,
@@ -367,7 +387,7 @@ def build_datasets(
             noise,
             sampling_rate,
             segment,
-            snr,
+            snr_range=snr,
             items_per_epoch=args.items_per_epoch,
             seed=args.seed,
             clean_probabilities=clean_probabilities,
@@ -378,7 +398,7 @@ def build_datasets(
         noise,
         sampling_rate,
         None,
-        snr,
+        snr_range=snr,
         seed=eval_seed + 1,
         headers=headers,
         skip_unreadable=skip_unreadable,
@@ -586,6 +606,7 @@ def _train(args: TrainingArguments, accelerator: Accelerator, output_dir: Path, 
             logger.warning("Removed %s, an incomplete checkpoint left by an interrupted run.", leftover)
     checkpoint = latest_checkpoint(output_dir) if args.resume else None
     model = build_model(args, checkpoint)
+    teacher = _reference_model(args, model)
     rate = model.config.sampling_rate
     train_set, eval_set = build_datasets(
         args, rate, not model.config.causal, accelerator.process_index, accelerator.num_processes
@@ -670,7 +691,18 @@ def _train(args: TrainingArguments, accelerator: Accelerator, output_dir: Path, 
                     run.stream_consumed[worker] = int(rows[-1])  # a worker's batch holds consecutive rows
                 started = time.perf_counter()
                 logs = train_step(
-                    accelerator, args, unwrapped, model, discriminator, optim_g, optim_d, batch, weights, pool, state
+                    accelerator,
+                    args,
+                    unwrapped,
+                    model,
+                    discriminator,
+                    optim_g,
+                    optim_d,
+                    batch,
+                    weights,
+                    pool,
+                    state,
+                    teacher=teacher,
                 )
                 state.train_seconds += time.perf_counter() - started
                 state.batch_in_epoch += 1
@@ -712,6 +744,30 @@ def _train(args: TrainingArguments, accelerator: Accelerator, output_dir: Path, 
     return output_dir / "best"
 
 
+def _reference_model(args: TrainingArguments, model: torch.nn.Module) -> torch.nn.Module | None:
+    """`--model` as it was before `config_overrides` grew it, frozen, when the run distils from it or trains only
+    the grown layers (whose parameters are those it lacks: their `requires_grad` is left on, the others' off).
+    Read again from `--model` on resume, so no checkpoint has to carry it."""
+    if not (args.distill_weight or args.train_only_new):
+        return None
+    reference = HybridMPSENetForSpeechEnhancement.from_pretrained(args.model).eval().requires_grad_(False)
+    if args.train_only_new:
+        kept = set(reference.state_dict())
+        for name, parameter in model.named_parameters():
+            parameter.requires_grad_(name not in kept)
+        if all(name in kept for name, _ in model.named_parameters()):
+            raise ValueError("train_only_new: config_overrides added no layer to --model, so nothing would train.")
+    return reference if args.distill_weight else None
+
+
+def distillation_loss(magnitude: torch.Tensor, complex_spectrum: torch.Tensor, teacher) -> torch.Tensor:
+    """Mean L1 distance of the compressed magnitude `(batch, freq, time)` to the `teacher` output's, plus that of
+    the complex spectrum `(batch, freq, time, 2)`."""
+    return torch.nn.functional.l1_loss(magnitude, teacher.magnitude) + torch.nn.functional.l1_loss(
+        complex_spectrum, teacher.complex_spectrum
+    )
+
+
 def _on_device(accelerator: Accelerator, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return {name: value.to(accelerator.device) for name, value in batch.items()}
 
@@ -744,6 +800,7 @@ def train_step(
     weights: LossWeights,
     pool: Executor | None,
     state: TrainingState,
+    teacher: torch.nn.Module | None = None,
 ) -> dict[str, float]:
     """One discriminator and one generator update, as in MP-SENet's `train.py` (the discriminator's only every
     `args.discriminator_every` steps).
@@ -756,6 +813,8 @@ def train_step(
         unwrapped: the generator without its Accelerate/DDP wrapper (`model`), for the STFT helpers.
         batch: `clean` and `noisy` waveforms `(batch, samples)`, already normalised by the datasets.
         pool: process pool for PESQ, or `None` to compute it in-process.
+        teacher: a frozen model whose outputs on the same input the generator is pulled toward, with weight
+            `args.distill_weight` ([`distillation_loss`]).
 
     Returns:
         The values to log (`train/...`); empty when the update was skipped for a non-finite loss.
@@ -806,18 +865,36 @@ def train_step(
             metric_score,
             weights,
         )
+        if teacher is not None:
+            with torch.no_grad():
+                target = teacher(noisy_mag, noisy_pha)
+            losses["distill"] = distillation_loss(mag_g, com_g, target)
+            losses["total"] = losses["total"] + args.distill_weight * losses["distill"]
         optim_g.zero_grad()
         if not torch.isfinite(losses["total"]):
             state.skipped_steps += 1
             logger.warning("Step %d: non-finite generator loss; the update is skipped.", state.step + 1)
             return {}
         accelerator.backward(losses["total"])
+        if not _finite_gradients(model):
+            # A finite loss can still have NaN gradients (pow or atan2 at an exact zero); one such update would
+            # turn the weights into NaN.
+            optim_g.zero_grad()
+            state.skipped_steps += 1
+            logger.warning("Step %d: non-finite generator gradients; the update is skipped.", state.step + 1)
+            return {}
         if args.max_grad_norm and accelerator.sync_gradients:
             accelerator.clip_grad_norm_(model.parameters(), args.max_grad_norm)
         optim_g.step()
     logs.update({f"train/{name}": value.item() for name, value in losses.items()})
     logs["train/lr"] = optim_g.param_groups[0]["lr"]
     return logs
+
+
+def _finite_gradients(model: torch.nn.Module) -> bool:
+    """Whether every gradient of `model` is finite (one fused check, not one per parameter)."""
+    grads = [p.grad for p in model.parameters() if p.grad is not None]
+    return not grads or bool(torch.isfinite(torch.stack([g.sum() for g in grads])).all())
 
 
 def _truncate_history(path: Path, step: int) -> None:
