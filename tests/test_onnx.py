@@ -3,10 +3,12 @@ PyTorch, the bundled graph, the CLI backend and damaged model folders."""
 
 import itertools
 import json
+import os
 import shutil
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import numpy as np
 import onnx
@@ -18,7 +20,14 @@ from helpers import DATA, tiny_config
 from hybrid_mpsenet.cli import main
 from hybrid_mpsenet.inference import HybridMPSENetEnhancer
 from hybrid_mpsenet.modeling_hybrid_mpsenet import HybridMPSENetModel
-from hybrid_mpsenet.onnx import GRAPH_FILE, STEP_GRAPH_FILE, OnnxEnhancer, OnnxModelError
+from hybrid_mpsenet.onnx import (
+    GRAPH_FILE,
+    METADATA_CONFIG,
+    METADATA_STATES,
+    STEP_GRAPH_FILE,
+    OnnxEnhancer,
+    OnnxModelError,
+)
 from hybrid_mpsenet.onnx_export import export_onnx
 
 pytestmark = pytest.mark.filterwarnings("ignore")
@@ -321,6 +330,34 @@ def test_damaged_folders_are_clear_errors_naming_the_file(hybrid, tmp_path):
         OnnxEnhancer(copy)
 
 
+def test_special_files_and_damaged_metadata_are_one_line_errors(causal, tmp_path, capsys):
+    """config.json as a link to /dev/zero or as a FIFO is refused before reading (it would fill the memory or hang);
+    graph metadata that is not the JSON it should be names the file and the key."""
+    copy = damaged_copy(causal[1].folder, tmp_path / "zero")
+    (copy / "config.json").unlink()
+    (copy / "config.json").symlink_to("/dev/zero")
+    with pytest.raises(OnnxModelError, match="config.json: not a readable JSON config .*not a regular file"):
+        OnnxEnhancer(copy)
+    copy = damaged_copy(causal[1].folder, tmp_path / "fifo")
+    (copy / "config.json").unlink()
+    os.mkfifo(copy / "config.json")
+    speech = Path(__file__).parents[1] / "examples" / "audio" / "p257_418_noisy.wav"
+    args = ["enhance", str(speech), "-o", str(tmp_path / "out.wav"), "--model", str(copy), "--backend", "onnx", "-q"]
+    assert main(args) == 2
+    error = capsys.readouterr().err
+    assert "not a regular file" in error and len(error.strip().splitlines()) == 1
+
+    for key, value in ((METADATA_STATES, "{}"), (METADATA_STATES, '[{"shape": [1, "x"]}]'), (METADATA_CONFIG, "[1]")):
+        copy = damaged_copy(causal[1].folder, tmp_path / f"meta{len(value)}")
+        proto = onnx.load(str(copy / STEP_GRAPH_FILE))
+        for entry in proto.metadata_props:
+            if entry.key == key:
+                entry.value = value
+        onnx.save(proto, str(copy / STEP_GRAPH_FILE))
+        with pytest.raises(OnnxModelError, match=f"its {key} metadata is missing or damaged"):
+            OnnxEnhancer(copy)
+
+
 def test_a_step_graph_without_its_state_inputs_is_refused(causal, tmp_path):
     copy = damaged_copy(causal[1].folder, tmp_path)
     proto = onnx.load(str(copy / STEP_GRAPH_FILE))
@@ -336,8 +373,6 @@ def test_a_step_graph_without_its_state_inputs_is_refused(causal, tmp_path):
 
 def docs_block(after: str) -> str:
     """The first fenced bash block of the deployment page after the line containing `after`."""
-    from pathlib import Path
-
     text = (Path(__file__).resolve().parents[1] / "docs" / "deployment.md").read_text()
     start = text.index("```bash\n", text.index(after)) + len("```bash\n")
     return text[start : text.index("```", start)]

@@ -375,17 +375,27 @@ def test_enhance_stream_flag_gives_the_offline_file(causal_folder, tmp_path):
     assert main(["enhance", str(noisy), "-o", str(tmp_path / "x.wav"), "--stream", "-q"]) == 2  # default: offline
 
 
-def test_stream_command_ends_cleanly_on_sigint_and_on_a_closed_output(causal_folder, speech):
+@pytest.mark.parametrize(
+    ("sig", "code", "word"), [(signal.SIGINT, 130, "interrupted"), (signal.SIGTERM, 143, "terminated")]
+)
+def test_stream_command_ends_cleanly_on_a_signal_and_on_closed_pipes(causal_folder, speech, sig, code, word):
     command = [sys.executable, "-m", "hybrid_mpsenet.cli", "stream", "--model", str(causal_folder), "--rate", "16000"]
     raw = np.tile(speech, 2).astype("<f4").tobytes()
     process = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     process.stdin.write(raw[:16000])  # less than a pipe buffer each way, so neither side blocks on the other
     process.stdin.flush()
-    assert len(process.stdout.read(4)) == 4  # running, and waiting for more input once this is done
-    process.send_signal(signal.SIGINT)
-    _, error = process.communicate(timeout=120)
-    assert process.returncode == 130
-    assert "interrupted; the enhanced tail was written" in error.decode()
+    # Everything but the model's latency comes out; then the command waits for more input.
+    latency = 4 * HybridMPSENetEnhancer.from_pretrained(causal_folder).stream(16000, 1).latency_samples
+    first = process.stdout.read(16000 - latency)
+    process.send_signal(sig)
+    rest, error = process.communicate(timeout=120)
+    assert process.returncode == code
+    assert f"{word}; the enhanced tail was written" in error.decode()
+    assert len(first) == 16000 - latency and len(rest) == latency  # the tail still in the model was flushed
+    for redirect, name in (("<&-", "input (stdin) is closed"), (">&-", "output (stdout) is closed")):
+        closed = subprocess.run(["bash", "-c", f"{shlex.join(command)} {redirect}"], capture_output=True, timeout=120)
+        assert closed.returncode == 2 and name in closed.stderr.decode()
+        assert "Traceback" not in closed.stderr.decode()
     script = f"{shlex.join(command)} | head -c 16 > /dev/null; exit ${{PIPESTATUS[0]}}"
     closed = subprocess.run(["bash", "-c", script], input=raw, capture_output=True, timeout=120)
     assert closed.returncode == 0

@@ -30,7 +30,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_model, save_file, save_model
 
 from .configuration_hybrid_mpsenet import HybridMPSENetConfig
-from .ownership import WRITTEN_BY, OwnershipError, RunLock, check_replaceable_folder
+from .ownership import WRITTEN_BY, OwnershipError, RunLock, check_replaceable_folder, read_small_text
 from .utils import write_json_atomic
 
 GENERATOR = "generator"
@@ -107,7 +107,7 @@ def _read(path: Path, what: str):
         raise CheckpointError(f"{path}: missing from the checkpoint ({what}); resume from another checkpoint.")
     try:
         if path.suffix == ".json":
-            return json.loads(path.read_text())
+            return json.loads(read_small_text(path))
         if path.suffix == ".pt":
             return torch.load(path, map_location="cpu", weights_only=True)
         with safe_open(str(path), "pt") as handle:
@@ -209,10 +209,14 @@ def write_run_identity(folder: str | Path, arguments: dict | None, identity: dic
 def read_run_identity(folder: str | Path) -> dict | None:
     """The `run.json` of a run folder, or `None` if it has none (or one this package did not write)."""
     try:
-        identity = json.loads((Path(folder) / RUN_IDENTITY).read_text())
+        identity = json.loads(read_small_text(Path(folder) / RUN_IDENTITY))
     except (OSError, ValueError):
         return None
-    return identity if isinstance(identity, dict) and identity.get("written_by") == WRITTEN_BY else None
+    if not isinstance(identity, dict) or identity.get("written_by") != WRITTEN_BY:
+        return None
+    if not isinstance(identity.get("arguments"), (dict, type(None))):
+        raise ValueError(f"{Path(folder) / RUN_IDENTITY}: its arguments are not an object; the file is damaged.")
+    return identity
 
 
 def claim_run_folder(folder: str | Path, arguments: dict, resume: bool) -> tuple[RunLock, list[str]]:

@@ -281,6 +281,9 @@ def _stream(args: argparse.Namespace) -> int:
 
     dtype, scale = PCM_FORMATS[args.format]
     frame_bytes = np.dtype(dtype).itemsize * args.channels
+    for name, stream in (("input (stdin)", sys.stdin), ("output (stdout)", sys.stdout)):
+        if stream is None:  # started with `<&-` or `>&-`: Python has no stream object for a closed descriptor
+            raise ValueError(f"the {name} is closed; stream reads raw PCM from stdin and writes it to stdout.")
     _one_thread_for_streams(args)
     model = _load_enhancer(args)
     session = model.stream(
@@ -312,10 +315,12 @@ def _stream(args: argparse.Namespace) -> int:
                 if whole:
                     samples = np.frombuffer(data[:whole], dtype=dtype).reshape(-1, args.channels).T / scale
                     write(session.process(samples.astype(np.float32)))
-        except KeyboardInterrupt:
+        except (KeyboardInterrupt, Terminated) as stop:
+            # Ctrl-C and SIGTERM alike: the last `latency_samples` still in the model are written before stopping.
             write(session.flush())
-            print("hybrid-mpsenet stream: interrupted; the enhanced tail was written.", file=sys.stderr)
-            return 130
+            how, code = ("terminated", 143) if isinstance(stop, Terminated) else ("interrupted", 130)
+            print(f"hybrid-mpsenet stream: {how}; the enhanced tail was written.", file=sys.stderr)
+            return code
         write(session.flush())
     except BrokenPipeError:
         # The reader went away (e.g. `| head`): nothing more can be written, which is not an error of ours.

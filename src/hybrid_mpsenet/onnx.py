@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from .bundled import model_location
+from .ownership import read_small_text
 from .spectral import apply_controls, enhance_frames, hann_window, istft, pcs_exponents, stft
 from .waveform import WaveformEnhancer
 
@@ -79,7 +80,7 @@ class OnnxModelConfig:
         """The settings and the whole config dict of `config.json` at `path`; a damaged file is an
         [`OnnxModelError`] naming it."""
         try:
-            values = json.loads(path.read_text())
+            values = json.loads(read_small_text(path))
         except FileNotFoundError:
             raise OnnxModelError(f"{path}: no such file; an ONNX model folder holds config.json.") from None
         except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
@@ -145,6 +146,31 @@ def open_session(path: Path, threads: int | None = None):
         raise OnnxModelError(f"{path}: cannot load the graph: {reason}. onnxruntime said: {message}") from error
 
 
+def _metadata_json(path: Path, metadata: dict, key: str, kind: type):
+    """The JSON value of graph metadata `key`, which must be a `kind` (dict or list; a list of state entries is
+    checked entry by entry); damage is an [`OnnxModelError`] naming the file and the key, never a traceback."""
+    try:
+        value = json.loads(metadata[key])
+    except (KeyError, TypeError, ValueError):
+        value = None
+    valid = isinstance(value, kind)
+    if valid and key == METADATA_STATES:
+        valid = all(
+            isinstance(entry, dict)
+            and isinstance(entry.get("shape"), list)
+            and all(isinstance(n, int) and not isinstance(n, bool) and 0 <= n < 1 << 20 for n in entry["shape"])
+            and (entry.get("batch_axis") is None or entry.get("batch_axis") in range(len(entry["shape"])))
+            and entry.get("dtype") in ("float32", "float64", "int64")
+            for entry in value
+        )
+    if not valid:
+        raise OnnxModelError(
+            f"{path}: its {key} metadata is missing or damaged (expected a JSON {kind.__name__}); re-export the model "
+            "with hybrid-mpsenet export onnx."
+        )
+    return value
+
+
 def check_graph(path: Path, session, config: dict, kind: str) -> dict:
     """Check that the graph at `path` is this package's export of the model `config` describes, of `kind`
     ("offline" or "step"), with every input and output it needs; returns its metadata."""
@@ -159,7 +185,7 @@ def check_graph(path: Path, session, config: dict, kind: str) -> dict:
             f"{path}: exported for opset {metadata.get(METADATA_OPSET)}, this runtime reads opset {OPSET} graphs; "
             "re-export it with this version of hybrid-mpsenet."
         )
-    exported = json.loads(metadata[METADATA_CONFIG])
+    exported = _metadata_json(path, metadata, METADATA_CONFIG, dict)
     expected = graph_config(config)
     differences = [
         f"{key}={exported[key]!r} in the graph, {expected[key]!r} in config.json"
@@ -179,7 +205,7 @@ def check_graph(path: Path, session, config: dict, kind: str) -> dict:
     needed = {"magnitude", "phase"}
     needed_out = {"enhanced_magnitude", "enhanced_phase"}
     if kind == "step":
-        count = len(json.loads(metadata[METADATA_STATES]))
+        count = len(_metadata_json(path, metadata, METADATA_STATES, list))
         needed |= {f"state.{i}" for i in range(count)}
         needed_out |= {f"next_state.{i}" for i in range(count)}
     missing = sorted(needed - names) + sorted(needed_out - outputs)
@@ -257,7 +283,7 @@ class OnnxEnhancer(WaveformEnhancer):
         self.graph_path = folder / name
         self.session = open_session(self.graph_path, threads)
         metadata = check_graph(self.graph_path, self.session, raw_config, kind)
-        self.states = json.loads(metadata[METADATA_STATES]) if kind == "step" else []
+        self.states = _metadata_json(self.graph_path, metadata, METADATA_STATES, list) if kind == "step" else []
         self.window = hann_window(self.config.win_length, self.config.n_fft)
 
     @classmethod

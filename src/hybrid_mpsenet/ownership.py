@@ -22,6 +22,7 @@ import hashlib
 import json
 import os
 import socket
+import stat
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -36,6 +37,32 @@ MAX_NAME_BYTES = 255
 class OwnershipError(FileExistsError):
     """A path that a command would create or replace belongs to someone else (or to another run); the message
     names it and says what to do."""
+
+
+# Small metadata files (configs, run.json, manifests, history) are never larger than this; anything bigger is damaged.
+MAX_METADATA_BYTES = 64 << 20
+
+
+def read_small_text(path: str | Path, limit: int = MAX_METADATA_BYTES) -> str:
+    """The UTF-8 text of a regular file of at most `limit` bytes. A FIFO, a device (a link to `/dev/zero`, say) or a
+    larger file is an `OSError` naming it, raised before reading: opened without blocking, checked with `fstat`,
+    read at most `limit + 1` bytes, so no such file can hang the reader or fill its memory.
+
+    Raises:
+        OSError: missing, unreadable, not a regular file, or too large (`FileNotFoundError` when missing).
+        UnicodeDecodeError: not UTF-8.
+    """
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise OSError(f"{path}: not a regular file (a device, FIFO or socket); a metadata file is expected here.")
+        with os.fdopen(fd, "rb", closefd=False) as handle:
+            data = handle.read(limit + 1)
+    finally:
+        os.close(fd)
+    if len(data) > limit:
+        raise OSError(f"{path}: larger than {limit >> 20} MiB, far beyond any metadata file; it is damaged.")
+    return data.decode("utf-8")
 
 
 def _sha256(path: Path) -> str:
@@ -68,7 +95,7 @@ def write_manifest(folder: str | Path, kind: str) -> None:
 def read_manifest(folder: str | Path) -> dict | None:
     """The manifest of `folder`, or `None` if it has none (or a damaged one)."""
     try:
-        manifest = json.loads((Path(folder) / MANIFEST).read_text())
+        manifest = json.loads(read_small_text(Path(folder) / MANIFEST))
     except (OSError, ValueError):
         return None
     ok = isinstance(manifest, dict) and manifest.get("written_by") == WRITTEN_BY

@@ -47,7 +47,7 @@ from .data import (
 from .enhancement import HybridMPSENetForSpeechEnhancement
 from .losses import LossWeights, MetricDiscriminator, generator_losses
 from .metrics import batch_pesq, make_pool, stoi_score
-from .ownership import apply_new_file_modes, check_replaceable_folder
+from .ownership import apply_new_file_modes, check_replaceable_folder, read_small_text
 from .registry import ARCHITECTURES, architecture_of_preset
 from .utils import atomic_directory
 
@@ -912,7 +912,7 @@ def _truncate_history(path: Path, step: int) -> None:
 def read_history(run: str | Path) -> list[dict]:
     """The validations of a run folder's `history.jsonl`, oldest first (a line cut by a crash is left out)."""
     path = Path(run) / "history.jsonl"
-    lines = path.read_text().splitlines() if path.is_file() else []
+    lines = read_small_text(path).splitlines() if path.is_file() else []
     return [json.loads(line) for line in lines if line.strip() and _history_step(line) is not None]
 
 
