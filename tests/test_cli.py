@@ -77,6 +77,8 @@ def test_info_lists_every_preset_with_its_parameter_count(capsys):
         "hybrid-causal": 427916,
         # MUSE's released size; its per-stage path fusion (a softmax over one path) holds no weights here.
         "muse": 511408,
+        # Three Mamba blocks (time and frequency) and their criss-cross fusions beside MUSE's inner stages.
+        "hybrid-muse": 608752,
     }
     assert info["hybrid-large"]["blocks"] == {
         "shared": "6 x transformer",

@@ -55,6 +55,7 @@ def test_push_dry_run_writes_the_exact_upload_with_a_parsable_card(tmp_path, cap
     assert "| PESQ | 1.00 ± 0.10 | 2.19 ± 0.75 |" in card.text
 
 
+@pytest.mark.slow
 def test_the_upload_loads_with_remote_code_without_the_package(tmp_path):
     assert (
         main(["push", "--model", str(DEFAULT_MODEL_DIR), "--repo-id", "org/demo", "--dry-run", str(tmp_path / "up")])

@@ -105,6 +105,7 @@ def test_save_and_load_direct_and_auto(tmp_path, speech):
     assert isinstance(AutoConfig.from_pretrained(tmp_path), HybridMPSENetConfig)
 
 
+@pytest.mark.slow
 def test_trust_remote_code_loads_without_the_package(tmp_path, speech):
     model, extractor = make("hybrid-criss-cross")
     folder = tmp_path / "model"

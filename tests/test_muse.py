@@ -54,7 +54,7 @@ def _phase_error(ours: torch.Tensor, theirs: torch.Tensor, magnitude: torch.Tens
     return difference[magnitude > 1e-3 * magnitude.max()].max().item()
 
 
-@pytest.mark.parametrize("frames", FRAMES)
+@pytest.mark.parametrize("frames", [pytest.param(FRAMES[0], marks=pytest.mark.slow), FRAMES[1]])
 def test_converted_muse_computes_the_original_function_in_float64(converted, io, frames):
     model = converted.double()
     try:

@@ -53,7 +53,9 @@ def run_converted(name, tmp_path):
     return io, features, out, torch.from_numpy(audio)[None], well_conditioned
 
 
-@pytest.mark.parametrize("name", list(VARIANTS))
+@pytest.mark.parametrize(
+    "name", [pytest.param(name, marks=pytest.mark.slow) if name == "hybrid_large" else name for name in VARIANTS]
+)
 def test_converted_checkpoint_reproduces_original_outputs(name, tmp_path):
     io, features, out, audio, ok = run_converted(name, tmp_path)
     assert ok.float().mean() > 0.98

@@ -19,6 +19,7 @@ def run_script(name, *args) -> str:
     return subprocess.run(command, check=True, capture_output=True, text=True).stdout
 
 
+@pytest.mark.slow
 def test_compare_runs_reads_pesq_within_the_common_training_time(tmp_path):
     for run, history in {
         "fast": [(100, 200.0, 1.5), (200, 400.0, 1.6), (250, 480.0, 1.58), (300, 600.0, 1.7)],
@@ -38,6 +39,7 @@ def test_compare_runs_reads_pesq_within_the_common_training_time(tmp_path):
     assert all(run["parameters"] > 0 for run in result["runs"])
 
 
+@pytest.mark.slow
 def test_learning_curve_fits_the_log_law_and_projects_with_the_run_pace(tmp_path):
     steps = np.arange(0, 10_001, 500)
     wiggle = np.where(np.arange(len(steps)) % 2, 0.01, -0.01)
@@ -89,6 +91,7 @@ def test_heldout_mixtures_in_rooms_are_reproducible_and_reverberant(tmp_path):
         assert len(reverberant) == len(plain) and not np.allclose(reverberant, plain, atol=1e-3)
 
 
+@pytest.mark.slow
 def test_a_synthetic_corpus_is_reproducible_and_trains(tmp_path):
     args = ["--speech", DATA, "--noise", DATA, "--files", 6, "--seconds", 1.5, "--noise-files", 2]
     run_script("make_synthetic_corpus.py", *args, "--noise-minutes", 0.05, "--output", tmp_path / "a")

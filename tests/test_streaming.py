@@ -343,7 +343,7 @@ def causal_folder(tmp_path):
     return folder
 
 
-@pytest.mark.parametrize("pcm", ["f32", "s16"])
+@pytest.mark.parametrize("pcm", ["f32", pytest.param("s16", marks=pytest.mark.slow)])
 def test_stream_command_pipes_pcm_and_equals_enhance(causal_folder, pcm, speech):
     audio = speech[:6000]
     dtype, scale = {"f32": ("<f4", 1.0), "s16": ("<i2", 32768.0)}[pcm]
@@ -363,6 +363,7 @@ def test_stream_command_pipes_pcm_and_equals_enhance(causal_folder, pcm, speech)
     assert len(odd.stdout) == len(raw)  # everything before the stray byte was enhanced and written
 
 
+@pytest.mark.slow
 def test_enhance_stream_flag_gives_the_offline_file(causal_folder, tmp_path):
     noisy = DATA.parent.parent / "examples" / "audio" / "p257_418_noisy.wav"
     offline, streamed = tmp_path / "offline.wav", tmp_path / "streamed.wav"
