@@ -578,3 +578,47 @@ def test_ctrl_c_in_training_with_workers_ends_in_one_line(tmp_path):
     assert "Traceback" not in err and "KeyboardInterrupt" not in err
     assert err.strip().splitlines()[-1].startswith("hybrid-mpsenet train: interrupted")
     assert not (tmp_path / "run" / "run.lock").exists()
+
+
+@pytest.mark.parametrize("kernel", ["renameat2", "fallback"])
+def test_publishing_a_folder_never_replaces_what_someone_made_meanwhile(tmp_path, monkeypatch, kernel):
+    """The one publish primitive: a new folder is created exclusively (of two writers exactly one wins), and a
+    folder being replaced is checked again when it is swapped out; a foreign file added mid-write is never lost."""
+    import errno
+
+    import hybrid_mpsenet.ownership as ownership
+    from hybrid_mpsenet.ownership import OwnershipError
+    from hybrid_mpsenet.utils import atomic_directory
+
+    if kernel == "fallback":  # a kernel or file system without renameat2's flags
+
+        def unsupported(*args):
+            raise OSError(errno.ENOSYS, "renameat2 is not available")
+
+        monkeypatch.setattr(ownership, "_renameat2", unsupported)
+    target = tmp_path / "out"
+    first, second = atomic_directory(target), atomic_directory(target)
+    (first.__enter__() / "model.txt").write_text("first")
+    (second.__enter__() / "model.txt").write_text("second")
+    first.__exit__(None, None, None)
+    with pytest.raises(OwnershipError, match="was created by someone else"):
+        second.__exit__(None, None, None)
+    assert (target / "model.txt").read_text() == "first"
+
+    # Someone makes the folder of a new output while it is written: their notes stay, nothing is published.
+    notes = tmp_path / "notes"
+    with pytest.raises(OwnershipError, match="was created by someone else"), atomic_directory(notes) as tmp:
+        (tmp / "model.txt").write_text("new")
+        notes.mkdir()
+        (notes / "notes.txt").write_text("mine")
+    assert [p.name for p in notes.iterdir()] == ["notes.txt"]
+
+    # Replacing our own folder works; a file added to it during the rewrite stops the replacement.
+    with atomic_directory(target) as tmp:
+        (tmp / "model.txt").write_text("third")
+    assert (target / "model.txt").read_text() == "third"
+    with pytest.raises(OwnershipError, match="changed while this model was written"), atomic_directory(target) as tmp:
+        (tmp / "model.txt").write_text("fourth")
+        (target / "notes.txt").write_text("mine")
+    assert (target / "notes.txt").read_text() == "mine" and (target / "model.txt").read_text() == "third"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["notes", "out"]  # no temporaries left

@@ -17,10 +17,12 @@ so the model code `save_pretrained` copies can carry this module.
 
 from __future__ import annotations
 
+import ctypes
 import errno
 import hashlib
 import json
 import os
+import shutil
 import socket
 import stat
 import tempfile
@@ -123,6 +125,93 @@ def foreign_entries(folder: str | Path) -> list[str]:
         elif plain or name not in parents:
             foreign.append(name)
     return foreign
+
+
+# renameat2(2) flags: fail if the target exists; swap source and target atomically.
+_RENAME_NOREPLACE, _RENAME_EXCHANGE = 1, 2
+_AT_FDCWD = -100
+
+
+def _renameat2(source: Path, target: Path, flags: int) -> None:
+    """Linux's `renameat2(source, target, flags)` through libc. `OSError` with `errno.ENOSYS` where libc or the
+    kernel lacks it, `errno.EINVAL` where the file system does not support the flag."""
+    function = getattr(ctypes.CDLL(None, use_errno=True), "renameat2", None)
+    if function is None:
+        raise OSError(errno.ENOSYS, "renameat2 is not available", str(target))
+    if function(_AT_FDCWD, os.fsencode(source), _AT_FDCWD, os.fsencode(target), flags) != 0:
+        code = ctypes.get_errno()
+        raise OSError(code, os.strerror(code), str(target))
+
+
+def publish_folder(tmp: Path, path: Path, replace: bool, what: str = "folder") -> None:
+    """Move the complete folder `tmp` to `path`, the one way every writer of a folder publishes.
+
+    `replace=False` (`path` was absent when writing began): `path` is created exclusively (`renameat2` with
+    `RENAME_NOREPLACE`; where that is missing, an empty folder is claimed with `mkdir` and `tmp` renamed onto it,
+    which fails if anything was put into it), so of two writers of one new folder exactly one wins.
+    `replace=True` (`path` was checked replaceable when writing began): it is checked again now, swapped with `tmp`
+    atomically (`RENAME_EXCHANGE`), and what was swapped out is checked once more before it is deleted; if something
+    foreign reached it in between, the swap is undone. On a system without the exchange, it is renamed aside first.
+
+    Raises:
+        OwnershipError: `path` was created, or changed by someone else, while `tmp` was written; nothing was
+            replaced or lost.
+    """
+    if not replace:
+        try:
+            _renameat2(tmp, path, _RENAME_NOREPLACE)
+            return
+        except FileExistsError:
+            raise OwnershipError(
+                f"{path} was created by someone else while this {what} was written; nothing was replaced. Choose "
+                "another output folder."
+            ) from None
+        except OSError as error:
+            if error.errno not in (errno.ENOSYS, errno.EINVAL):
+                raise
+        try:
+            path.mkdir()
+            tmp.rename(path)  # onto the empty claim only: ENOTEMPTY if something was put into it meanwhile
+            return
+        except OSError as error:
+            if error.errno not in (errno.EEXIST, errno.ENOTEMPTY):
+                raise
+            raise OwnershipError(
+                f"{path} was created by someone else while this {what} was written; nothing was replaced."
+            ) from None
+    _check_still_ours(path, what)
+    try:
+        _renameat2(tmp, path, _RENAME_EXCHANGE)
+        old = tmp
+    except OSError as error:
+        if error.errno not in (errno.ENOSYS, errno.EINVAL):
+            raise
+        old = Path(tempfile.mkdtemp(prefix=temporary_name(path, "old"), dir=path.parent)) / path.name
+        path.rename(old)
+        tmp.rename(path)
+    try:
+        _check_still_ours(old, what)
+    except OwnershipError:  # give the changed folder its name back
+        if old == tmp:
+            _renameat2(tmp, path, _RENAME_EXCHANGE)
+        else:
+            path.rename(tmp)
+            old.rename(path)
+            old.parent.rmdir()
+        raise
+    shutil.rmtree(old if old == tmp else old.parent)
+
+
+def _check_still_ours(folder: Path, what: str) -> None:
+    """Refuse to replace `folder` unless it is empty or holds only what this package wrote there (its manifest)."""
+    if folder.is_symlink() or not folder.is_dir():
+        raise OwnershipError(f"{folder} is no longer a folder this package wrote; nothing was replaced.")
+    foreign = foreign_entries(folder) if any(folder.iterdir()) else []
+    if foreign:
+        raise OwnershipError(
+            f"{folder} changed while this {what} was written ({', '.join(foreign[:4])}); nothing was replaced or "
+            "deleted. Move those files away, or choose another output folder."
+        )
 
 
 def check_replaceable_folder(path: str | Path, overwrite: bool = False, what: str = "model folder") -> None:

@@ -15,7 +15,7 @@ from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from .ownership import apply_new_file_modes, new_file_mode, temporary_name, write_manifest
+from .ownership import apply_new_file_modes, new_file_mode, publish_folder, temporary_name, write_manifest
 
 if TYPE_CHECKING:
     import torch
@@ -27,23 +27,20 @@ def atomic_directory(path: str | Path, kind: str = "model") -> Iterator[Path]:
     [`ownership`]; `kind` names the folder in messages) and replaces `path` in one rename; on error it is removed.
 
     A reader never sees a half-written folder: either the previous content or the complete new one. Callers check
-    with [`check_replaceable_folder`] that an existing `path` may be replaced.
+    with [`check_replaceable_folder`] that an existing `path` may be replaced; [`publish_folder`] checks again
+    when it replaces it, and a `path` that was absent when writing began is created exclusively, so a folder made
+    meanwhile by someone else (or by a second writer) is never replaced.
     """
     path = Path(path).resolve()
     path.parent.mkdir(parents=True, exist_ok=True)
+    existed = path.exists() or path.is_symlink()
     tmp = Path(tempfile.mkdtemp(prefix=temporary_name(path, "tmp"), dir=path.parent))
     try:
         yield tmp
         apply_new_file_modes(tmp)  # mkdtemp and safetensors make private files; the result is an ordinary folder
         tmp.chmod(new_file_mode(directory=True))
         write_manifest(tmp, kind)
-        if path.exists():
-            backup = Path(tempfile.mkdtemp(prefix=temporary_name(path, "old"), dir=path.parent))
-            path.rename(backup / path.name)
-            tmp.rename(path)
-            shutil.rmtree(backup)
-        else:
-            tmp.rename(path)
+        publish_folder(tmp, path, replace=existed, what=kind)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp)
