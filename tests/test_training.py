@@ -1,8 +1,10 @@
 import json
 import pickle
+import re
 import subprocess
 import sys
 import time
+import types
 
 import numpy as np
 import pytest
@@ -201,7 +203,11 @@ def test_train_and_finetune_commands(tmp_path, voicebank, capsys):
     common = ["--config_overrides", CONFIG, "--pesq_workers", "0", "--log_with", "none", "--progress", "false"]
     common += ["--max_steps", "2", "--batch_size", "2", "--eval_max_items", "1"]
     assert main(["train", "--output_dir", str(tmp_path / "base"), "--train_data", str(voicebank), *common]) == 0
-    assert "Best model:" in capsys.readouterr().out
+    out, err = capsys.readouterr()
+    assert "Best model:" in out
+    # Each validation is on screen, and transformers' "Writing model shards" bars stay out of training's output.
+    assert re.search(r"step 2: validation PESQ \d\.\d{3}, STOI \d\.\d{3}, best PESQ \d\.\d{3}", out)
+    assert "Writing model shards" not in out + err
     quiet = [arg for arg in common if arg not in ("--progress", "false")]
     assert main(["train", "-q", "--output_dir", str(tmp_path / "q"), "--train_data", str(voicebank), *quiet]) == 0
     assert "training:" not in capsys.readouterr().err  # -q turns the progress bars off
@@ -236,6 +242,27 @@ def test_train_and_finetune_commands(tmp_path, voicebank, capsys):
     assert "resuming from step 2" in capsys.readouterr().out
     assert main(["train", "--output_dir", str(tmp_path / "x"), "--train_data", str(tmp_path / "none"), *common]) == 2
     assert "no such folder" in capsys.readouterr().err
+
+
+def test_validation_crops_items_to_eval_seconds():
+    from hybrid_mpsenet.training import evaluate_model
+
+    class Recorder(torch.nn.Module):
+        config = types.SimpleNamespace(sampling_rate=16000)
+        lengths = []
+
+        def enhance(self, audio, rate):
+            self.lengths.append(len(audio))
+            return audio
+
+    audio = torch.from_numpy(sf.read(DATA / "LJ001-0002.wav", dtype="float32")[0])
+    items = [{"clean": audio, "noisy": audio}]
+    model = Recorder()
+    assert evaluate_model(model, items, seconds=1.0)["pesq"] > 4  # the enhanced audio is the clean one, cropped alike
+    evaluate_model(model, items)
+    assert model.lengths == [16000, len(audio)]
+    with pytest.raises(ValueError, match="eval_seconds must be positive"):
+        arguments(DATA, eval_seconds=0.0, clean_dirs=[str(DATA)], noise_dirs=[str(DATA)])
 
 
 def test_eval_seed_keeps_the_held_out_files_and_mixtures_when_the_seed_changes(tmp_path):

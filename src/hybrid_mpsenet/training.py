@@ -8,13 +8,14 @@ continues from it exactly (same data order, crops, RNG and optimiser states).
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import logging
 import math
 import shutil
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from concurrent.futures import Executor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -78,6 +79,10 @@ class TrainingArguments:
             "distance of the compressed magnitudes plus that of the complex spectra), so that a grown model keeps "
             "what the model it grew from does well; 0: none"
         },
+    )
+    distill_from: str | None = field(
+        default=None,
+        metadata={"help": "the model distil_weight pulls toward (default: --model); e.g. muse-vb for a later stage"},
     )
     train_only_new: bool = field(
         default=False,
@@ -190,6 +195,13 @@ class TrainingArguments:
         metadata={"help": "validate the starting model at step 0 (finetune: on), so best/ is never worse than it"},
     )
     eval_max_items: int | None = field(default=None, metadata={"help": "validate on at most this many items"})
+    eval_seconds: float | None = field(
+        default=10.0,
+        metadata={
+            "help": "validate on the first N seconds of each held-out item, so that validation does not cost more "
+            "as files get longer (none: whole items)"
+        },
+    )
     save_every: int = field(default=500, metadata={"help": "write a resumable checkpoint every N steps"})
     keep_checkpoints: int = field(default=2, metadata={"help": "newest checkpoints kept on disk"})
     log_with: str | None = field(default="tensorboard", metadata={"help": "Accelerate tracker, or none"})
@@ -251,6 +263,8 @@ class TrainingArguments:
         for name, value in asdict(self).items():
             if isinstance(value, float) and not math.isfinite(value):
                 raise ValueError(f"{name} must be a finite number, got {value}.")
+        if self.eval_seconds is not None and not self.eval_seconds > 0:
+            raise ValueError(f"eval_seconds must be positive (or none for whole items), got {self.eval_seconds}.")
         if not 0 < self.segment_seconds <= MAX_SEGMENT_SECONDS:
             raise ValueError(f"segment_seconds must be in (0, {MAX_SEGMENT_SECONDS}] s, got {self.segment_seconds}.")
         if self.snr_low > self.snr_high:
@@ -547,16 +561,22 @@ class _Run:
 
 @torch.no_grad()
 def evaluate_model(
-    model: HybridMPSENetForSpeechEnhancement, dataset, max_items: int | None = None, pool=None
+    model: HybridMPSENetForSpeechEnhancement,
+    dataset,
+    max_items: int | None = None,
+    pool=None,
+    seconds: float | None = None,
 ) -> dict[str, float]:
-    """Mean PESQ (wide band) and STOI of `model` on whole utterances of a validation dataset."""
+    """Mean PESQ (wide band) and STOI of `model` on the utterances of a validation dataset (their first `seconds`,
+    or whole)."""
     model.eval()
     rate = model.config.sampling_rate
+    length = None if not seconds else int(seconds * rate)
     references, enhanced = [], []
     for index in range(min(len(dataset), max_items or len(dataset))):
         item = dataset[index]
-        references.append(item["clean"].numpy())
-        enhanced.append(model.enhance(item["noisy"].numpy(), rate))
+        references.append(item["clean"].numpy()[:length])
+        enhanced.append(model.enhance(item["noisy"].numpy()[:length], rate))
     pesq = batch_pesq(references, enhanced, rate, pool)
     stoi = [stoi_score(r, e, rate) for r, e in zip(references, enhanced, strict=True)]
     model.train()
@@ -593,10 +613,26 @@ def train(args: TrainingArguments) -> Path:
         for warning in warnings:
             logger.warning("%s: %s", output_dir, warning)
     try:
-        return _train(args, accelerator, output_dir, root)
+        with _library_bars_off():
+            return _train(args, accelerator, output_dir, root)
     finally:
         if lock is not None:
             lock.release()
+
+
+@contextlib.contextmanager
+def _library_bars_off() -> Iterator[None]:
+    """transformers' own bars (loading weights, writing shards at every export) off while training, so that they
+    do not break into the training bar; restored afterwards."""
+    from transformers.utils import logging as transformers_logging
+
+    was_enabled = transformers_logging.is_progress_bar_enabled()
+    transformers_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            transformers_logging.enable_progress_bar()
 
 
 def _train(args: TrainingArguments, accelerator: Accelerator, output_dir: Path, root: Path) -> Path:
@@ -745,9 +781,9 @@ def _train(args: TrainingArguments, accelerator: Accelerator, output_dir: Path, 
 
 
 def _reference_model(args: TrainingArguments, model: torch.nn.Module) -> torch.nn.Module | None:
-    """`--model` as it was before `config_overrides` grew it, frozen, when the run distils from it or trains only
-    the grown layers (whose parameters are those it lacks: their `requires_grad` is left on, the others' off).
-    Read again from `--model` on resume, so no checkpoint has to carry it."""
+    """The frozen model the run distils from (`distill_from`, default `--model` as it was before
+    `config_overrides` grew it), or None. With `train_only_new`, only the parameters `--model` lacks (the grown
+    layers) keep `requires_grad`. Read again on resume, so no checkpoint has to carry it."""
     if not (args.distill_weight or args.train_only_new):
         return None
     reference = HybridMPSENetForSpeechEnhancement.from_pretrained(args.model).eval().requires_grad_(False)
@@ -757,7 +793,11 @@ def _reference_model(args: TrainingArguments, model: torch.nn.Module) -> torch.n
             parameter.requires_grad_(name not in kept)
         if all(name in kept for name, _ in model.named_parameters()):
             raise ValueError("train_only_new: config_overrides added no layer to --model, so nothing would train.")
-    return reference if args.distill_weight else None
+    if not args.distill_weight:
+        return None
+    if args.distill_from is None:
+        return reference
+    return HybridMPSENetForSpeechEnhancement.from_pretrained(args.distill_from).eval().requires_grad_(False)
 
 
 def distillation_loss(magnitude: torch.Tensor, complex_spectrum: torch.Tensor, teacher) -> torch.Tensor:
@@ -935,7 +975,7 @@ def _validate(accelerator, args, unwrapped, eval_set, pool, state, output_dir, t
     """Evaluate, export the model if it is the best so far, and append the results to `history.jsonl`."""
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
-        metrics = evaluate_model(unwrapped, eval_set, args.eval_max_items, pool)
+        metrics = evaluate_model(unwrapped, eval_set, args.eval_max_items, pool, args.eval_seconds)
         metrics.update(
             step=state.step,
             train_seconds=round(state.train_seconds, 1),
@@ -951,9 +991,14 @@ def _validate(accelerator, args, unwrapped, eval_set, pool, state, output_dir, t
         logger.info("step %d: %s", state.step, metrics)
         # Without a PESQ value (all failed), the newest model is kept.
         score = metrics["pesq"] if math.isfinite(metrics["pesq"]) else -math.inf
-        if score >= state.best_pesq:
+        improved = score >= state.best_pesq
+        if improved:
             state.best_pesq = score
             _export(unwrapped, output_dir / "best", metrics)
+        tqdm.write(
+            f"step {state.step}: validation PESQ {metrics['pesq']:.3f}, STOI {metrics['stoi']:.3f}, best PESQ "
+            f"{state.best_pesq:.3f}" + (" (exported to best/)" if improved else "")
+        )
         with open(output_dir / "history.jsonl", "a") as history:
             history.write(json.dumps(metrics) + "\n")
     accelerator.wait_for_everyone()

@@ -452,7 +452,14 @@ class WaveformEnhancer:
             subtype = subtype or output_subtype(source.subtype, output_path, rate, out_channels)
             bounded = subtype not in FLOAT_SUBTYPES
             written = clipped = 0
-            bar = tqdm(total=frames, unit="sample", unit_scale=True, desc=input_path.name, disable=not progress)
+            bar = tqdm(
+                total=frames,
+                unit="sample",
+                unit_scale=True,
+                desc=input_path.name,
+                disable=not progress,
+                mininterval=PROGRESS_SECONDS,
+            )
             with bar, atomic_audio_writer(output_path, rate, out_channels, subtype, overwrite) as sink:
                 pieces = self._enhance_blocks(
                     blocks(), rate, out_channels, norm, chunk_sizes, dtype, str(input_path), controls
@@ -470,6 +477,11 @@ class WaveformEnhancer:
         if clipped:
             logger.warning("%s: %d output samples exceeded full scale and were clipped.", output_path, clipped)
         return output_path
+
+
+# Progress bars redraw at most this often (seconds): a stream's many small blocks would otherwise redraw hundreds
+# of times for one short file.
+PROGRESS_SECONDS = 0.5
 
 
 def enhancement_controls(attenuation_limit_db: float | None, pcs: bool) -> dict:
