@@ -77,3 +77,60 @@ def test_evaluate_module_loads_from_the_package_and_counts_failures(pair):
     assert result["csig"] == pytest.approx(4.273998148783947, rel=1e-6)  # the silent pair is left out
     assert result["failed_pesq"] == 1 and result["failed_csig"] == 1
     assert 1.0 < result["pesq_nb"] < 4.6 and 0.5 < result["estoi"] < 1.0 and np.isfinite(result["si_sdr"])
+
+
+@pytest.mark.slow
+def test_dnsmos_is_speechmos_own_score_at_any_rate_and_length():
+    """DNSMOS through `dnsmos_scores` is `speechmos.dnsmos.run` on the same 16-kHz audio (within 0.01), other rates
+    are resampled first, long audio is scored in its 9.01-s windows, and it ranks clean above noisy speech."""
+    import soxr
+    from speechmos import dnsmos
+
+    from hybrid_mpsenet.metrics import dnsmos_scores
+
+    noisy, _ = sf.read(DATA / "p232_001_noisy.wav", dtype="float32")
+    clean, _ = sf.read(DATA / "p232_001_clean.wav", dtype="float32")
+    ours, theirs = dnsmos_scores(noisy, 16000), dnsmos.run(noisy, 16000)
+    for key, name in (("dnsmos_sig", "sig_mos"), ("dnsmos_bak", "bak_mos"), ("dnsmos_ovrl", "ovrl_mos")):
+        assert abs(ours[key] - theirs[name]) <= 0.01
+    assert abs(ours["dnsmos_p808"] - theirs["p808_mos"]) <= 0.01
+    resampled = dnsmos_scores(soxr.resample(noisy, 16000, 48000), 48000)
+    assert all(abs(resampled[key] - ours[key]) < 0.05 for key in ours)
+    long = np.tile(noisy, 5)  # over 9.01 s: several windows, averaged
+    assert abs(dnsmos_scores(long, 16000)["dnsmos_ovrl"] - dnsmos.run(long, 16000)["ovrl_mos"]) <= 0.01
+    assert dnsmos_scores(clean)["dnsmos_p808"] > ours["dnsmos_p808"] + 0.2
+    assert np.isnan(dnsmos_scores(np.zeros(16000, np.float32))["dnsmos_ovrl"])
+
+
+@pytest.mark.slow
+def test_evaluate_scores_recordings_without_references_and_pairs_with_dnsmos(tmp_path, capsys):
+    import json
+    import shutil
+
+    from hybrid_mpsenet.cli import main
+    from hybrid_mpsenet.metrics import DNSMOS_KEYS
+
+    recordings = tmp_path / "meetings" / "day1"
+    recordings.mkdir(parents=True)
+    shutil.copy(DATA / "p232_001_noisy.wav", recordings / "a.wav")
+    sf.write(recordings / "b.flac", sf.read(DATA / "running_tap_8s.wav", dtype="float32")[0][:48000], 16000)
+    (recordings / "broken.wav").write_bytes(b"RIFF not audio")
+    output = tmp_path / "scores.json"
+    args = ["evaluate", "--no-reference", "--data", str(tmp_path / "meetings"), "--output", str(output)]
+    assert main([*args, "--workers", "0", "-q"]) == 1  # one file skipped, the others scored
+    out, err = capsys.readouterr()
+    assert "| DNSMOS_OVRL |" in out and "broken.wav" in err
+    result = json.loads(output.read_text())
+    assert result["num_files"] == 2 and [entry["file"].endswith("broken.wav") for entry in result["skipped"]] == [True]
+    for entry in result["files"]:
+        assert set(entry["input"]) == set(entry["enhanced"]) == set(DNSMOS_KEYS)
+    # Enhancing removes background noise: BAK rises on average.
+    assert result["enhanced"]["dnsmos_bak"]["mean"] > result["input"]["dnsmos_bak"]["mean"]
+
+    pairs = tmp_path / "pairs"
+    for kind in ("clean", "noisy"):
+        (pairs / f"{kind}_testset_wav").mkdir(parents=True)
+        shutil.copy(DATA / f"p232_001_{kind}.wav", pairs / f"{kind}_testset_wav" / "p232_001.wav")
+    assert main(["evaluate", "--data", str(pairs), "--dnsmos", "--noisy-baseline", "--workers", "2", "-q"]) == 0
+    table = capsys.readouterr().out
+    assert "| PESQ |" in table and "| DNSMOS_P808 |" in table

@@ -405,13 +405,15 @@ def _info(args: argparse.Namespace) -> int:
 
 
 def _evaluate(args: argparse.Namespace) -> int:
-    from .evaluation import evaluate_dataset, format_table
+    from .evaluation import evaluate_dataset, evaluate_recordings, format_table
     from .ownership import check_replaceable_file, json_is_ours, write_json
     from .utils import weights_sha256
 
     if args.output:
         # Refused before the evaluation, not after it: a reference file or someone's JSON is never replaced.
         check_replaceable_file(Path(args.output), args.overwrite, json_is_ours, "result")
+    if args.no_reference:
+        return _evaluate_recordings(args, evaluate_recordings, format_table, write_json)
     model = _load_model(args)
     result = evaluate_dataset(
         args.data,
@@ -424,6 +426,7 @@ def _evaluate(args: argparse.Namespace) -> int:
         overwrite=args.overwrite,
         attenuation_limit_db=args.attenuation_limit_db,
         pcs=args.pcs,
+        dnsmos=args.dnsmos,
     )
     result["model"] = args.model or "default"
     result["model_sha256"] = weights_sha256(model.state_dict())  # `push` checks it against what it uploads
@@ -434,6 +437,29 @@ def _evaluate(args: argparse.Namespace) -> int:
     if args.output:
         print(f"wrote {write_json(args.output, result, overwrite=args.overwrite)}")
     # The exit code says whether every pair was scored; the scores of the others are printed and saved anyway.
+    return 1 if result["skipped"] else 0
+
+
+def _evaluate_recordings(args: argparse.Namespace, evaluate_recordings, format_table, write_json) -> int:
+    """`evaluate --no-reference`: DNSMOS of every recording under `--data` and of its enhanced version."""
+    if args.save_enhanced or args.noisy_baseline:
+        raise ValueError("--no-reference scores the input and the enhanced audio itself; drop --save-enhanced and "
+                         "--noisy-baseline.")  # fmt: skip
+    model = _load_model(args)
+    result = evaluate_recordings(
+        args.data,
+        model,
+        workers=args.workers,
+        progress=not args.quiet,
+        attenuation_limit_db=args.attenuation_limit_db,
+        pcs=args.pcs,
+    )
+    result["model"], result["data"] = args.model or "default", args.data
+    print(format_table(result))
+    for entry in result["skipped"]:
+        print(f"SKIPPED {entry['file']}: {entry['reason']}", file=sys.stderr)
+    if args.output:
+        print(f"wrote {write_json(args.output, result, overwrite=args.overwrite)}")
     return 1 if result["skipped"] else 0
 
 
@@ -522,7 +548,11 @@ def _print_help(parser: argparse.ArgumentParser) -> int:
 COMMANDS: dict[str, tuple[str, Callable[[argparse.Namespace], int]]] = {
     "enhance": ("denoise audio files, folders or glob patterns", _enhance),
     "stream": ("enhance raw PCM from stdin to stdout in real time with a causal model", _stream),
-    "evaluate": ("score a model on clean/noisy test pairs: PESQ, CSIG, CBAK, COVL, STOI, SSNR", _evaluate),
+    "evaluate": (
+        "score a model on clean/noisy test pairs (PESQ, CSIG, CBAK, COVL, STOI, SSNR, DNSMOS) or on recordings "
+        "without references (DNSMOS)",
+        _evaluate,
+    ),
     "train": ("train a model (YAML config + --name value overrides); works under `accelerate launch`", _train),
     "finetune": ("fine-tune a model on clean speech mixed with new noise", _finetune),
     "shard": ("pack speech files into WebDataset tar shards for training with --clean_streams", _shard),
@@ -590,7 +620,20 @@ def build_parser() -> argparse.ArgumentParser:
     )
 
     evaluate = sub.choices["evaluate"]
-    evaluate.add_argument("--data", required=True, help="VoiceBank+DEMAND folder (test split), saved dataset or id")
+    evaluate.add_argument(
+        "--data",
+        required=True,
+        help="VoiceBank+DEMAND folder (test split), saved dataset or id; with --no-reference, any folder of recordings",
+    )
+    evaluate.add_argument(
+        "--dnsmos", action="store_true", help="also score DNSMOS SIG/BAK/OVRL/P.808 (needs the metrics extra)"
+    )
+    evaluate.add_argument(
+        "--no-reference",
+        action="store_true",
+        help="--data is a folder of recordings without clean references: score each file and its enhanced version "
+        "with DNSMOS only (per-file rows in --output)",
+    )
     _add_inference_arguments(evaluate)
     evaluate.add_argument("--noisy-baseline", action="store_true", help="also score the unprocessed input")
     _add_control_arguments(evaluate)

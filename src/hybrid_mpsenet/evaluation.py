@@ -1,6 +1,7 @@
 """Evaluate a model (or the unprocessed input) on clean/noisy pairs with the speech-enhancement metric table:
-PESQ, CSIG, CBAK, COVL, STOI and segmental SNR (plus narrow-band PESQ, ESTOI and SI-SDR in the JSON), mean and
-standard deviation over the utterances."""
+PESQ, CSIG, CBAK, COVL, STOI and segmental SNR (plus narrow-band PESQ, ESTOI and SI-SDR in the JSON), and
+optionally DNSMOS, mean and standard deviation over the utterances; or score recordings that have no clean
+reference with DNSMOS alone ([`evaluate_recordings`])."""
 
 from __future__ import annotations
 
@@ -11,8 +12,8 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from .audio import atomic_audio_writer, check_output_audio
-from .data import decode_audio, load_voicebank
-from .metrics import correlation_lag, pair_scores, parallel_map, summarise
+from .data import decode_audio, list_audio, load_voicebank
+from .metrics import DNSMOS_KEYS, correlation_lag, dnsmos_scores, pair_scores, parallel_map, summarise
 from .ownership import OwnershipError, inside
 from .waveform import WaveformEnhancer, enhancement_controls
 
@@ -36,8 +37,10 @@ def evaluate_dataset(
     overwrite: bool = False,
     attenuation_limit_db: float | None = None,
     pcs: bool = False,
+    dnsmos: bool = False,
 ) -> dict:
-    """Enhance the test split of `data` (see [`load_voicebank`]) and score it.
+    """Enhance the test split of `data` (see [`load_voicebank`]) and score it (with `dnsmos`, also with DNSMOS,
+    computed in the same worker pool).
 
     With `save_enhanced`, each enhanced pair is written to `save_enhanced/<id>.wav`. Every such path is checked
     before anything is enhanced: it must stay inside the folder, must not be one of the evaluated files, and may
@@ -84,7 +87,60 @@ def evaluate_dataset(
     for name, processed in candidates.items():
         if processed:
             pairs = list(zip(references, processed, strict=True))
-            result[name] = summarise(parallel_map(pair_scores, pairs, rate, workers))
+            rows = parallel_map(pair_scores, pairs, rate, workers)
+            if dnsmos:
+                scores = parallel_map(dnsmos_scores, processed, rate, workers)
+                rows = [{**row, **mos} for row, mos in zip(rows, scores, strict=True)]
+            result[name] = summarise(rows)
+    return result
+
+
+def evaluate_recordings(
+    folder: str | Path,
+    model: WaveformEnhancer | None = None,
+    workers: int = 2,
+    progress: bool = True,
+    attenuation_limit_db: float | None = None,
+    pcs: bool = False,
+) -> dict:
+    """Score every audio file under `folder` (any layout) with DNSMOS, which needs no clean reference: the
+    recording as it is (`input`) and, with a `model`, enhanced (`enhanced`). Files are read at their own rate
+    (DNSMOS resamples to 16 kHz) and downmixed to mono; an unreadable, empty or non-finite file is skipped with its
+    reason.
+
+    Returns:
+        `{"num_files", "files": [{"file", "input": {dnsmos_*}, "enhanced": {...}}], "input": summary,
+        "enhanced": summary, "skipped": [{"file", "reason"}]}`; a summary maps each DNSMOS score to its mean, std
+        and failure count.
+    """
+    files = list_audio([folder])
+    controls = enhancement_controls(attenuation_limit_db, pcs)
+    rate = model.config.sampling_rate if model is not None else 16000
+    recordings, kept, skipped = {"input": [], "enhanced": []}, [], []
+    for path in tqdm(files, desc="enhancing" if model is not None else "reading", disable=not progress):
+        try:
+            audio = decode_audio(path, rate)
+            if not np.isfinite(audio).all():
+                raise ValueError("it has NaN or Inf samples.")
+            enhanced = model.enhance(audio, rate, **controls) if model is not None else None
+        except ValueError as error:  # AudioError included: unreadable, empty
+            skipped.append({"file": str(path), "reason": str(error)})
+            logger.warning("Skipped %s: %s", path, error)
+            continue
+        kept.append(str(path))
+        recordings["input"].append(audio)
+        if enhanced is not None:
+            recordings["enhanced"].append(enhanced)
+    if not kept:
+        reason = skipped[0]["reason"] if skipped else "none found"
+        raise ValueError(f"No recording under {folder} could be scored: {reason}")
+    result: dict = {"num_files": len(kept), "files": [{"file": name} for name in kept], "skipped": skipped}
+    for name, audios in recordings.items():
+        if audios:
+            rows = parallel_map(dnsmos_scores, audios, rate, workers)
+            for entry, row in zip(result["files"], rows, strict=True):
+                entry[name] = row
+            result[name] = summarise(rows)
     return result
 
 
@@ -145,13 +201,14 @@ def check_pair(clean: np.ndarray, noisy: np.ndarray, sampling_rate: int) -> None
 
 
 def format_table(result: dict) -> str:
-    """The metric table as Markdown: one row per metric, `mean ± std` per column (noisy, enhanced)."""
-    columns = [name for name in ("noisy", "enhanced") if name in result]
+    """The metric table as Markdown: one row per metric, `mean ± std` per column (noisy or input, enhanced)."""
+    columns = [name for name in ("noisy", "input", "enhanced") if name in result]
     lines = [
         f"| metric | {' | '.join(columns)} |",
         "|---|" + "---|" * len(columns),
     ]
-    for metric in METRICS:
+    metrics = [name for name in (*METRICS, *DNSMOS_KEYS) if name in result[columns[0]]]
+    for metric in metrics:
         cells = [_mean_std(result[c][metric]) for c in columns]
         lines.append(f"| {metric.upper()} | {' | '.join(cells)} |")
     return "\n".join(lines)

@@ -262,6 +262,44 @@ def pair_scores(pair: tuple[np.ndarray, np.ndarray], sampling_rate: int = 16000)
     }
 
 
+# Non-intrusive scores: DNSMOS P.835 (speech, background, overall) and P.808, from Microsoft's models as the
+# speechmos package ships and runs them.
+DNSMOS_KEYS = ("dnsmos_sig", "dnsmos_bak", "dnsmos_ovrl", "dnsmos_p808")
+DNSMOS_RATE = 16000
+
+
+def dnsmos_scores(audio: np.ndarray, sampling_rate: int = DNSMOS_RATE) -> dict[str, float]:
+    """DNSMOS SIG, BAK, OVRL (P.835) and P.808 MOS of `(samples,)` audio, needing no clean reference.
+
+    `speechmos.dnsmos.run` with its exact preprocessing: 16 kHz (other rates are resampled here first with soxr),
+    9.01-s windows hopped by 1 s and averaged (shorter audio is repeated to one window), and the polynomial
+    calibration of the P.835 scores. Samples beyond full scale are clipped, as writing the file would. Silent or
+    non-finite audio gives NaN (counted as failed).
+
+    Raises:
+        ImportError: the `metrics` extra is not installed (the message says how to install it).
+    """
+    try:
+        from speechmos import dnsmos
+    except ImportError as error:
+        raise ImportError(f"DNSMOS needs the metrics extra ({error}): pip install 'hybrid-mpsenet[metrics]'.") from None
+    audio = np.asarray(audio, dtype=np.float32)
+    if audio.ndim != 1 or not audio.any() or not np.isfinite(audio).all():
+        logger.warning("DNSMOS is undefined for silent, non-finite or multichannel audio; counted as failed.")
+        return dict.fromkeys(DNSMOS_KEYS, float("nan"))
+    if sampling_rate != DNSMOS_RATE:
+        import soxr
+
+        audio = soxr.resample(audio, sampling_rate, DNSMOS_RATE).astype(np.float32)
+    scores = dnsmos.run(np.clip(audio, -1.0, 1.0), DNSMOS_RATE)
+    return {
+        "dnsmos_sig": float(scores["sig_mos"]),
+        "dnsmos_bak": float(scores["bak_mos"]),
+        "dnsmos_ovrl": float(scores["ovrl_mos"]),
+        "dnsmos_p808": float(scores["p808_mos"]),
+    }
+
+
 def parallel_map(function: Callable, items: Sequence, sampling_rate: int, workers: int) -> list:
     """`[function(item, sampling_rate) for item in items]`, in a process pool of `workers` (0: in-process)."""
     rates = [sampling_rate] * len(items)
