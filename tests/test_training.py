@@ -491,3 +491,22 @@ def test_a_muse_model_trains_and_resumes_with_the_same_objective(tmp_path, voice
     assert model.config.num_blocks == 1 and all(torch.isfinite(p).all() for p in model.parameters())
     train(arguments(tmp_path, max_steps=3, resume=True, **common))
     assert latest_checkpoint(tmp_path / "run").name.endswith("3")
+
+
+def test_resuming_after_the_held_out_speech_changed_is_refused(tmp_path):
+    """A run records the speech it validates on; when the data would give another held-out set on resume (files
+    added, shards re-packed), the run stops instead of training on its former validation speech."""
+    speech = tmp_path / "speech"
+    speech.mkdir()
+    for name in ("LJ001-0002.wav", "arctic_a0001.wav", "p232_001_clean.wav"):
+        (speech / name).write_bytes((DATA / name).read_bytes())
+    mixing = dict(clean_dirs=[str(speech)], noise_dirs=[str(DATA / "running_tap_8s.wav")], items_per_epoch=2)
+    mixing.update(eval_fraction=0.34, discriminator=False)
+    train(arguments(tmp_path, max_steps=1, **mixing))
+    held_out = json.loads((tmp_path / "run" / "held_out.json").read_text())
+    assert len(held_out) == 1 and held_out[0].startswith(str(speech))
+    train(arguments(tmp_path, max_steps=2, resume=True, **mixing))  # the same data: resumes
+    for number in range(4):
+        (speech / f"new{number}.wav").write_bytes((DATA / "arctic_a0001.wav").read_bytes())
+    with pytest.raises(ValueError, match="training data changed since this run began"):
+        train(arguments(tmp_path, max_steps=3, resume=True, **mixing))

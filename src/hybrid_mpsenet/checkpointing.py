@@ -191,7 +191,9 @@ def load_rng_state(folder: Path, rank: int, loader_generator: torch.Generator) -
 RUN_IDENTITY = "run.json"
 # The headers of the mixing-mode files, remembered so that a resumed run reads none again.
 AUDIO_INDEX = "audio_index.json"
-RUN_ENTRIES = {"checkpoints", "best", "logs", "history.jsonl", AUDIO_INDEX, RUN_IDENTITY, RunLock.NAME}
+# The utterance keys or files a run holds out for validation, recorded when it starts (training._check_held_out).
+HELD_OUT = "held_out.json"
+RUN_ENTRIES = {"checkpoints", "best", "logs", "history.jsonl", AUDIO_INDEX, HELD_OUT, RUN_IDENTITY, RunLock.NAME}
 # Settings that decide the model: a resumed run continues its checkpoint's model, so a change is refused.
 MODEL_SETTINGS = ("model", "preset", "config_overrides")
 # Settings a checkpoint restores (optimiser and schedule states): a change has no effect, which is said.
@@ -241,7 +243,7 @@ def claim_run_folder(folder: str | Path, arguments: dict, resume: bool) -> tuple
     identity = read_run_identity(folder)
     warnings = []
     # A run that stopped before writing anything (a bad file at start-up, say) left only its identity: start anew.
-    if identity is not None and set(entries) <= {RUN_IDENTITY, RunLock.NAME, "logs", AUDIO_INDEX}:
+    if identity is not None and set(entries) <= {RUN_IDENTITY, RunLock.NAME, "logs", AUDIO_INDEX, HELD_OUT}:
         entries, identity = [], None
     if entries and not resume:
         if identity is not None or (folder / "checkpoints").is_dir():

@@ -50,7 +50,7 @@ from .losses import LossWeights, MetricDiscriminator, generator_losses
 from .metrics import batch_pesq, make_pool, stoi_score
 from .ownership import apply_new_file_modes, check_replaceable_folder, read_small_text
 from .registry import ARCHITECTURES, architecture_of_preset
-from .utils import atomic_directory
+from .utils import atomic_directory, write_json_atomic
 
 logger = logging.getLogger(__name__)
 
@@ -384,6 +384,7 @@ def build_datasets(
         folder = Path(args.output_dir) / VALIDATION_SPEECH
         # Validation runs in the first process only, so only it writes the held-out speech.
         eval_files, held_out_keys = hold_out_stream(stream, args.stream_eval_items, folder, sampling_rate, rank == 0)
+        _check_held_out(args, sorted(held_out_keys), rank == 0)
         mixer = NoiseMixer(noise, sampling_rate, snr, seed=args.seed, **augmentations)
         train = StreamingMixingDataset(
             stream, mixer, segment, args.seed, rank, world_size, args.shuffle_buffer, held_out_keys
@@ -396,6 +397,7 @@ def build_datasets(
         if clean_probabilities is not None:  # the held-out files' share goes to the others
             clean_probabilities = clean_probabilities[train_indices] if train_indices else None
         eval_files = [clean[i] for i in sorted(order[:held_out])] or train_files
+        _check_held_out(args, [str(path) for path in eval_files], rank == 0)
         train = NoiseMixingDataset(
             train_files,
             noise,
@@ -418,6 +420,27 @@ def build_datasets(
         skip_unreadable=skip_unreadable,
     )
     return train, evaluation
+
+
+def _check_held_out(args: TrainingArguments, held_out: list[str], write: bool) -> None:
+    """Record the run's held-out speech (keys of a stream, or files) when it starts; on resume, refuse if the data
+    now gives another held-out set (shards re-packed, files added or removed): validation would no longer be on
+    the same speech, and the former validation speech would be trained on."""
+    path = Path(args.output_dir) / checkpointing.HELD_OUT
+    if args.resume and path.is_file():
+        try:
+            before = json.loads(read_small_text(path))
+        except (OSError, ValueError) as error:
+            raise ValueError(f"{path}: cannot read the run's held-out speech ({error}).") from None
+        if before != held_out:
+            changed = len(set(before) ^ set(held_out))
+            raise ValueError(
+                f"The training data changed since this run began: {changed} of its held-out utterances differ "
+                f"({path}). Resuming would validate on other speech and train on speech it validated on; resume with "
+                "the data the run began with, or start a new run in another --output_dir."
+            )
+    elif write:
+        write_json_atomic(path, held_out)
 
 
 # Where a run keeps the speech it holds out of `clean_streams` for validation.
