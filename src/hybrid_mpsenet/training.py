@@ -807,20 +807,21 @@ def _reference_model(args: TrainingArguments, model: torch.nn.Module) -> torch.n
     """The frozen model the run distils from (`distill_from`, default `--model` as it was before
     `config_overrides` grew it), or None. With `train_only_new`, only the parameters `--model` lacks (the grown
     layers) keep `requires_grad`. Read again on resume, so no checkpoint has to carry it."""
-    if not (args.distill_weight or args.train_only_new):
-        return None
-    reference = HybridMPSENetForSpeechEnhancement.from_pretrained(args.model).eval().requires_grad_(False)
+
+    def frozen(name: str) -> torch.nn.Module:
+        return HybridMPSENetForSpeechEnhancement.from_pretrained(name).eval().requires_grad_(False)
+
+    # --model is read only where it is needed: for train_only_new, or as the teacher without distill_from.
+    starting = frozen(args.model) if args.train_only_new or (args.distill_weight and not args.distill_from) else None
     if args.train_only_new:
-        kept = set(reference.state_dict())
+        kept = set(starting.state_dict())
         for name, parameter in model.named_parameters():
             parameter.requires_grad_(name not in kept)
         if all(name in kept for name, _ in model.named_parameters()):
             raise ValueError("train_only_new: config_overrides added no layer to --model, so nothing would train.")
     if not args.distill_weight:
         return None
-    if args.distill_from is None:
-        return reference
-    return HybridMPSENetForSpeechEnhancement.from_pretrained(args.distill_from).eval().requires_grad_(False)
+    return frozen(args.distill_from) if args.distill_from else starting
 
 
 def distillation_loss(magnitude: torch.Tensor, complex_spectrum: torch.Tensor, teacher) -> torch.Tensor:
